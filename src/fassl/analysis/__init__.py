@@ -1,0 +1,1 @@
+"""Label-using analyses: weight enrichment, prototypes, reports and figures."""

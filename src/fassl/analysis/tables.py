@@ -1,0 +1,115 @@
+"""Paper-style comparison tables (markdown and CSV) and a bar chart of group accuracies."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+COLUMNS = ("all", "rare", "medium", "frequent", "std")  # the order of the paper's Tables 1-2
+
+# The paper's linear-probe numbers on CIFAR-10-LT (docs/method.md), for side-by-side rows.
+PAPER_CIFAR10_LT = {
+    "standard": {
+        "simclr": (75.37, 69.33, 73.33, 83.45, 5.94),
+        "byol": (75.66, 75.43, 69.83, 81.70, 4.85),
+        "sdclr": (80.49, 75.10, 78.07, 88.30, 5.66),
+        "fassl": (80.69, 78.80, 76.73, 86.55, 4.23),
+    },
+    "few_shot": {
+        "sdclr": (67.23, 56.63, math.nan, math.nan, math.nan),
+        "fassl": (68.54, 62.43, math.nan, math.nan, math.nan),
+    },
+}
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and population std over seeds (0 for one seed)."""
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+    """runs: {"method", "seed", "results"} -> setting -> method -> column -> (mean, spread, n)."""
+    out: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {}
+    settings = sorted({s for r in runs for s in r["results"] if s in ("standard", "few_shot")})
+    for setting in settings:
+        methods: dict[str, dict[str, tuple[float, float, int]]] = {}
+        for name in dict.fromkeys(r["method"] for r in runs):
+            rows = [
+                r["results"][setting]
+                for r in runs
+                if r["method"] == name and setting in r["results"]
+            ]
+            if rows:
+                methods[name] = {
+                    c: (*mean_spread([row[c] for row in rows]), len(rows)) for c in COLUMNS
+                }
+        out[setting] = methods
+    return out
+
+
+def markdown_tables(summary: dict, paper: dict | None = None) -> str:
+    parts = []
+    for setting, methods in summary.items():
+        lines = [
+            f"### {setting.replace('_', '-')} probe",
+            "",
+            "| method | seeds | All | Rare | Medium | Frequent | Std |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, cols in methods.items():
+            n = next(iter(cols.values()))[2]
+            cells = " | ".join(f"{cols[c][0]:.2f} ± {cols[c][1]:.2f}" for c in COLUMNS)
+            lines.append(f"| {name} | {n} | {cells} |")
+            ref = (paper or {}).get(setting, {}).get(name)
+            if ref:
+                cells = " | ".join("—" if math.isnan(v) else f"{v:.2f}" for v in ref)
+                lines.append(f"| *{name} (paper)* | | {cells} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_csv(summary: dict, path: Path) -> None:
+    with Path(path).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["setting", "method", "seeds"]
+            + [f"{c}_{k}" for c in COLUMNS for k in ("mean", "spread")]
+        )
+        for setting, methods in summary.items():
+            for name, cols in methods.items():
+                n = next(iter(cols.values()))[2]
+                w.writerow([setting, name, n] + [f"{v:.4f}" for c in COLUMNS for v in cols[c][:2]])
+
+
+def bar_chart(summary: dict, path: Path) -> None:
+    """Grouped bars: Frequent / Medium / Rare / All accuracy per method, one panel a setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ("frequent", "medium", "rare", "all")
+    fig, axes = plt.subplots(1, len(summary), figsize=(6 * len(summary), 4), squeeze=False)
+    for ax, (setting, methods) in zip(axes[0], summary.items(), strict=True):
+        names = list(methods)
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            xs = [j + i * width for j in range(len(groups))]
+            ax.bar(
+                xs,
+                [methods[name][g][0] for g in groups],
+                width,
+                yerr=[methods[name][g][1] for g in groups],
+                label=name,
+                capsize=2,
+            )
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+        ax.set_xticklabels([g.capitalize() for g in groups])
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{setting.replace('_', '-')} linear probe")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Several methods over several seeds on the same data, probe and compute budget.
+
+Writes ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``;
+each run lives in ``out_dir/<method>/seed<k>/`` and is reused when it is already done, so
+a comparison killed at any point resumes with the same command.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from fassl.analysis.tables import (
+    PAPER_CIFAR10_LT,
+    bar_chart,
+    markdown_tables,
+    summarize,
+    write_csv,
+)
+from fassl.config import Config, to_yaml
+from fassl.data.build import build_data
+from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.train.loop import EXPORT, setup_runtime
+
+
+def baseline_epochs(cfg: Config) -> int:
+    p = cfg.pipeline
+    return cfg.compare.baseline_epochs or (
+        p.teacher.epochs + p.prototypes.epochs + p.rebalance.epochs
+    )
+
+
+def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
+    """The config of one method at one seed."""
+    c = copy.deepcopy(cfg)
+    c.seed = seed
+    c.out_dir = str(out / name / f"seed{seed}")
+    if name == "fassl_phi1":
+        # The ablation shares FASSL's teacher and prototypes: only phi differs.
+        c.rebalance.weight = "none"
+        shared = out / "fassl" / f"seed{seed}" / "prototypes" / EXPORT
+        if "fassl" in cfg.compare.methods:
+            c.pipeline.prototypes_checkpoint = str(shared)
+    elif name != "fassl":
+        c.method = name
+        c.optim = copy.deepcopy(cfg.optim)
+        c.optim.epochs = baseline_epochs(cfg)
+    return c
+
+
+def run_comparison(cfg: Config) -> dict:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    rt = setup_runtime(cfg)
+    data = build_data(cfg.data, cfg.seed)
+    # fassl first, so that its ablation can reuse its stages.
+    order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")
+    runs = []
+    for seed in cfg.compare.seeds:
+        for name in order:
+            c = run_config(cfg, name, seed, out)
+            done = Path(c.out_dir) / "results.json"
+            if done.is_file():
+                results = json.loads(done.read_text())
+            elif name in ("fassl", "fassl_phi1"):
+                results = run_pipeline(c, data=data, rt=rt)
+            else:
+                results = run_pretrain(c, data=data, rt=rt)
+            runs.append({"method": name, "seed": seed, "results": results})
+    summary = summarize(runs)
+    paper = PAPER_CIFAR10_LT if data.num_classes == 10 and cfg.data.dataset != "digits" else None
+    header = (
+        f"# Comparison on {data.name}\n\n"
+        + "\n".join(f"- {n}" for n in data.notes)
+        + f"\n- seeds: {list(cfg.compare.seeds)}; baselines trained for "
+        f"{baseline_epochs(cfg)} epochs (FASSL: teacher + prototypes + student)\n\n"
+    )
+    (out / "comparison.md").write_text(header + markdown_tables(summary, paper))
+    write_csv(summary, out / "comparison.csv")
+    bar_chart(summary, out / "comparison.png")
+    (out / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2))
+    print((out / "comparison.md").read_text())
+    return summary

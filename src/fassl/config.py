@@ -1,0 +1,305 @@
+"""Typed run configuration.
+
+Every knob of a run is a field of a dataclass below. A run's config is the defaults,
+then a YAML recipe from ``configs/``, then ``key=value`` overrides from the command line;
+OmegaConf checks each key and type against these dataclasses, so an unknown or mistyped
+key is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+METHODS = ("simclr", "sdclr", "byol", "swav", "fassl_prototypes", "fassl_rebalance")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how the long-tailed protocol draws from them."""
+
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder
+    # cifar10/cifar100: folder holding cifar-10-batches-py / cifar-100-python.
+    # folder: an image folder; with train/ and test/ sub-folders they are used as such.
+    root: str = ""
+    labeled: bool = True  # folder: one sub-folder per class; False: images found recursively
+    image_size: int = 32  # folder images are resized to this square size
+    # Long-tailed subset of the probe pool: "pool" (SDCLR: n_max = pool size / C),
+    # "full" (max 5000 per class drawn from the whole train set), "none" (use as found).
+    longtail: str = "pool"
+    imbalance: float = 100.0  # rho = n_max / n_min, any value >= 1
+    max_per_class: int = 0  # n_max; 0 = the protocol's default
+    split: int = 0  # seed of the class-rank permutation (which class is frequent)
+    val_per_class: int = 500  # held-out validation images per class (5k for CIFAR-10)
+    few_shot_fraction: float = 0.01  # nested few-shot subset of the probe pool
+    cache_dir: str = "~/.cache/fassl"
+    download: bool = False  # fetch CIFAR archives when they are missing
+
+
+@dataclass
+class AugmentConfig:
+    """Two-view augmentation (SDCLR's CIFAR recipe by default), applied on the device."""
+
+    crop_scale_min: float = 0.1
+    flip_p: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"  # resnet18 | resnet50
+    width: int = 64  # channels of the first stage (64 = the paper's ResNet-18)
+    cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool
+    proj_hidden: int = 512
+    proj_dim: int = 128
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd | lars
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 100
+    warmup_epochs: float = 10.0
+    batch_size: int = 512  # global batch size, split across processes
+    min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
+    lars_eta: float = 0.001
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    channels_last: bool = True
+    knn_every: int = 0  # epochs between kNN monitors on the validation set; 0 = off
+    knn_k: int = 200
+    log_every: int = 20  # steps between metric log lines
+    progress: bool = True
+    init_from: str = ""  # checkpoint whose weights initialise the method's encoder
+
+
+@dataclass
+class SimCLRConfig:
+    temperature: float = 0.2
+
+
+@dataclass
+class SDCLRConfig:
+    temperature: float = 0.2
+    prune_ratio: float = 0.9  # share of conv weights the pruned branch zeroes
+
+
+@dataclass
+class BYOLConfig:
+    pred_hidden: int = 512
+    ema: float = 0.99  # tau at the start
+    ema_end: float = 1.0  # tau at the end with the cosine schedule
+    ema_schedule: str = "cosine"  # fixed | cosine
+
+
+@dataclass
+class SwAVConfig:
+    num_prototypes: int = 100
+    temperature: float = 0.1
+    sinkhorn_iters: int = 3
+    epsilon: float = 0.05
+    queue_length: int = 0  # 0 = no queue
+    queue_start_epoch: int = 0
+    freeze_prototypes_steps: int = 300
+
+
+@dataclass
+class PrototypeConfig:
+    """Stage 1: frequency-aware prototype learning (Eq. 1-2)."""
+
+    num_prototypes: int = 128  # K
+    temperature: float = 0.2  # beta of Eq. 2
+    normalize: bool = True  # L2-normalise z and p before h = P z
+    feature: str = "projection"  # projection (D = proj_dim) | backbone
+
+
+@dataclass
+class RebalanceConfig:
+    """Stage 2: prototypical re-balanced self-supervised learning (Eq. 3-4)."""
+
+    # log phi: paper (Eq. 3 as written) | paper_normalized | softmax_density |
+    # cluster_size | knn | none (phi = 1: BYOL from the teacher, the paper's ablation)
+    weight: str = "paper"
+    clip_std: float = 2.0  # clamp log phi to batch mean +- clip_std * std; 0 = no clip
+    density_temperature: float = 0.1  # softmax_density
+    knn_k: int = 10  # knn
+    weight_view: str = "mean"  # which teacher view defines phi: first | mean
+    global_stats: bool = True  # clip/normalise with statistics of the global batch
+    pred_hidden: int = 512
+    ema: float = 0.99  # tau of Eq. 4
+    ema_end: float = 0.99
+    ema_schedule: str = "fixed"  # fixed | cosine
+
+
+@dataclass
+class ProbeConfig:
+    settings: list[str] = field(default_factory=lambda: ["standard", "few_shot"])
+    variant: str = "fast"  # fast (cached features) | sdclr (augmented, lr 30, steps)
+    fast_epochs: int = 100
+    fast_lr: float = 0.1
+    fast_weight_decay: float = 0.0
+    fast_batch_size: int = 256
+    sdclr_lr: float = 30.0
+    sdclr_batch_size: int = 128
+    standard_epochs: int = 30
+    few_shot_epochs: int = 100
+    knn_k: int = 200
+
+
+@dataclass
+class PipelineConfig:
+    """Stage order of FASSL; a stage with a given checkpoint is skipped."""
+
+    teacher_checkpoint: str = ""  # an existing SDCLR run's checkpoint: skip stage 0
+    prototypes_checkpoint: str = ""  # an existing stage-1 checkpoint: skip stages 0-1
+    teacher: OptimConfig = field(default_factory=OptimConfig)
+    prototypes: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=0.05, epochs=50, warmup_epochs=2.0)
+    )
+    rebalance: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=0.05, epochs=200, warmup_epochs=5.0)
+    )
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = field(default_factory=lambda: ["simclr", "byol", "swav", "sdclr", "fassl"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # Epochs of each baseline; 0 = the pipeline's three stages together (equal compute:
+    # the same number of images through the network as FASSL).
+    baseline_epochs: int = 0
+
+
+@dataclass
+class Config:
+    method: str = "simclr"  # one of METHODS
+    out_dir: str = "runs/default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    sdclr: SDCLRConfig = field(default_factory=SDCLRConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "data.dataset": ("digits", "cifar10", "cifar100", "folder"),
+    "data.longtail": ("pool", "full", "none"),
+    "model.arch": ("resnet18", "resnet50"),
+    "optim.optimizer": ("sgd", "lars"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "prototypes.feature": ("projection", "backbone"),
+    "rebalance.weight": (
+        "paper",
+        "paper_normalized",
+        "softmax_density",
+        "cluster_size",
+        "knn",
+        "none",
+    ),
+    "rebalance.weight_view": ("first", "mean"),
+    "rebalance.ema_schedule": ("fixed", "cosine"),
+    "byol.ema_schedule": ("fixed", "cosine"),
+    "probe.variant": ("fast", "sdclr"),
+}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that a type alone cannot (choices, ranges); raise ConfigError."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
+    for setting in cfg.probe.settings:
+        if setting not in ("standard", "few_shot"):
+            raise ConfigError(
+                f"config key 'probe.settings': {setting!r} is not one of ['standard', 'few_shot']"
+            )
+    for name in cfg.compare.methods:
+        if name not in (*METHODS, "fassl", "fassl_phi1"):
+            raise ConfigError(f"config key 'compare.methods': unknown method {name!r}")
+    if cfg.data.imbalance < 1:
+        raise ConfigError(f"config key 'data.imbalance' must be >= 1, got {cfg.data.imbalance}")
+    if not 0 <= cfg.sdclr.prune_ratio < 1:
+        raise ConfigError(
+            f"config key 'sdclr.prune_ratio' must be in [0, 1), got {cfg.sdclr.prune_ratio}"
+        )
+    if cfg.optim.batch_size < 2:
+        raise ConfigError("config key 'optim.batch_size' must be at least 2")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
+    schema = OmegaConf.structured(Config)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as err:  # YAML syntax errors come in several types
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        where = f" in {path}" if path is not None else ""
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"config key '{key}'{where}: {msg}") from err
+    assert isinstance(cfg, Config)
+    return validate(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]

@@ -1,0 +1,236 @@
+"""Two-view augmentation of a whole uint8 batch on the training device (SimCLR / SDCLR recipe).
+
+RandomResizedCrop + horizontal flip, ColorJitter with probability, RandomGrayscale and an
+optional Gaussian blur, drawn independently for every image and every view.
+
+Why not kornia.augmentation: benchmarks/bench_augment.py measures both on a CPU batch of
+256 images at 32x32 (see benchmarks/results/augment.json). kornia's ColorJitter converts
+to HSV and back for the hue and applies the four jitters one at a time per call, which
+dominates its run time on a CPU. Here every jitter is a per-image 3x3 colour matrix
+(hue as a rotation in YIQ space, as in SimCLR's TF code), so the whole jitter is four
+batched matrix products with a clamp after each, in a random order per image like
+torchvision; the crop and flip are one affine ``grid_sample``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fassl.config import AugmentConfig
+
+RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of RandomResizedCrop
+CROP_ATTEMPTS = 10  # torchvision's tries before falling back to the whole image
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+RGB_TO_YIQ = (
+    (0.299, 0.587, 0.114),
+    (0.595716, -0.274453, -0.321263),
+    (0.211456, -0.522591, 0.311135),
+)
+YIQ_TO_RGB = torch.linalg.inv(torch.tensor(RGB_TO_YIQ, dtype=torch.float64)).tolist()
+BLUR_SIGMA = (0.1, 2.0)  # SimCLR's blur
+
+
+def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, device=device) * (high - low) + low
+
+
+def crop_boxes(
+    n: int, height: int, width: int, scale: tuple[float, float], device: torch.device
+) -> torch.Tensor:
+    """RandomResizedCrop boxes (top, left, h, w) in pixels, torchvision's sampling, batched.
+
+    Ten (area, log-ratio) tries per image; the first that fits is kept, else the whole
+    image (clamped to the ratio range), as in ``RandomResizedCrop.get_params``.
+    """
+    area = height * width * _uniform(n * CROP_ATTEMPTS, *scale, device).view(n, -1)
+    log_r = _uniform(n * CROP_ATTEMPTS, math.log(RATIO[0]), math.log(RATIO[1]), device)
+    aspect = log_r.view(n, -1).exp()
+    w = (area * aspect).sqrt().round()
+    h = (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    fallback_h, fallback_w = _fallback_size(height, width)
+    found = fits.any(dim=1)
+    h = torch.where(found, h, torch.full_like(h, fallback_h))
+    w = torch.where(found, w, torch.full_like(w, fallback_w))
+    top = (torch.rand(n, device=device) * (height - h + 1)).floor()
+    left = (torch.rand(n, device=device) * (width - w + 1)).floor()
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _fallback_size(height: int, width: int) -> tuple[float, float]:
+    in_ratio = width / height
+    if in_ratio < RATIO[0]:
+        return float(round(width / RATIO[0])), float(width)
+    if in_ratio > RATIO[1]:
+        return float(height), float(round(height * RATIO[1]))
+    return float(height), float(width)
+
+
+def crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize each box of ``x`` to size x size (bilinear), mirrored where ``flip``.
+
+    One affine grid per image maps the output's [-1, 1] square onto the box, so a box that
+    is the whole image reproduces the input exactly (pixel centres land on pixel centres).
+    Sample points are clamped to the box's outer pixel centres, so pixels outside the box
+    never leak in: the same as cropping first and then resizing (without antialiasing).
+    """
+    n, c, height, width = x.shape
+    top, left, h, w = boxes.to(x.dtype).unbind(dim=1)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flip, -w, w) / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    low = torch.stack([(2 * left + 1) / width, (2 * top + 1) / height], dim=1) - 1
+    high = torch.stack([(2 * (left + w) - 1) / width, (2 * (top + h) - 1) / height], dim=1) - 1
+    grid = torch.maximum(torch.minimum(grid, high.view(n, 1, 1, 2)), low.view(n, 1, 1, 2))
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _hue_matrices(angle: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) RGB matrices that rotate the chroma (I, Q) plane of YIQ by ``angle``."""
+    to_yiq = torch.tensor(RGB_TO_YIQ, device=angle.device)
+    from_yiq = torch.tensor(YIQ_TO_RGB, device=angle.device)
+    cos, sin = angle.cos(), angle.sin()
+    turn = torch.zeros(angle.shape[0], 3, 3, device=angle.device)  # rotation minus identity
+    turn[:, 1, 1], turn[:, 1, 2] = cos - 1, -sin
+    turn[:, 2, 1], turn[:, 2, 2] = sin, cos - 1
+    # identity + (the change): an angle of 0 gives exactly the identity, no rounding
+    return torch.eye(3, device=angle.device) + from_yiq @ turn @ to_yiq
+
+
+def _gray_matrix(device: torch.device) -> torch.Tensor:
+    """(3, 3): every output channel is the luma of the input."""
+    return torch.tensor(GRAY_WEIGHTS, device=device).expand(3, 3).clone()
+
+
+def _factor(n: int, strength: float, device: torch.device) -> torch.Tensor:
+    """torchvision's ColorJitter factor: uniform in [max(0, 1 - s), 1 + s]."""
+    return _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, device)
+
+
+def color_jitter(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """ColorJitter with probability ``cfg.jitter_p``, in a random order per image.
+
+    Brightness, saturation and hue are linear colour maps; contrast blends with the
+    image's mean luma (a per-image offset). Values are clamped to [0, 1] after each step.
+    """
+    n, dev = x.shape[0], x.device
+    eye = torch.eye(3, device=dev).expand(n, 3, 3)
+    gray = _gray_matrix(dev)
+    apply = torch.rand(n, device=dev) < cfg.jitter_p
+    bright = _factor(n, cfg.brightness, dev).view(n, 1, 1)
+    contrast = _factor(n, cfg.contrast, dev)
+    sat = _factor(n, cfg.saturation, dev).view(n, 1, 1)
+    hue = _uniform(n, -cfg.hue, cfg.hue, dev) * (2 * math.pi)
+    order = torch.rand(n, 4, device=dev).argsort(dim=1)  # per-image order of the four ops
+    ops = torch.stack(
+        [
+            bright * eye,
+            contrast.view(n, 1, 1) * eye,
+            sat * eye + (1 - sat) * gray,
+            _hue_matrices(hue),
+        ],
+        dim=1,
+    )  # (n, 4, 3, 3)
+    ops = torch.where(apply.view(n, 1, 1, 1), ops, eye.unsqueeze(1))
+    gray_w = torch.tensor(GRAY_WEIGHTS, device=dev)
+    flat = x.flatten(2)  # (n, 3, H*W)
+    for step in range(4):
+        op = order[:, step]
+        matrix = ops[torch.arange(n, device=dev), op]
+        mean_luma = torch.einsum("c,nc->n", gray_w, flat.mean(dim=2))
+        offset = torch.where(apply & (op == 1), (1 - contrast) * mean_luma, 0.0)
+        flat = torch.bmm(matrix, flat).add_(offset.view(n, 1, 1)).clamp_(0, 1)
+    return flat.view_as(x)
+
+
+def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """RandomGrayscale: the luma in all three channels, for a share ``p`` of the images."""
+    pick = torch.rand(x.shape[0], device=x.device) < p
+    luma = torch.einsum("c,nchw->nhw", torch.tensor(GRAY_WEIGHTS, device=x.device), x)
+    return torch.where(pick.view(-1, 1, 1, 1), luma.unsqueeze(1).expand_as(x), x)
+
+
+def _blur_kernel_size(image_size: int) -> int:
+    """SimCLR's 10% of the image side, odd, at least 3."""
+    k = max(3, int(0.1 * image_size))
+    return k if k % 2 else k + 1
+
+
+def random_blur(x: torch.Tensor, p: float, kernel_size: int) -> torch.Tensor:
+    """Gaussian blur (sigma uniform in [0.1, 2]) for a share ``p`` of the images.
+
+    Separable, one kernel per image via grouped convolutions, reflect padding.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    pick = torch.rand(n, device=dev) < p
+    sigma = _uniform(n, *BLUR_SIGMA, dev)
+    half = kernel_size // 2
+    taps = torch.arange(-half, half + 1, device=dev, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    flat = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    return torch.where(pick.view(-1, 1, 1, 1), flat.view(n, c, h, w), x)
+
+
+class TwoViewAugment(nn.Module):
+    """uint8 (B, 3, H, W) on the device -> two independently augmented, normalised views.
+
+    Runs in float32 even inside ``torch.autocast``; random draws use the device's default
+    generator, so ``torch.manual_seed`` makes it repeatable.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_size = image_size
+        self.blur_kernel = _blur_kernel_size(image_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """One random view of every image: float [0, 1] in, float [0, 1] out (unnormalised)."""
+        cfg, n, dev = self.cfg, x.shape[0], x.device
+        boxes = crop_boxes(n, x.shape[2], x.shape[3], (cfg.crop_scale_min, 1.0), dev)
+        flip = torch.rand(n, device=dev) < cfg.flip_p
+        x = crop_flip(x, boxes, flip, self.image_size)
+        if cfg.jitter_p > 0:
+            x = color_jitter(x, cfg)
+        if cfg.grayscale_p > 0:
+            x = random_grayscale(x, cfg.grayscale_p)
+        if cfg.blur_p > 0:
+            x = random_blur(x, cfg.blur_p, self.blur_kernel)
+        return x
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"expected uint8 (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            x = images.float().div_(255.0)
+            both = self.augment(torch.cat([x, x]))  # one call draws both views independently
+            both = (both - self.mean.to(x.device)) / self.std.to(x.device)
+        view1, view2 = both.chunk(2)
+        return view1, view2

@@ -1,0 +1,106 @@
+"""Decoded image sets cached on disk, keyed by the exact files they were decoded from.
+
+Decoding tens of thousands of small JPEGs costs seconds to minutes; reading the decoded
+uint8 array back costs a fraction of a second. The key hashes every file's relative path,
+size and mtime, so adding, removing or touching a file decodes the folder again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fassl.data.sources import ImageSet, list_files
+
+# Bump when the decoded pixels or the stored layout change (resize method, conversions).
+FORMAT_VERSION = 1
+
+
+def cache_root(cache_dir: str | Path) -> Path:
+    return Path(cache_dir).expanduser().absolute() / "decoded"
+
+
+def fingerprint(kind: str, root: str | Path, image_size: int, extra: Sequence[str] = ()) -> str:
+    """Hash of what a decoded set depends on: source kind, folder, its files, size, version.
+
+    ``extra`` carries other inputs of the decode (e.g. a fixed class order).
+    """
+    root = Path(root).expanduser().absolute()
+    files = []
+    for rel in list_files(root):
+        st = os.stat(os.path.join(root, rel))
+        files.append([rel, st.st_size, st.st_mtime_ns])
+    payload = {
+        "kind": kind,
+        "root": str(root),
+        "files": files,
+        "image_size": image_size,
+        "extra": list(extra),
+        "version": FORMAT_VERSION,
+    }
+    blob = json.dumps(payload, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temp file in the same folder, then rename: readers never see a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _paths(folder: Path, key: str) -> tuple[Path, Path, Path]:
+    return folder / f"{key}.images.npy", folder / f"{key}.labels.npy", folder / f"{key}.json"
+
+
+def save(cache_dir: str | Path, key: str, data: ImageSet) -> None:
+    """Store the arrays first and the json last: the json marks a complete entry."""
+    folder = cache_root(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels, meta = _paths(folder, key)
+    _write_atomic(images, lambda f: np.save(f, np.ascontiguousarray(data.images)))
+    _write_atomic(labels, lambda f: np.save(f, data.labels.astype(np.int64)))
+    info = {"classes": data.classes, "report": data.report, "version": FORMAT_VERSION}
+    _write_atomic(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
+
+
+def load(cache_dir: str | Path, key: str) -> ImageSet | None:
+    """The cached set for ``key``, or None when absent or unreadable."""
+    images, labels, meta = _paths(cache_root(cache_dir), key)
+    if not meta.is_file():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        return ImageSet(np.load(images), np.load(labels), info["classes"], info["report"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def cached(
+    cache_dir: str | Path,
+    kind: str,
+    root: str | Path,
+    image_size: int,
+    decode: Callable[[], ImageSet],
+    extra: Sequence[str] = (),
+) -> tuple[ImageSet, bool]:
+    """(the decoded set, whether it came from the cache); decode and store it on a miss."""
+    key = fingerprint(kind, root, image_size, extra)
+    hit = load(cache_dir, key)
+    if hit is not None:
+        return hit, True
+    data = decode()
+    save(cache_dir, key, data)
+    return data, False

@@ -1,0 +1,287 @@
+"""The evaluation protocol end to end: linear probes, kNN, group metrics, results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fassl.config import ProbeConfig
+from fassl.data.bundle import LongTailData, Split, normalize_images
+from fassl.eval.features import extract_features
+from fassl.eval.knn import knn_predict
+from fassl.eval.metrics import group_metrics
+from fassl.eval.probe import ProbeResult, linear_probe_fast, linear_probe_sdclr
+
+SKIPPED_UNLABELED = "no labels: probes need a labeled dataset"
+# SDCLR steps the probe's lr at epochs 10, 20 of 30 (standard) and 40, 60 of 100
+# (few-shot); other epoch counts keep the same fractions.
+MILESTONE_FRACTIONS = {"standard": (1 / 3, 2 / 3), "few_shot": (0.4, 0.6)}
+KNN_TEMPERATURE = 0.1
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[eval] {message}", file=sys.stderr, flush=True)
+
+
+def _meta(data: LongTailData) -> dict[str, Any]:
+    return {
+        "dataset": data.name,
+        "num_classes": data.num_classes,
+        "classes": list(data.classes),
+        "class_counts": [int(c) for c in data.class_counts],
+        "groups": {name: [int(c) for c in ids] for name, ids in data.groups.items()},
+        "test_size": len(data.test),
+    }
+
+
+def _train_split(data: LongTailData, setting: str) -> Split:
+    return data.pool if setting == "standard" else data.few_shot
+
+
+def milestones_for(setting: str, epochs: int) -> list[int]:
+    """The sdclr probe's lr steps for ``setting``, scaled to ``epochs``."""
+    return [round(f * epochs) for f in MILESTONE_FRACTIONS[setting]]
+
+
+def _probe_entry(
+    result: ProbeResult, test: Split, data: LongTailData, train_size: int
+) -> dict[str, Any]:
+    return {
+        "variant": result.variant,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "val_acc": result.val_acc,
+        "train_size": train_size,
+        **group_metrics(result.test_pred, test.labels, data.groups, data.num_classes),
+    }
+
+
+def _fast_probes(
+    feats: dict[str, torch.Tensor],
+    data: LongTailData,
+    cfg: ProbeConfig,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """The fast variant for every configured setting, on features per split name."""
+    out: dict[str, Any] = {}
+    for setting in cfg.settings:
+        split_name = "pool" if setting == "standard" else "few_shot"
+        train = _train_split(data, setting)
+        if len(train) == 0:
+            out[setting] = {"skipped": f"the {split_name} split is empty"}
+            continue
+        start = time.perf_counter()
+        result = linear_probe_fast(
+            feats[split_name],
+            train.labels,
+            feats["val"],
+            data.val.labels,
+            feats["test"],
+            data.test.labels,
+            data.num_classes,
+            cfg.fast_epochs,
+            cfg.fast_lr,
+            cfg.fast_weight_decay,
+            cfg.fast_batch_size,
+            seed,
+            device,
+        )
+        out[setting] = _probe_entry(result, data.test, data, len(train))
+        _log(
+            progress,
+            f"{setting} fast probe: all {out[setting]['all']:.2f} "
+            f"(best epoch {result.best_epoch}, {time.perf_counter() - start:.1f}s)",
+        )
+    return out
+
+
+def evaluate(
+    backbone: nn.Module,
+    data: LongTailData,
+    cfg: ProbeConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Linear probes (each setting of ``cfg``) and kNN on the frozen backbone.
+
+    Returns the content of results.json: one entry per setting, ``knn`` (pool -> test)
+    and ``meta``. Features for the fast variant and kNN are extracted once per split.
+    """
+    device = torch.device(device)
+    results: dict[str, Any] = {}
+    meta = _meta(data)
+    if not data.labeled:
+        return {"meta": meta, "skipped": SKIPPED_UNLABELED}
+
+    needed = ["pool", "test"]
+    if cfg.variant == "fast":
+        needed.append("val")
+        if "few_shot" in cfg.settings:
+            needed.append("few_shot")
+    feats: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    for name in needed:
+        split: Split = getattr(data, name)
+        feats[name] = extract_features(
+            backbone, split.images, data.mean, data.std, device, autocast_dtype=autocast_dtype
+        )
+    _log(progress, f"features of {', '.join(needed)} in {time.perf_counter() - start:.1f}s")
+
+    if cfg.variant == "fast":
+        results.update(_fast_probes(feats, data, cfg, seed, device, progress))
+    else:
+        for setting in cfg.settings:
+            train = _train_split(data, setting)
+            if len(train) == 0:
+                results[setting] = {"skipped": f"the {setting} training split is empty"}
+                continue
+            epochs = cfg.standard_epochs if setting == "standard" else cfg.few_shot_epochs
+            start = time.perf_counter()
+            result = linear_probe_sdclr(
+                backbone,
+                train,
+                data.val,
+                data.test,
+                data.mean,
+                data.std,
+                data.num_classes,
+                epochs,
+                milestones_for(setting, epochs),
+                cfg.sdclr_lr,
+                cfg.sdclr_batch_size,
+                seed,
+                device,
+                autocast_dtype,
+            )
+            results[setting] = _probe_entry(result, data.test, data, len(train))
+            _log(
+                progress,
+                f"{setting} sdclr probe: all {results[setting]['all']:.2f} "
+                f"(best epoch {result.best_epoch}, "
+                f"{time.perf_counter() - start:.1f}s)",
+            )
+
+    if len(data.pool) > 0:
+        pred = knn_predict(
+            feats["pool"].to(device),
+            data.pool.labels.to(device),
+            feats["test"],
+            cfg.knn_k,
+            KNN_TEMPERATURE,
+            data.num_classes,
+        ).cpu()
+        results["knn"] = {
+            "k": cfg.knn_k,
+            "temperature": KNN_TEMPERATURE,
+            **group_metrics(pred, data.test.labels, data.groups, data.num_classes),
+        }
+        _log(progress, f"knn (k={cfg.knn_k}): all {results['knn']['all']:.2f}")
+    results["meta"] = meta
+    return results
+
+
+def raw_pixel_reference(data: LongTailData, cfg: ProbeConfig, seed: int = 0) -> dict[str, Any]:
+    """The fast probes on flattened normalised pixels: the floor an encoder must beat."""
+    meta = {**_meta(data), "input": "raw pixels"}
+    if not data.labeled:
+        return {"meta": meta, "skipped": SKIPPED_UNLABELED}
+    names = ["val", "test"]
+    names += [n for s, n in (("standard", "pool"), ("few_shot", "few_shot")) if s in cfg.settings]
+    feats = {
+        n: normalize_images(getattr(data, n).images, data.mean, data.std).flatten(1) for n in names
+    }
+    results = _fast_probes(feats, data, cfg, seed, torch.device("cpu"), progress=False)
+    results["meta"] = meta
+    return results
+
+
+def _json_safe(value: Any) -> Any:
+    """nan/inf -> null (strict JSON has no NaN), tensors -> lists, recursively."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``results`` as JSON atomically: a temp file in the same folder, then os.replace,
+    so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_COLUMNS = ("all", "frequent", "medium", "rare", "std")
+_ROW_ORDER = ("standard", "few_shot", "knn")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{float(value):.2f}"
+
+
+def _rows(results: dict[str, Any], label: str = "") -> list[str]:
+    rows = []
+    suffix = f" ({label})" if label else ""
+    if "skipped" in results:
+        return [f"| all{suffix} | skipped: {results['skipped']} |" + " |" * len(_COLUMNS)]
+    for setting in _ROW_ORDER:
+        entry = results.get(setting)
+        if entry is None:
+            continue
+        if "skipped" in entry:
+            rows.append(
+                f"| {setting}{suffix} | skipped: {entry['skipped']} |" + " |" * len(_COLUMNS)
+            )
+            continue
+        variant = f"k={entry['k']}" if setting == "knn" else entry.get("variant", "")
+        cells = [_fmt(entry.get(col)) for col in _COLUMNS]
+        rows.append(f"| {setting}{suffix} | {variant} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def format_results_table(results: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
+    """Markdown table: setting | variant | All | Frequent | Medium | Rare | Std.
+
+    ``reference`` maps a name (e.g. "raw pixels") to another results dict, whose rows
+    follow with the name in the setting column; a bare results dict is named "reference".
+    """
+    lines = [
+        "| setting | variant | All | Frequent | Medium | Rare | Std |",
+        "|---|---|---|---|---|---|---|",
+        *_rows(results),
+    ]
+    if reference:
+        if "meta" in reference or any(s in reference for s in _ROW_ORDER):
+            reference = {"reference": reference}
+        for name, ref in reference.items():
+            lines.extend(_rows(ref, name))
+    return "\n".join(lines) + "\n"

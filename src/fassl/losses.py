@@ -1,0 +1,507 @@
+"""Loss functions of FASSL and its baselines (SimCLR, SDCLR, BYOL, SwAV).
+
+Every function is pure: no module state. Inputs are cast to float32 and autocast is
+switched off inside (autocast would run the matmuls in bf16 again), so callers running
+under bf16 autocast get float32 losses, softmaxes and weights.
+Equation numbers refer to the FASSL paper (Lin, Chen, Wang, "Frequency-Aware
+Self-Supervised Long-Tailed Learning", ICCV 2023 workshops).
+
+Distributed training: ``nt_xent`` (and so ``prototype_contrastive_loss``) uses the
+negatives of the global batch; ``normalize_weights`` and ``sinkhorn`` can use global
+batch statistics. All of them assume every rank holds the same local batch size
+(``all_gather`` needs equal shapes). In a single process they reduce to the usual
+single-device formulas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fassl import distributed
+
+__all__ = [
+    "byol_loss",
+    "consistency_loss",
+    "cosine_momentum",
+    "ema_update",
+    "log_rebalance_weight",
+    "log_weight_cluster_size",
+    "log_weight_knn",
+    "log_weight_softmax_density",
+    "normalize_weights",
+    "nt_xent",
+    "prototype_contrastive_loss",
+    "prototype_scores",
+    "sinkhorn",
+    "swav_loss",
+]
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _float32(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with autocast off on the devices of its tensor arguments."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        devices = {a.device.type for a in (*args, *kwargs.values()) if isinstance(a, Tensor)}
+        with contextlib.ExitStack() as stack:
+            for device in devices:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- contrastive
+
+
+@_float32
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """NT-Xent of SimCLR (Chen et al., ICML 2020, Eq. 1), mean over this rank's anchors.
+
+    Rows are L2-normalised, so similarities are cosines divided by ``temperature``.
+    Anchors are this rank's 2n views (both ``z1`` and ``z2``, n rows each); the
+    candidates are all 2N views of the global batch gathered from every rank
+    (``gather_with_grad``), the anchor itself excluded. The positive of a view is
+    the other view of the same image; the other 2N - 2 views are negatives.
+
+    With equal local batches the mean over ranks of this loss is the full-batch loss,
+    and the gather's backward makes DDP's gradient average the gradient of that mean.
+
+    Args:
+        z1: (n, D) first views of this rank's images.
+        z2: (n, D) second views, row i pairs with row i of ``z1``.
+        temperature: softmax temperature (0.2 in SDCLR's setup).
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(
+            f"nt_xent needs two (n, D) tensors, got {tuple(z1.shape)}, {tuple(z2.shape)}"
+        )
+    n = z1.shape[0]
+    z1 = F.normalize(z1.float(), dim=1)
+    z2 = F.normalize(z2.float(), dim=1)
+    all1 = distributed.gather_with_grad(z1)
+    all2 = distributed.gather_with_grad(z2)
+    total = all1.shape[0]  # N, the global number of images
+    offset = distributed.rank() * n
+
+    anchors = torch.cat([z1, z2], dim=0)  # (2n, D)
+    candidates = torch.cat([all1, all2], dim=0)  # (2N, D): view 1 block, then view 2
+    logits = anchors @ candidates.T / temperature
+
+    local = torch.arange(n, device=z1.device)
+    self_idx = torch.cat([offset + local, total + offset + local])
+    pos_idx = torch.cat([total + offset + local, offset + local])
+    rows = torch.arange(2 * n, device=z1.device)
+    # An anchor is never its own candidate: exp(-inf) = 0 drops it from the softmax.
+    logits = logits.index_put((rows, self_idx), torch.tensor(float("-inf"), device=z1.device))
+    return F.cross_entropy(logits, pos_idx)
+
+
+@_float32
+def prototype_scores(z: Tensor, prototypes: Tensor, normalize: bool) -> Tensor:
+    """Similarity of each embedding to each prototype, h = P z (Eq. 1 of the FASSL paper).
+
+    Args:
+        z: (N, D) embeddings.
+        prototypes: (K, D) prototype matrix P, one prototype per row.
+        normalize: L2-normalise the rows of ``z`` and ``P`` first (cosine scores in
+            [-1, 1]); False is the paper's raw inner product.
+
+    Returns:
+        (N, K) float32 scores h.
+    """
+    z = z.float()
+    prototypes = prototypes.float()
+    if normalize:
+        z = F.normalize(z, dim=1)
+        prototypes = F.normalize(prototypes, dim=1)
+    return z @ prototypes.T
+
+
+@_float32
+def prototype_contrastive_loss(
+    z1: Tensor, z2: Tensor, prototypes: Tensor, temperature: float, normalize: bool
+) -> Tensor:
+    """L_contra of Eq. 2 of the FASSL paper: NT-Xent on the prototype scores h = P z.
+
+    The cosine similarity of Eq. 2 is taken between score vectors h (K-dim), with
+    temperature beta. Gradients reach both the embeddings and the prototypes.
+
+    Args:
+        z1: (n, D) teacher embeddings of the first views.
+        z2: (n, D) teacher embeddings of the second views.
+        prototypes: (K, D) prototype matrix P.
+        temperature: beta (0.2 in the paper).
+        normalize: L2-normalise z and P before Eq. 1, see ``prototype_scores``.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    h1 = prototype_scores(z1, prototypes, normalize)
+    h2 = prototype_scores(z2, prototypes, normalize)
+    return nt_xent(h1, h2, temperature)
+
+
+# ------------------------------------------------------------------------ re-weighting
+# Every log-weight below follows one contract: larger = rarer, returned in log space,
+# detached (phi carries no gradient). Feed it to ``normalize_weights``.
+
+
+@_float32
+@torch.no_grad()
+def log_rebalance_weight(z: Tensor, prototypes: Tensor, normalize: bool) -> Tensor:
+    """log phi of Eq. 3 of the FASSL paper: log phi_i = -sum_k <z_i, p_k>.
+
+    The sum of inner products equals <z_i, sum_k p_k>, so one matrix-vector product
+    suffices. Returned in log space: exp of the raw sum overflows float32 easily.
+
+    Args:
+        z: (N, D) teacher embeddings.
+        prototypes: (K, D) frozen prototype matrix P.
+        normalize: use unit-length z and p (the exponent then lies in [-K, K]);
+            False is Eq. 3 as written.
+
+    Returns:
+        (N,) float32 log-weights, detached.
+    """
+    z = z.float()
+    prototypes = prototypes.float()
+    if normalize:
+        z = F.normalize(z, dim=1)
+        prototypes = F.normalize(prototypes, dim=1)
+    return -(z @ prototypes.sum(dim=0))
+
+
+@_float32
+@torch.no_grad()
+def log_weight_softmax_density(z: Tensor, prototypes: Tensor, temperature: float) -> Tensor:
+    """Inverse soft density of prototypes around z: -logsumexp_k(cos(z, p_k) / t).
+
+    A label-free alternative to Eq. 3 of the FASSL paper: an image close to many
+    prototypes (a crowded, frequent region) gets a small weight; one far from all
+    gets a large weight. Small ``t`` approaches -max_k cos / t.
+
+    Args:
+        z: (N, D) embeddings.
+        prototypes: (K, D) prototype matrix.
+        temperature: softmax temperature t.
+
+    Returns:
+        (N,) float32 log-weights, detached.
+    """
+    cos = prototype_scores(z, prototypes, normalize=True)
+    return -torch.logsumexp(cos / temperature, dim=1)
+
+
+@_float32
+@torch.no_grad()
+def log_weight_cluster_size(z: Tensor, prototypes: Tensor, cluster_sizes: Tensor) -> Tensor:
+    """Inverse size of the nearest prototype's cluster: -log(count of its images).
+
+    A label-free alternative to Eq. 3 of the FASSL paper. The nearest prototype is the
+    one of largest cosine similarity; ``cluster_sizes[k]`` counts the dataset images
+    assigned to prototype k (computed by the caller over the dataset), clamped to at
+    least 1 so that empty clusters stay finite.
+
+    Args:
+        z: (N, D) embeddings.
+        prototypes: (K, D) prototype matrix.
+        cluster_sizes: (K,) image counts per prototype.
+
+    Returns:
+        (N,) float32 log-weights, detached.
+    """
+    if cluster_sizes.shape != (prototypes.shape[0],):
+        raise ValueError(
+            f"cluster_sizes must have shape ({prototypes.shape[0]},), "
+            f"got {tuple(cluster_sizes.shape)}"
+        )
+    nearest = prototype_scores(z, prototypes, normalize=True).argmax(dim=1)
+    sizes = cluster_sizes.to(device=nearest.device, dtype=torch.float32).clamp_min(1.0)
+    return -torch.log(sizes[nearest])
+
+
+@_float32
+@torch.no_grad()
+def log_weight_knn(z: Tensor, bank: Tensor, k: int) -> Tensor:
+    """Inverse local density in a feature bank: -(mean cosine to the k nearest rows).
+
+    A label-free alternative to Eq. 3 of the FASSL paper: images in sparse regions of
+    the feature space (likely rare classes) get larger weights.
+
+    The bank is used as given: if it contains the query images themselves, excluding
+    those exact self-matches (e.g. by masking their bank indices) is the caller's job,
+    otherwise each query counts itself as a neighbour at cosine 1.
+
+    Args:
+        z: (N, D) query embeddings.
+        bank: (M, D) feature bank, M >= k.
+        k: number of neighbours.
+
+    Returns:
+        (N,) float32 log-weights, detached.
+    """
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k must be in [1, {bank.shape[0]}] (the bank size), got {k}")
+    cos = F.normalize(z.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
+    return -cos.topk(k, dim=1).values.mean(dim=1)
+
+
+@_float32
+@torch.no_grad()
+def normalize_weights(log_phi: Tensor, clip_std: float, global_stats: bool) -> Tensor:
+    """Turn log-weights into batch weights: "clip outliers and normalize the weights in
+    each mini-batch" (Sec. 4.2 of the FASSL paper).
+
+    1. Clip: clamp log phi to mean +- ``clip_std`` * std (population std) of the batch;
+       ``clip_std`` = 0 disables clipping.
+    2. Exponentiate after subtracting the batch maximum, so any finite input gives
+       finite weights (the largest weight is exp(0) = 1 before scaling).
+    3. Scale so the weights average exactly 1 over the batch, which keeps the loss on
+       the scale of the unweighted (BYOL) loss.
+
+    With ``global_stats`` and an initialised process group, the batch is the global
+    batch (gathered from all ranks): every rank clips and scales with the same numbers
+    and the weights average 1 over all ranks together. Otherwise the statistics are
+    per process.
+
+    Args:
+        log_phi: (n,) log-weights of this rank's images.
+        clip_std: clipping width in standard deviations; 0 = no clipping.
+        global_stats: use the statistics of the global batch when distributed.
+
+    Returns:
+        (n,) float32 weights, ``requires_grad`` False.
+    """
+    log_phi = log_phi.detach().float()
+    batch = distributed.gather_no_grad(log_phi) if global_stats else log_phi
+    if clip_std > 0:
+        mean = batch.mean()
+        std = batch.std(correction=0)
+        low, high = mean - clip_std * std, mean + clip_std * std
+        log_phi = log_phi.clamp(low, high)
+        batch = batch.clamp(low, high)
+    top = batch.max()
+    weights = torch.exp(log_phi - top)
+    return weights / torch.exp(batch - top).mean()
+
+
+# ---------------------------------------------------------------------- BYOL / Eq. 3
+
+
+@_float32
+def consistency_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Normalised MSE of Eq. 3 of the FASSL paper (and of BYOL, Grill et al. 2020).
+
+    Per sample ``|| p/|p| - z/|z| ||^2 = 2 - 2 cos(p, z)``; the target is detached
+    (stop-gradient). The batch reduction is ``mean_i(weight_i * loss_i)``, the
+    expectation of Eq. 3: with weights that average 1 (``normalize_weights``) this is
+    also the weighted average, and with global-batch weights the mean over ranks is the
+    global L_reb.
+
+    Args:
+        pred: (n, D) student predictions q(z^S).
+        target: (n, D) teacher embeddings z^T.
+        weight: (n,) per-sample weights phi (detached); None means all 1.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    p = F.normalize(pred.float(), dim=1)
+    z = F.normalize(target.detach().float(), dim=1)
+    per_sample = (p - z).pow(2).sum(dim=1)
+    if weight is not None:
+        per_sample = per_sample * weight.detach().float()
+    return per_sample.mean()
+
+
+@_float32
+def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    """BYOL's symmetrised loss (Grill et al., NeurIPS 2020, Eq. 2-3).
+
+    ``consistency(p1, sg(z2)) + consistency(p2, sg(z1))``: each view's prediction
+    regresses the teacher embedding of the other view, each term a batch mean of
+    ``2 - 2 cos``. So the loss lies in [0, 8].
+
+    Args:
+        p1: (n, D) student predictions of view 1.
+        p2: (n, D) student predictions of view 2.
+        z1: (n, D) teacher embeddings of view 1.
+        z2: (n, D) teacher embeddings of view 2.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    return consistency_loss(p1, z2) + consistency_loss(p2, z1)
+
+
+# ------------------------------------------------------------------------------ SwAV
+
+
+def _logsumexp_over_batch(log_q: Tensor) -> Tensor:
+    """logsumexp over dim 0 of the global batch: (1, K), identical on every rank."""
+    if not distributed.is_distributed() or distributed.world_size() == 1:
+        return torch.logsumexp(log_q, dim=0, keepdim=True)
+    top = log_q.max(dim=0, keepdim=True).values
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    total = torch.exp(log_q - top).sum(dim=0, keepdim=True)
+    dist.all_reduce(total)
+    return torch.log(total) + top
+
+
+@_float32
+@torch.no_grad()
+def sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
+    """Sinkhorn-Knopp codes of SwAV (Caron et al., NeurIPS 2020, Sec. 3.1 and Alg. 1).
+
+    Solves the entropic equipartition problem for Q proportional to
+    ``exp(scores / epsilon)``: every sample's codes sum to 1 and every prototype gets
+    B/K of the batch's mass (B = global batch size). Computed in float32 in log space
+    (each normalisation subtracts a logsumexp), so no exp can overflow or make a column
+    vanish, even for bf16 scores of +-1e4 with epsilon 0.01.
+
+    Each iteration first normalises the prototype columns (each column sums to B/K,
+    over the global batch under distributed training, via all_reduce), then the sample
+    rows. The last operation is therefore the row normalisation: **row sums are exactly
+    1** after the last iteration, **column sums equal B/K only approximately**, the gap
+    shrinking with more iterations (SwAV's order and its final ``Q *= B``). With
+    ``iterations`` = 0 the codes are the row softmax of ``scores / epsilon``.
+
+    The codes are targets, so no gradient flows through them.
+
+    Args:
+        scores: (B, K) prototype scores of this rank's samples.
+        epsilon: entropy regularisation (0.05 in SwAV).
+        iterations: Sinkhorn iterations (3 in SwAV).
+
+    Returns:
+        (B, K) float32 codes Q.
+    """
+    log_q = scores.float() / epsilon
+    num_protos = log_q.shape[1]
+    global_batch = log_q.shape[0] * distributed.world_size()
+    log_col_target = math.log(global_batch / num_protos)
+    for _ in range(iterations):
+        log_q = log_q - _logsumexp_over_batch(log_q) + log_col_target
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+    if iterations == 0:
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+    return torch.exp(log_q)
+
+
+@_float32
+def swav_loss(
+    scores1: Tensor, scores2: Tensor, codes1: Tensor, codes2: Tensor, temperature: float
+) -> Tensor:
+    """Swapped prediction loss of SwAV (Caron et al., NeurIPS 2020, Eq. 1-2).
+
+    ``0.5 * [ -mean_b sum_k codes2 * log_softmax(scores1 / t)
+              -mean_b sum_k codes1 * log_softmax(scores2 / t) ]``:
+    each view predicts the other view's codes. The halving is SwAV's normalisation
+    for two crops both used for assignment (sum over the crops of the other crops'
+    losses, divided by (crops - 1) and by the number of assigned crops), so the loss
+    is on the scale of one cross-entropy.
+
+    Args:
+        scores1: (B, K) prototype scores of view 1 (cosines, carry the gradient).
+        scores2: (B, K) prototype scores of view 2.
+        codes1: (B, K) Sinkhorn codes of view 1 (detached here).
+        codes2: (B, K) Sinkhorn codes of view 2.
+        temperature: softmax temperature t (0.1 in SwAV).
+
+    Returns:
+        Scalar float32 loss.
+    """
+    log_p1 = F.log_softmax(scores1.float() / temperature, dim=1)
+    log_p2 = F.log_softmax(scores2.float() / temperature, dim=1)
+    loss12 = -(codes2.detach().float() * log_p1).sum(dim=1).mean()
+    loss21 = -(codes1.detach().float() * log_p2).sum(dim=1).mean()
+    return 0.5 * (loss12 + loss21)
+
+
+# ------------------------------------------------------------------------------- EMA
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
+    """Teacher EMA of Eq. 4 of the FASSL paper: theta_T <- tau theta_T + (1 - tau) theta_S.
+
+    Applied to every parameter. Buffers (BatchNorm running statistics, batch counters)
+    are copied from the student instead of averaged: the teacher normalises with batch
+    statistics during training anyway, and copying keeps its running statistics those
+    of the current weights rather than a lagging average of older ones.
+
+    Both modules must have the same structure (parameter and buffer names and shapes);
+    a mismatch raises ValueError rather than silently pairing the wrong tensors.
+
+    Args:
+        teacher: module updated in place.
+        student: module read.
+        tau: decay rate in [0, 1]; 0 copies the student, 1 keeps the teacher.
+    """
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {tau}")
+    pairs = []
+    for kind, t_items, s_items in (
+        ("parameter", teacher.named_parameters(), student.named_parameters()),
+        ("buffer", teacher.named_buffers(), student.named_buffers()),
+    ):
+        t_dict, s_dict = dict(t_items), dict(s_items)
+        if t_dict.keys() != s_dict.keys():
+            missing = sorted(set(s_dict) - set(t_dict))[:5]
+            extra = sorted(set(t_dict) - set(s_dict))[:5]
+            raise ValueError(
+                f"ema_update: teacher and student {kind}s differ; only in the student: "
+                f"{missing}, only in the teacher: {extra}"
+            )
+        for name, t in t_dict.items():
+            if t.shape != s_dict[name].shape:
+                raise ValueError(
+                    f"ema_update: {kind} '{name}' has shape {tuple(t.shape)} in the teacher "
+                    f"and {tuple(s_dict[name].shape)} in the student"
+                )
+            pairs.append((kind, t, s_dict[name]))
+    for kind, t, s in pairs:
+        if kind == "buffer":
+            t.copy_(s)
+        else:
+            # lerp is exact at both ends: weight 1 gives s, weight 0 gives t.
+            t.lerp_(s.to(t.dtype), 1.0 - tau)
+
+
+def cosine_momentum(step: int, total_steps: int, base: float, end: float) -> float:
+    """BYOL's cosine schedule of the EMA decay (Grill et al., NeurIPS 2020, Sec. 3.2).
+
+    ``end - (end - base) * (cos(pi * step / total_steps) + 1) / 2``: ``base`` at step 0,
+    ``end`` at ``total_steps`` (BYOL: 0.996 -> 1). Steps outside [0, total_steps] are
+    clamped.
+
+    Args:
+        step: current optimisation step.
+        total_steps: steps of the whole run, at least 1.
+        base: tau at the start.
+        end: tau at the end.
+
+    Returns:
+        The decay tau for this step.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+    progress = min(max(step / total_steps, 0.0), 1.0)
+    return end - (end - base) * (math.cos(math.pi * progress) + 1.0) / 2.0

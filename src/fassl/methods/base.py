@@ -1,0 +1,73 @@
+"""What every method is: modules it owns, and how a batch of two views becomes a loss.
+
+The training loop (``fassl.train.loop``) knows nothing else about a method: it calls
+``forward(view1, view2)`` for the loss and the hooks around the optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fassl.models import Encoder
+
+
+@dataclass
+class EpochContext:
+    """What a method may look at when an epoch starts."""
+
+    epoch: int
+    num_epochs: int
+    # Features of every training image (no augmentation) through the given function,
+    # computed in eval mode without gradients; rows in dataset order, on the device.
+    embed: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+
+
+class Method(nn.Module):
+    """Base class: a self-supervised objective over two augmented views."""
+
+    name = "method"
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The network whose features are evaluated."""
+        return self.encoder.backbone
+
+    def forward(  # type: ignore[override]
+        self, view1: torch.Tensor, view2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the loss and detached scalars to log."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        """Hook before an epoch's first step (SDCLR re-prunes here)."""
+
+    def on_after_backward(self, step: int) -> None:
+        """Hook between backward and the optimizer step (SwAV freezes prototypes here)."""
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Hook after the optimizer step (EMA teachers follow here)."""
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """What later stages and evaluation need: ``backbone.*``, ``projector.*`` and
+        for prototype methods ``prototypes``; plain BatchNorm keys."""
+        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+
+
+def two_view_forward(
+    encoder: nn.Module, view1: torch.Tensor, view2: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Run both views as one batch (one pass is faster than two) and split the outputs.
+
+    Returns ((features1, features2), (projections1, projections2)).
+    """
+    n = view1.shape[0]
+    feats, proj = encoder(torch.cat([view1, view2]))
+    return (feats[:n], feats[n:]), (proj[:n], proj[n:])

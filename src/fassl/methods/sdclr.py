@@ -1,0 +1,68 @@
+"""SDCLR (Jiang et al., ICML 2021): SimCLR between the dense network and a pruned copy.
+
+The pruned copy zeroes the ``prune_ratio`` smallest-magnitude conv weights (one global
+threshold, recomputed at the start of every epoch) and has its own BatchNorm layers.
+NT-Xent contrasts dense(view 1) with pruned(view 2). The dense branch is what gets
+evaluated and what initialises FASSL's teacher.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+from fassl.losses import nt_xent
+from fassl.methods.base import EpochContext, Method
+from fassl.models import Encoder
+from fassl.models.pruning import (
+    add_pruned_batchnorms,
+    conv_weight_names,
+    dense_state_dict,
+    global_magnitude_masks,
+    pruned_batchnorms,
+)
+
+
+class SDCLR(Method):
+    name = "sdclr"
+
+    def __init__(self, encoder: Encoder, temperature: float, prune_ratio: float) -> None:
+        super().__init__(add_pruned_batchnorms(encoder))  # type: ignore[arg-type]
+        self.temperature = temperature
+        self.prune_ratio = prune_ratio
+        self.conv_names = conv_weight_names(self.encoder)
+        params = dict(self.encoder.named_parameters())
+        for i, name in enumerate(self.conv_names):
+            # Saved with every checkpoint; all-ones until the first epoch prunes.
+            self.register_buffer(f"mask_{i}", torch.ones_like(params[name], dtype=torch.bool))
+        self.update_masks()
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"mask_{i}") for i, name in enumerate(self.conv_names)}
+
+    @torch.no_grad()
+    def update_masks(self) -> None:
+        params = dict(self.encoder.named_parameters())
+        weights = {name: params[name] for name in self.conv_names}
+        for i, mask in enumerate(global_magnitude_masks(weights, self.prune_ratio).values()):
+            getattr(self, f"mask_{i}").copy_(mask)
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        self.update_masks()
+
+    def pruned_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = dict(self.encoder.named_parameters())
+        masked = {name: params[name] * mask for name, mask in self.masks().items()}
+        with pruned_batchnorms(self.encoder):
+            return functional_call(self.encoder, masked, (x,))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
+        _, z1 = self.encoder(view1)
+        _, z2 = self.pruned_forward(view2)
+        loss = nt_xent(z1, z2, self.temperature)
+        return loss, {"loss": loss.detach()}
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        return {
+            k: v.detach().clone() for k, v in dense_state_dict(self.encoder.state_dict()).items()
+        }

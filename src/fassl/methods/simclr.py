@@ -1,0 +1,22 @@
+"""SimCLR (Chen et al., ICML 2020): NT-Xent between two views of each image."""
+
+from __future__ import annotations
+
+import torch
+
+from fassl.losses import nt_xent
+from fassl.methods.base import Method, two_view_forward
+from fassl.models import Encoder
+
+
+class SimCLR(Method):
+    name = "simclr"
+
+    def __init__(self, encoder: Encoder, temperature: float) -> None:
+        super().__init__(encoder)
+        self.temperature = temperature
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
+        _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
+        loss = nt_xent(z1, z2, self.temperature)
+        return loss, {"loss": loss.detach()}

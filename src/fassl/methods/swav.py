@@ -1,0 +1,82 @@
+"""SwAV (Caron et al., NeurIPS 2020): swapped prediction of Sinkhorn cluster codes.
+
+Features and prototypes are L2-normalised; codes come from Sinkhorn-Knopp on the
+prototype scores (with a queue of past features at small batch sizes); the prototypes
+stay frozen for the first ``freeze_prototypes_steps`` steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fassl.losses import sinkhorn, swav_loss
+from fassl.methods.base import EpochContext, Method, two_view_forward
+from fassl.models import Encoder
+
+
+class SwAV(Method):
+    name = "swav"
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        dim: int,
+        num_prototypes: int,
+        temperature: float,
+        epsilon: float,
+        sinkhorn_iters: int,
+        queue_length: int,
+        queue_start_epoch: int,
+        freeze_prototypes_steps: int,
+    ) -> None:
+        super().__init__(encoder)
+        self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
+        self.temperature, self.epsilon, self.sinkhorn_iters = temperature, epsilon, sinkhorn_iters
+        self.queue_start_epoch = queue_start_epoch
+        self.freeze_prototypes_steps = freeze_prototypes_steps
+        # Two queues (one per view) of past normalised features; zero rows are unfilled.
+        self.register_buffer("queue", torch.zeros(2, queue_length, dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.use_queue = False
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        self.use_queue = self.queue.shape[1] > 0 and ctx.epoch >= self.queue_start_epoch
+
+    @torch.no_grad()
+    def push_queue(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
+        """Roll the queue by one batch: newest features first, oldest dropped."""
+        n = min(z1.shape[0], self.queue.shape[1])
+        self.queue[:, n:] = self.queue[:, :-n].clone()
+        self.queue[0, :n] = z1[:n].to(self.queue.dtype)
+        self.queue[1, :n] = z2[:n].to(self.queue.dtype)
+        self.queue_filled.fill_(min(int(self.queue_filled) + n, self.queue.shape[1]))
+
+    def codes(self, scores: torch.Tensor, view: int) -> torch.Tensor:
+        with torch.no_grad():
+            n = scores.shape[0]
+            filled = int(self.queue_filled)
+            if self.use_queue and filled > 0:
+                queued = self.queue[view, :filled] @ self.prototypes.weight.detach().float().T
+                scores = torch.cat([scores.detach().float(), queued])
+            return sinkhorn(scores.detach(), self.epsilon, self.sinkhorn_iters)[:n]
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
+        with torch.no_grad():
+            w = self.prototypes.weight
+            w.copy_(nn.functional.normalize(w, dim=1))
+        _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
+        z1, z2 = (
+            nn.functional.normalize(z1.float(), dim=1),
+            nn.functional.normalize(z2.float(), dim=1),
+        )
+        s1, s2 = self.prototypes(z1), self.prototypes(z2)
+        q1, q2 = self.codes(s1, 0), self.codes(s2, 1)
+        loss = swav_loss(s1, s2, q1, q2, self.temperature)
+        if self.use_queue:
+            self.push_queue(z1.detach(), z2.detach())
+        return loss, {"loss": loss.detach()}
+
+    def on_after_backward(self, step: int) -> None:
+        if step < self.freeze_prototypes_steps:
+            self.prototypes.weight.grad = None

@@ -1,0 +1,38 @@
+"""Projection heads, predictors and the prototype matrix."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear-BN-ReLU-Linear: SDCLR's projection head (512-512-128) and BYOL's projector
+    and predictor have this shape."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim, bias=False),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class Encoder(nn.Module):
+    """Backbone followed by a projection head; ``forward`` returns both outputs."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        return features, self.projector(features)
+
+
+def init_prototypes(
+    num_prototypes: int, dim: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random unit-norm prototype rows (K x D): P of Eq. 1 before training."""
+    p = torch.randn(num_prototypes, dim, generator=generator)
+    return nn.functional.normalize(p, dim=1)

@@ -1,0 +1,86 @@
+"""Optimizers and the learning-rate schedule shared by every method."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fassl.config import OptimConfig
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and conv kernels only: biases, BatchNorm parameters
+    and prototype-free 1-d parameters are excluded (and LARS does not adapt them)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars": True},
+        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al., 2017).
+
+    PyTorch ships no LARS; this is the usual SimCLR/BYOL form: for parameter groups with
+    ``lars=True`` the update is scaled by eta * |w| / (|g| + wd * |w|).
+    """
+
+    def __init__(
+        self, params: list[dict], lr: float, momentum: float = 0.9, eta: float = 0.001
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, eta=eta, weight_decay=0.0, lars=True)
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                if group["lars"]:
+                    w_norm, g_norm = torch.norm(p), torch.norm(grad)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0
+                    )
+                    grad = grad.mul(trust)
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = grad.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(grad)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(module, cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    for g in groups:
+        g.pop("lars")
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def lr_at(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, min_ratio: float = 0.0
+) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to
+    ``base_lr * min_ratio`` at ``total_steps``; evaluated per step."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,115 @@
+"""Helpers for the data tests: tiny CIFAR folders in the official format, small image files,
+and the real CIFAR-10 JPEG copy extracted into the cache directory (never into the repo)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_JPEG_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CACHE_DIR = Path("~/.cache/fassl").expanduser()
+
+
+def cifar10_jpeg_root() -> Path:
+    """The extracted CIFAR-10 JPEG copy (train/ and test/), extracting it once if needed."""
+    target = CACHE_DIR / "cifar10-jpeg"
+    if (target / "train").is_dir() and (target / "test").is_dir():
+        return target
+    if not CIFAR10_JPEG_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 JPEG archive not found at {CIFAR10_JPEG_ARCHIVE}")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    # Extract next to the target and rename, so an interrupted run leaves no half folder.
+    tmp = Path(tempfile.mkdtemp(dir=CACHE_DIR, prefix=".cifar10-jpeg."))
+    try:
+        with tarfile.open(CIFAR10_JPEG_ARCHIVE, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp / "cifar10-jpeg", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def random_images(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+def _dump(path: Path, obj: object) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)  # the official files are protocol-2 pickles
+
+
+def write_cifar10(
+    root: Path, per_batch: int = 4, n_test: int = 6, bytes_keys: bool = False
+) -> Path:
+    """``root/cifar-10-batches-py`` in the official layout: 5 data batches, test, meta.
+
+    Image i of the train set has label i % 10. ``bytes_keys`` stores keys and class
+    names as bytes, the way the Python 2 files look when read with encoding="bytes".
+    """
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    key = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
+    names = [f"class{c}" for c in range(10)]
+    images = random_images(5 * per_batch + n_test)
+    for b in range(5):
+        rows = images[b * per_batch : (b + 1) * per_batch].reshape(per_batch, -1)
+        labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
+        _dump(folder / f"data_batch_{b + 1}", {key("data"): rows, key("labels"): labels})
+    test_rows = images[5 * per_batch :].reshape(n_test, -1)
+    _dump(folder / "test_batch", {key("data"): test_rows, key("labels"): list(range(n_test))})
+    _dump(folder / "batches.meta", {key("label_names"): [key(n) for n in names]})
+    return folder
+
+
+def write_cifar100(root: Path, n_train: int = 8, n_test: int = 4) -> Path:
+    """``root/cifar-100-python`` with train, test and meta (fine and coarse labels)."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    images = random_images(n_train + n_test, seed=1)
+    for name, rows in (("train", images[:n_train]), ("test", images[n_train:])):
+        fine = [(7 * i) % 100 for i in range(len(rows))]
+        batch = {
+            "data": rows.reshape(len(rows), -1),
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+        }
+        _dump(folder / name, batch)
+    meta = {
+        "fine_label_names": [f"fine{c}" for c in range(100)],
+        "coarse_label_names": [f"coarse{c}" for c in range(20)],
+    }
+    _dump(folder / "meta", meta)
+    return folder
+
+
+def save_image(path: Path, image: Image.Image | np.ndarray, **kwargs: object) -> Path:
+    """Write an image (or an (H, W[, C]) array) with PIL, creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image.save(path, **kwargs)
+    return path
+
+
+def rgb(value: int | tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """A constant RGB image of (height, width) = size."""
+    return np.broadcast_to(np.asarray(value, dtype=np.uint8), (*size, 3)).copy()
+
+
+def write_class_folder(root: Path, counts: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """A labeled folder of random RGB PNGs: ``counts`` images per class sub-folder."""
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        for i in range(n):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            save_image(root / name / f"{i:04d}.png", pixels)
+    return root

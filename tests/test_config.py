@@ -1,0 +1,48 @@
+import pytest
+
+from fassl.cli import RECIPES
+from fassl.config import ConfigError, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["optim.lr=0.3", "model.width=32", "probe.settings=[standard]"])
+    assert cfg.optim.lr == 0.3 and cfg.model.width == 32
+    assert cfg.probe.settings == ["standard"]
+    assert cfg.rebalance.ema == 0.99 and cfg.prototypes.num_prototypes == 128
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        load_config(None, ["optim.lrr=0.3"])
+
+
+def test_mistyped_value_is_named():
+    with pytest.raises(ConfigError, match=r"model\.width"):
+        load_config(None, ["model.width=wide"])
+
+
+def test_bad_choice_is_named():
+    with pytest.raises(ConfigError, match=r"rebalance\.weight"):
+        load_config(None, ["rebalance.weight=magic"])
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("optim:\n  lr: 0.1\n  nesterov: true\n")
+    with pytest.raises(ConfigError, match=r"optim.nesterov.*bad.yaml"):
+        load_config(f)
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"not found"):
+        load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_every_recipe_loads(recipe):
+    load_config(RECIPES / recipe)
