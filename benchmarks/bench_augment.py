@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -131,6 +132,7 @@ def main() -> None:
         "torch": torch.__version__,
         "kornia": kornia.__version__,
         "machine": platform.processor() or platform.machine(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # other work on the machine
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
         "speedup_fassl_over_kornia": {k: round(v, 2) for k, v in ratios.items()},
     }

@@ -3,9 +3,11 @@ and the real CIFAR-10 JPEG copy extracted into the cache directory (never into t
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
+import struct
 import tarfile
 import tempfile
 from pathlib import Path
@@ -42,31 +44,50 @@ def random_images(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
 
 
-def _dump(path: Path, obj: object) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)  # the official files are protocol-2 pickles
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes bytes as Python 2 ``str`` opcodes (BINSTRING), as in the official CIFAR files."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch[bytes] = save_bytes
 
 
-def write_cifar10(
-    root: Path, per_batch: int = 4, n_test: int = 6, bytes_keys: bool = False
-) -> Path:
+def _dump(path: Path, obj: dict[str, object], py2: bool) -> None:
+    """A protocol-2 pickle. ``py2`` mimics the official files: keys, names and array data
+    as Python 2 strings and numpy 1's module path; otherwise Python 3 str keys."""
+    if not py2:
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+        return
+    as_py2 = {
+        k.encode(): [v.encode() for v in val] if k.endswith("names") else val
+        for k, val in obj.items()
+    }
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(as_py2)
+    path.write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+
+
+def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, py2: bool = True) -> Path:
     """``root/cifar-10-batches-py`` in the official layout: 5 data batches, test, meta.
 
-    Image i of the train set has label i % 10. ``bytes_keys`` stores keys and class
-    names as bytes, the way the Python 2 files look when read with encoding="bytes".
+    Image i of the train set has label i % 10; test image i has label i.
     """
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    key = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
-    names = [f"class{c}" for c in range(10)]
     images = random_images(5 * per_batch + n_test)
     for b in range(5):
         rows = images[b * per_batch : (b + 1) * per_batch].reshape(per_batch, -1)
         labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
-        _dump(folder / f"data_batch_{b + 1}", {key("data"): rows, key("labels"): labels})
-    test_rows = images[5 * per_batch :].reshape(n_test, -1)
-    _dump(folder / "test_batch", {key("data"): test_rows, key("labels"): list(range(n_test))})
-    _dump(folder / "batches.meta", {key("label_names"): [key(n) for n in names]})
+        _dump(folder / f"data_batch_{b + 1}", {"data": rows, "labels": labels}, py2)
+    test = {"data": images[5 * per_batch :].reshape(n_test, -1), "labels": list(range(n_test))}
+    _dump(folder / "test_batch", test, py2)
+    _dump(folder / "batches.meta", {"label_names": [f"class{c}" for c in range(10)]}, py2)
     return folder
 
 
@@ -82,12 +103,12 @@ def write_cifar100(root: Path, n_train: int = 8, n_test: int = 4) -> Path:
             "fine_labels": fine,
             "coarse_labels": [f // 5 for f in fine],
         }
-        _dump(folder / name, batch)
+        _dump(folder / name, batch, py2=True)
     meta = {
         "fine_label_names": [f"fine{c}" for c in range(100)],
         "coarse_label_names": [f"coarse{c}" for c in range(20)],
     }
-    _dump(folder / "meta", meta)
+    _dump(folder / "meta", meta, py2=True)
     return folder
 
 

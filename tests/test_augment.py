@@ -163,7 +163,7 @@ def test_hue_half_turn_inverts_the_chroma() -> None:
 def test_saturation_lowers_and_raises_colourfulness() -> None:
     x = midrange()
     torch.manual_seed(0)
-    out = A.color_jitter(x, only(saturation=1.0))  # factor in [0, 2]: some images lose colour, some gain
+    out = A.color_jitter(x, only(saturation=1.0))  # factor in [0, 2]: less or more colour
     spread = (out.max(dim=1).values - out.min(dim=1).values).flatten(1).mean(1)
     before = (x.max(dim=1).values - x.min(dim=1).values).flatten(1).mean(1)
     assert (spread < before).any() and (spread > before).any()

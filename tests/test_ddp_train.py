@@ -34,7 +34,7 @@ def bn_free_simclr() -> SimCLR:
 
 
 def train(run_dir) -> dict[str, torch.Tensor]:
-    cfg = tiny_config(run_dir, *IDENTITY_AUG, "optim.epochs=2", "train.channels_last=false")
+    cfg = tiny_config(run_dir, *IDENTITY_AUG, "optim.epochs=2", "train.memory_format=contiguous")
     method = bn_free_simclr()
     Trainer(
         method, tiny_data(), cfg, cfg.optim, run_dir, Runtime(torch.device("cpu"), None), "ddp"

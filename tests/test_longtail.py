@@ -11,6 +11,7 @@ import torch
 from fassl.config import DataConfig
 from fassl.data import longtail as lt
 from fassl.data.build import build_data
+from fassl.data.bundle import LongTailData
 from tests.data_fixtures import cifar10_jpeg_root, write_cifar10, write_class_folder
 
 CIFAR10_LT = [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]
@@ -162,11 +163,8 @@ def image_keys(images: torch.Tensor) -> set[bytes]:
     return {row.tobytes() for row in images.numpy()}
 
 
-def assert_consistent(data: object) -> None:
+def assert_consistent(data: LongTailData) -> None:
     """Invariants every labeled build keeps."""
-    from fassl.data.bundle import LongTailData
-
-    assert isinstance(data, LongTailData)
     counts = torch.bincount(data.pretrain.labels, minlength=data.num_classes).tolist()
     assert data.class_counts == counts
     assert data.groups == lt.frequency_groups(counts)
@@ -177,11 +175,11 @@ def assert_consistent(data: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits_pool() -> object:
+def digits_pool() -> LongTailData:
     return build_data(DataConfig(dataset="digits"), seed=0)
 
 
-def test_digits_pool_protocol(digits_pool: object) -> None:
+def test_digits_pool_protocol(digits_pool: LongTailData) -> None:
     data = digits_pool
     assert_consistent(data)
     assert data.num_classes == 10 and data.image_size == 32
@@ -208,7 +206,7 @@ def test_digits_full_and_none() -> None:
     assert len(none.pretrain) == len(none.pool) + len(none.val)
 
 
-def test_build_is_seeded(digits_pool: object) -> None:
+def test_build_is_seeded(digits_pool: LongTailData) -> None:
     again = build_data(DataConfig(dataset="digits"), seed=0)
     assert torch.equal(again.pretrain.images, digits_pool.pretrain.images)
     other = build_data(DataConfig(dataset="digits"), seed=1)

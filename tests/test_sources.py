@@ -21,9 +21,9 @@ from tests.data_fixtures import random_images, rgb, save_image, write_cifar10, w
 # ------------------------------------------------------------------------ CIFAR
 
 
-@pytest.mark.parametrize("bytes_keys", [False, True])
-def test_cifar10_python_format(tmp_path: Path, bytes_keys: bool) -> None:
-    write_cifar10(tmp_path, per_batch=4, n_test=6, bytes_keys=bytes_keys)
+@pytest.mark.parametrize("py2", [True, False])
+def test_cifar10_python_format(tmp_path: Path, py2: bool) -> None:
+    write_cifar10(tmp_path, per_batch=4, n_test=6, py2=py2)
     train, test = sources.load_cifar(tmp_path, "cifar10")
     images = random_images(26)  # the same draw the writer used
     assert train.images.dtype == np.uint8 and train.images.shape == (20, 3, 32, 32)
@@ -271,3 +271,9 @@ def test_build_reads_a_folder_through_the_cache(tmp_path: Path) -> None:
     second = build_data(cfg)
     assert "read from the cache" in second.notes[0]
     assert np.array_equal(first.pretrain.images.numpy(), second.pretrain.images.numpy())
+
+
+def test_cifar_without_root_looks_in_the_cache_dir(tmp_path: Path) -> None:
+    cfg = DataConfig(dataset="cifar100", cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "cifar-100-python" / "train")):
+        build_data(cfg)

@@ -58,15 +58,26 @@ def _load_folder(cfg: DataConfig, root: Path, classes: list[str] | None = None) 
     return data
 
 
+def _carve_test(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """A seeded stratified test split for a source that comes without one."""
+    keep, held = longtail.stratified_split(data.labels, fraction, seed)
+    train, test = _subset(data, keep), _subset(data, held)
+    train.report = [
+        *data.report,
+        f"test split: {len(held):,} images ({fraction:.0%} of each class, seed {seed})",
+    ]
+    return train, test
+
+
 def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | None, str]:
     """(train, test, display name); test is None for an unlabeled folder."""
     if cfg.dataset in ("cifar10", "cifar100"):
-        train, test = load_cifar(cfg.root, cfg.dataset, cfg.download)
+        # no root: the cache folder, so a download never lands in the working directory
+        train, test = load_cifar(cfg.root or cfg.cache_dir, cfg.dataset, cfg.download)
         return train, test, DISPLAY_NAMES[cfg.dataset]
     if cfg.dataset == "digits":
-        data = load_digits(cfg.image_size)
-        keep, held = longtail.stratified_split(data.labels, DIGITS_TEST_FRACTION, seed)
-        return _subset(data, keep), _subset(data, held), DISPLAY_NAMES["digits"]
+        train, test = _carve_test(load_digits(cfg.image_size), DIGITS_TEST_FRACTION, seed)
+        return train, test, DISPLAY_NAMES["digits"]
     if cfg.dataset != "folder":
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     if not cfg.root:
@@ -78,14 +89,14 @@ def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | No
     if (root / "train").is_dir() and (root / "test").is_dir():
         train = _load_folder(cfg, root / "train")
         return train, _load_folder(cfg, root / "test", train.classes), name
-    data = _load_folder(cfg, root)
-    keep, held = longtail.stratified_split(data.labels, FOLDER_TEST_FRACTION, seed)
-    train, test = _subset(data, keep), _subset(data, held)
-    train.report = data.report
+    train, test = _carve_test(_load_folder(cfg, root), FOLDER_TEST_FRACTION, seed)
     return train, test, name
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+Triple = tuple[float, float, float]
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[Triple, Triple]:
     """Per-channel mean and std in [0, 1], accumulated in float64 chunks to bound memory."""
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
@@ -96,7 +107,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     n = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / n
     std = (squares / n - mean.square()).clamp_min(1e-12).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+    (m0, m1, m2), (s0, s1, s2) = mean.tolist(), std.tolist()
+    return (m0, m1, m2), (s0, s1, s2)
 
 
 def _val_per_class(cfg: DataConfig, train_counts: list[int]) -> tuple[int, list[str]]:
@@ -165,7 +177,19 @@ def _unlabeled(cfg: DataConfig, train: ImageSet, name: str) -> LongTailData:
     empty = Split.empty(cfg.image_size)
     notes = [*train.report, f"{name} unlabeled: {len(pretrain):,} images for pre-training"]
     return LongTailData(
-        name, [], pretrain, empty, empty, empty, empty, [], {}, mean, std, False, notes
+        name=name,
+        classes=[],
+        pretrain=pretrain,
+        pool=empty,
+        few_shot=empty,
+        val=empty,
+        test=empty,
+        class_counts=[],
+        groups={},
+        mean=mean,
+        std=std,
+        labeled=False,
+        notes=notes,
     )
 
 

@@ -131,7 +131,7 @@ def _read_cifar_batches(paths: Sequence[Path], label_key: str) -> tuple[np.ndarr
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)  # an integrity check, as published
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -306,7 +306,7 @@ def _decode_chunk(paths: Sequence[Path], size: int) -> list[_Decoded]:
     return [_decode(p, size) for p in paths]
 
 
-def decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[_Decoded]:
+def _decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[_Decoded]:
     """Decode in chunks on a thread pool (PIL releases the GIL while decoding large images)."""
     if not paths:
         return []
@@ -363,7 +363,7 @@ def _decode_to_set(
     """Decode ``files`` (relative to root), drop unreadable ones, assemble the ImageSet."""
     if not files:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}")
-    decoded = decode_images([root / f for f in files], size)
+    decoded = _decode_images([root / f for f in files], size)
     ok = [i for i, d in enumerate(decoded) if d.pixels is not None]
     skipped = [(files[i], d.error) for i, d in enumerate(decoded) if d.pixels is None]
     if not ok:

@@ -12,6 +12,7 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,9 +120,9 @@ class Trainer:
         self.method, self.data, self.cfg, self.optim_cfg = method, data, cfg, optim_cfg
         self.run_dir, self.rt, self.stage = Path(run_dir), runtime, stage
         self.device = runtime.device
-        self.memory_format = (
-            torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        )
+        fmt = cfg.train.memory_format
+        use_cl = fmt == "channels_last" or (fmt == "auto" and self.device.type == "cuda")
+        self.memory_format = torch.channels_last if use_cl else torch.contiguous_format
         method.to(self.device, memory_format=self.memory_format)
         self.model: nn.Module = method
         if dist.world_size() > 1:
@@ -237,6 +238,7 @@ class Trainer:
             desc=self.stage,
             disable=not (cfg.train.progress and dist.is_main()),
             dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs stay readable
         )
         self.model.train()
         for epoch in range(self.start_epoch, epochs):
