@@ -32,7 +32,7 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
     """runs: {"method", "seed", "results"} -> setting -> method -> column -> (mean, spread, n)."""
     out: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {}
-    settings = sorted({s for r in runs for s in r["results"] if s in ("standard", "few_shot")})
+    settings = [s for s in ("standard", "few_shot") if any(s in r["results"] for r in runs)]
     for setting in settings:
         methods: dict[str, dict[str, tuple[float, float, int]]] = {}
         for name in dict.fromkeys(r["method"] for r in runs):

@@ -95,7 +95,7 @@ def enrichment_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str
     for weight, d in diagnostics.items():
         m, t, b = d["mean_log_phi"], d["top_share"], d["base_share"]
         lines.append(
-            f"| {weight} | {' / '.join(f'{m[g]:+.2f}' for g in GROUPS)} | "
+            f"| {weight} | {' / '.join(f'{m[g]:+.4g}' for g in GROUPS)} | "
             f"{' / '.join(f'{t[g]:.3f}' for g in GROUPS)} | "
             f"{' / '.join(f'{b[g]:.3f}' for g in GROUPS)} | {d['enrichment']['rare']:.2f} |"
         )

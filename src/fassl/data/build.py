@@ -7,6 +7,7 @@ of the pool. A folder without labels is pre-training data only.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,34 @@ def _carve_test(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, I
     return train, test
 
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def extract_archive(archive: Path, cache_dir: Path) -> Path:
+    """Unpack a .tar(.gz) of an image folder once into the cache; return the folder.
+
+    The archive is unpacked into a temporary folder that is renamed when complete, so an
+    interrupted extraction is redone rather than half used. An archive holding a single
+    top-level folder yields that folder.
+    """
+    import tarfile
+
+    stat = archive.stat()
+    target = cache_dir / "extracted" / f"{archive.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    if not target.is_dir():
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")  # no links or paths outside tmp
+        except (tarfile.TarError, OSError) as err:
+            raise ValueError(f"cannot unpack {archive}: {err}") from err
+        tmp.rename(target)
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
 def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | None, str]:
     """(train, test, display name); test is None for an unlabeled folder."""
     if cfg.dataset in ("cifar10", "cifar100"):
@@ -83,6 +112,8 @@ def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | No
     if not cfg.root:
         raise ValueError("data.root must name the image folder for dataset=folder")
     root = Path(cfg.root).expanduser().absolute()
+    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
+        root = extract_archive(root, cache.cache_root(cfg.cache_dir))
     name = root.name
     if not cfg.labeled:
         return _load_folder(cfg, root), None, name

@@ -120,8 +120,7 @@ class Trainer:
         self.method, self.data, self.cfg, self.optim_cfg = method, data, cfg, optim_cfg
         self.run_dir, self.rt, self.stage = Path(run_dir), runtime, stage
         self.device = runtime.device
-        fmt = cfg.train.memory_format
-        use_cl = fmt == "channels_last" or (fmt == "auto" and self.device.type == "cuda")
+        use_cl = cfg.train.memory_format == "channels_last"
         self.memory_format = torch.channels_last if use_cl else torch.contiguous_format
         method.to(self.device, memory_format=self.memory_format)
         self.model: nn.Module = method
