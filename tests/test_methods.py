@@ -109,3 +109,33 @@ def test_stage2_weights_average_one(tmp_path, weight):
     m, _ = stage2(tmp_path, f"rebalance.weight={weight}")
     loss, logs = m(*views())
     assert torch.isfinite(loss) and logs["weight_max"] >= 1.0
+
+
+def test_swav_queue_fills_and_rolls(tmp_path):
+    cfg = tiny_config(tmp_path, "swav.queue_length=5")
+    m = build_method(cfg, "swav")
+    assert m.queue.shape == (2, 5, cfg.model.proj_dim)
+    a = torch.ones(3, cfg.model.proj_dim)
+    m.push_queue(a, 2 * a)
+    assert int(m.queue_filled) == 3
+    assert torch.equal(m.queue[0, :3], a) and torch.equal(m.queue[1, :3], 2 * a)
+    assert torch.equal(m.queue[0, 3:], torch.zeros(2, cfg.model.proj_dim))
+    b = torch.full((3, cfg.model.proj_dim), 7.0)
+    m.push_queue(b, b)
+    assert int(m.queue_filled) == 5
+    # newest first; the oldest rows that do not fit are dropped
+    assert torch.equal(m.queue[0, :3], b) and torch.equal(m.queue[0, 3:], a[:2])
+
+
+def test_swav_prototypes_frozen_at_first(tmp_path):
+    cfg = tiny_config(tmp_path, "swav.freeze_prototypes_steps=2")
+    m = build_method(cfg, "swav")
+    loss, _ = m(*views())
+    loss.backward()
+    assert m.prototypes.weight.grad is not None
+    m.on_after_backward(step=1)
+    assert m.prototypes.weight.grad is None
+    loss, _ = m(*views())
+    loss.backward()
+    m.on_after_backward(step=2)
+    assert m.prototypes.weight.grad is not None

@@ -79,6 +79,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
     run_comparison(cfg)
 
 
+def cmd_tables(args: argparse.Namespace) -> None:
+    from fassl.compare import collect_runs, write_comparison
+
+    out = Path(args.out_dir)
+    runs = collect_runs(out)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}")
+    write_comparison(
+        out, runs, out.name, [f"{len(runs)} finished runs found in {out}"], cifar10=args.paper
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fassl",
@@ -102,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several methods over seeds; write tables")
     with_config(p)
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("tables", help="comparison tables from the finished runs of a compare")
+    p.add_argument("out_dir", help="a compare out_dir")
+    p.add_argument("--paper", action="store_true", help="add the paper's CIFAR-10-LT rows")
+    p.set_defaults(func=cmd_tables)
     p = sub.add_parser("eval", help="linear / few-shot probes and kNN of a checkpoint")
     p.add_argument("checkpoint", help="encoder.safetensors or checkpoints/last.safetensors")
     with_config(p, optional=True)
@@ -114,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may follow options (fassl eval CKPT --config demo out_dir=x)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     from fassl.models.state import IncompatibleCheckpoint
     from fassl.train.checkpoint import CheckpointError
     from fassl.train.loop import NonFiniteLoss

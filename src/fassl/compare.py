@@ -69,15 +69,43 @@ def run_comparison(cfg: Config) -> dict:
             else:
                 results = run_pretrain(c, data=data, rt=rt)
             runs.append({"method": name, "seed": seed, "results": results})
-    summary = summarize(runs)
-    paper = PAPER_CIFAR10_LT if data.num_classes == 10 and cfg.data.dataset != "digits" else None
-    header = (
-        f"# Comparison on {data.name}\n\n"
-        + "\n".join(f"- {n}" for n in data.notes)
-        + f"\n- seeds: {list(cfg.compare.seeds)}; baselines trained for "
-        f"{baseline_epochs(cfg)} epochs (FASSL: teacher + prototypes + student)\n\n"
+    note = (
+        f"seeds: {list(cfg.compare.seeds)}; baselines trained for {baseline_epochs(cfg)} "
+        "epochs (FASSL: teacher + prototypes + student)"
     )
-    (out / "comparison.md").write_text(header + markdown_tables(summary, paper))
+    return write_comparison(
+        out,
+        runs,
+        data.name,
+        [*data.notes, note],
+        cifar10=data.num_classes == 10 and cfg.data.dataset != "digits",
+    )
+
+
+def collect_runs(out: Path) -> list[dict]:
+    """Every finished run under ``out/<method>/seed<k>/results.json``."""
+    runs = []
+    for path in sorted(Path(out).glob("*/seed*/results.json")):
+        seed = int(path.parent.name.removeprefix("seed"))
+        runs.append(
+            {
+                "method": path.parent.parent.name,
+                "seed": seed,
+                "results": json.loads(path.read_text()),
+            }
+        )
+    return runs
+
+
+def write_comparison(
+    out: Path, runs: list[dict], name: str, notes: list[str], cifar10: bool = False
+) -> dict:
+    """comparison.md / .csv / .png / .json from a list of finished runs."""
+    summary = summarize(runs)
+    header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+    (out / "comparison.md").write_text(
+        header + markdown_tables(summary, PAPER_CIFAR10_LT if cifar10 else None)
+    )
     write_csv(summary, out / "comparison.csv")
     bar_chart(summary, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2))

@@ -37,6 +37,7 @@ def evaluate_export(
 ) -> dict:
     """Probe the backbone in ``export``; write results.json and report.md into ``out_dir``."""
     backbone, meta = load_backbone(export)
+    backbone.to(rt.device)
     results = evaluate(
         backbone, data, cfg.probe, rt.device, rt.autocast_dtype, cfg.seed, cfg.train.progress
     )

@@ -1,0 +1,42 @@
+"""The command line: errors name the key or file and exit with status 2."""
+
+from fassl.cli import main
+from fassl.methods import build_method
+from fassl.train.checkpoint import save_checkpoint
+
+
+def test_unknown_key_exit_code(capsys):
+    assert main(["pretrain", "cifar10_lt_cpu", "optim.lrr=1"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_unknown_recipe(capsys):
+    assert main(["pipeline", "no_such_recipe"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_recipe" in err and "cifar10_lt_cpu" in err
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    code = main(
+        [
+            "pretrain",
+            "cifar10_lt_cpu",
+            f"data.root={tmp_path / 'nowhere'}",
+            f"out_dir={tmp_path / 'out'}",
+        ]
+    )
+    assert code == 2 and "nowhere" in capsys.readouterr().err
+
+
+def test_eval_of_another_architecture(capsys, tmp_path):
+    # an encoder of width 8 declared as width 16 in its header does not load
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(tmp_path, "model.width=8")
+    state = build_method(cfg, "simclr").export_state()
+    meta = {"method": "simclr", "model": {"arch": "resnet18", "width": 16, "cifar_stem": True}}
+    path = tmp_path / "encoder.safetensors"
+    save_checkpoint(path, state, meta)
+    code = main(["eval", str(path), "--config", "demo", f"out_dir={tmp_path / 'e'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "encoder.safetensors" in err and "shape" in err
