@@ -131,6 +131,27 @@ def _softmax_regression_grad(
     return delta.T @ x, delta.sum(0)
 
 
+def _best_result(
+    keeper: _BestKeeper,
+    x_test: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    variant: str,
+    epochs: int,
+) -> ProbeResult:
+    """Test predictions of the best epoch's linear layer."""
+    test_pred = _predict(keeper.state["weight"], keeper.state["bias"], x_test).cpu()
+    return ProbeResult(
+        test_pred=test_pred,
+        best_epoch=keeper.best_epoch,
+        val_acc=keeper.val_acc,
+        variant=variant,
+        epochs=epochs,
+        test_acc=_mean_class_acc(test_pred, test_labels, num_classes),
+        val_history=keeper.history,
+    )
+
+
 def linear_probe_fast(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -187,17 +208,7 @@ def linear_probe_fast(
                 step += 1
         val_acc = _mean_class_acc(_predict(*params, x_val), val_labels, num_classes)
         keeper.update(epoch, val_acc, {"weight": params[0], "bias": params[1]})
-    weight, bias = keeper.state["weight"], keeper.state["bias"]
-    test_pred = _predict(weight, bias, x_test).cpu()
-    return ProbeResult(
-        test_pred=test_pred,
-        best_epoch=keeper.best_epoch,
-        val_acc=keeper.val_acc,
-        variant="fast",
-        epochs=epochs,
-        test_acc=_mean_class_acc(test_pred, test_labels, num_classes),
-        val_history=keeper.history,
-    )
+    return _best_result(keeper, x_test, test_labels, num_classes, "fast", epochs)
 
 
 def _step_lr(lr: float, epoch: int, milestones: list[int]) -> float:
@@ -263,13 +274,4 @@ def linear_probe_sdclr(
                 _predict(head.weight, head.bias, val_feats), val.labels, num_classes
             )
             keeper.update(epoch + 1, val_acc, head.state_dict())
-    test_pred = _predict(keeper.state["weight"], keeper.state["bias"], test_feats).cpu()
-    return ProbeResult(
-        test_pred=test_pred,
-        best_epoch=keeper.best_epoch,
-        val_acc=keeper.val_acc,
-        variant="sdclr",
-        epochs=epochs,
-        test_acc=_mean_class_acc(test_pred, test.labels, num_classes),
-        val_history=keeper.history,
-    )
+    return _best_result(keeper, test_feats, test.labels, num_classes, "sdclr", epochs)
