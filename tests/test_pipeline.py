@@ -88,6 +88,7 @@ def test_skip_stages_with_given_checkpoints(tmp_path):
     assert (tmp_path / "b" / "rebalance" / EXPORT).is_file()
 
 
-def test_phi_one_ablation_runs(tmp_path):
-    results = pipeline(tmp_path, "rebalance.weight=none")
-    assert results["standard"]["all"] >= 0
+@pytest.mark.parametrize("weight", ["none", "paper", "cluster_size", "softmax_density"])
+def test_every_weight_runs_stage2(tmp_path, weight):
+    results = pipeline(tmp_path, f"rebalance.weight={weight}", "pipeline.rebalance.epochs=1")
+    assert 0 <= results["standard"]["all"] <= 100

@@ -148,9 +148,10 @@ class RebalancedBYOL(Method):
         self.clip_std, self.global_stats, self.weight_view = clip_std, global_stats, weight_view
         self.density_temperature, self.knn_k = density_temperature, knn_k
         self.ema, self.ema_end, self.ema_schedule = ema, ema_end, ema_schedule
-        # Dataset-level statistics some weights need, refreshed at every epoch start.
-        self.register_buffer("cluster_sizes", torch.ones(prototypes.shape[0]))
-        self.register_buffer("bank", torch.zeros(0, prototypes.shape[1]))
+        # Dataset-level statistics some weights need, recomputed at every epoch start
+        # (so not saved: a resumed epoch recomputes them from the same teacher).
+        self.register_buffer("cluster_sizes", torch.ones(prototypes.shape[0]), persistent=False)
+        self.register_buffer("bank", torch.zeros(0, prototypes.shape[1]), persistent=False)
 
     def teacher_feature(self, x: torch.Tensor) -> torch.Tensor:
         return select_feature(self.teacher(x), self.feature)
