@@ -96,3 +96,16 @@ def test_metrics_log_written(tmp_path):
     text = (tmp_path / "metrics.jsonl").read_text()
     assert '"kind": "epoch"' in text and "knn_val_acc" in text
     assert list((tmp_path / "tb").iterdir())
+
+
+@pytest.mark.parametrize("name", ["simclr", "sdclr"])
+def test_backbone_loads_from_training_checkpoint(tmp_path, name):
+    from fassl.stages import load_backbone
+
+    t = make_trainer(tiny_config(tmp_path), name)
+    t.fit()
+    backbone, meta = load_backbone(tmp_path / LAST)
+    assert meta["method"] == name
+    for k, v in backbone.state_dict().items():
+        own = {kk.replace(".dense.", "."): vv for kk, vv in t.method.backbone.state_dict().items()}
+        assert torch.equal(v, own[k]), k

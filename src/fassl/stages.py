@@ -11,13 +11,10 @@ from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data.bundle import LongTailData
 from fassl.methods import build_method
 from fassl.models import build_backbone
+from fassl.models.pruning import dense_state_dict
 from fassl.models.state import load_state_checked, sub_state
-from fassl.train.checkpoint import CheckpointError, load_checkpoint
+from fassl.train.checkpoint import CheckpointError, load_checkpoint, split_prefixed
 from fassl.train.loop import EXPORT, Runtime, Trainer, export_encoder
-
-
-def stage_done(run_dir: Path) -> bool:
-    return (Path(run_dir) / EXPORT).is_file()
 
 
 def run_stage(
@@ -60,9 +57,6 @@ def load_backbone(path: Path) -> tuple[nn.Module, dict]:
     backbone = build_backbone(m["arch"], m["width"], m["cifar_stem"])
     state = sub_state(tensors, "backbone")
     if not state:  # a training checkpoint: model/<encoder>.backbone.*
-        from fassl.models.pruning import dense_state_dict
-        from fassl.train.checkpoint import split_prefixed
-
         state = sub_state(dense_state_dict(split_prefixed(tensors, "model")), "encoder.backbone")
     load_state_checked(backbone, state, str(path))
     return backbone, meta
