@@ -16,14 +16,19 @@ from fassl.analysis.weights import all_weight_diagnostics, enrichment_table, wei
 from fassl.config import Config, to_yaml
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
-from fassl.eval.evaluate import evaluate, format_results_table, raw_pixel_reference
+from fassl.eval.evaluate import (
+    evaluate,
+    format_results_table,
+    raw_pixel_reference,
+    write_results,
+)
 from fassl.eval.features import extract_features
 from fassl.methods import build_encoder
 from fassl.methods.fassl import RebalancedBYOL, select_feature
 from fassl.models.state import load_state_checked
 from fassl.stages import load_backbone, run_stage
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import Runtime, Trainer, setup_runtime, write_json
+from fassl.train.loop import Runtime, Trainer, setup_runtime
 
 
 def evaluate_export(
@@ -47,7 +52,7 @@ def evaluate_export(
     if with_pixels and data.labeled:
         reference = {"raw pixels (linear)": raw_pixel_reference(data, cfg.probe, cfg.seed)}
         results["raw_pixels"] = reference["raw pixels (linear)"]
-    write_json(out_dir / "results.json", results)
+    write_results(results, out_dir / "results.json")
     report = f"# {title}\n\n" + "\n".join(f"- {n}" for n in data.notes) + "\n\n"
     if data.labeled:
         report += format_results_table(results, reference) + "\n"
@@ -96,7 +101,7 @@ def prototype_analysis(
     )
     shares = prototype_group_shares(feats, prototypes, labels, groups)
     payload = {"stage": stage, "weights": diag, "prototype_nearest_image_groups": shares}
-    write_json(out_dir / f"analysis_{stage}.json", payload)
+    write_results(payload, out_dir / f"analysis_{stage}.json")
     text = (
         f"## Weight enrichment after {stage} (top 5% of weights)\n\n"
         f"{enrichment_table(diag)}\n\nPrototypes whose nearest image is Frequent / Medium /"

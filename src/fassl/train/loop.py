@@ -11,7 +11,6 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -308,10 +307,3 @@ def export_encoder(method: Method, cfg: Config, path: Path, extra: dict | None =
         return
     meta = {"method": method.name, "model": to_dict(cfg.model), "complete": True} | (extra or {})
     save_checkpoint(path, method.export_state(), meta)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
