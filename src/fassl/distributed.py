@@ -75,14 +75,6 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    if not is_distributed() or world_size() == 1:
-        return x
-    x = x.clone()
-    dist.all_reduce(x)
-    return x / world_size()
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
