@@ -1,14 +1,17 @@
-"""A .tar.gz as data.root, and comparison tables rebuilt from finished runs."""
+"""A .tar.gz as data.root, comparison arms, and tables rebuilt from finished runs."""
 
 import json
 import tarfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from fassl.cli import main
-from fassl.config import DataConfig
+from fassl.cli import main, resolve_recipe
+from fassl.compare import baseline_epochs, run_config
+from fassl.config import ConfigError, DataConfig, load_config
 from fassl.data.build import build_data
+from fassl.train.loop import EXPORT
 
 
 def make_folder(root, per_class=12, size=8):
@@ -57,3 +60,20 @@ def test_tables_from_finished_runs(tmp_path, capsys):
     assert "| simclr | 2 | 50.50 ± 0.50" in text and "*simclr (paper)*" in text
     assert (tmp_path / "comparison.png").is_file() and (tmp_path / "comparison.csv").is_file()
     assert main(["tables", str(tmp_path / "empty")]) == 2
+
+
+def test_fassl_arms_share_prototypes_and_differ_only_in_weight(tmp_path):
+    arms = "compare.methods=[fassl,fassl_phi1,fassl_paper,byol]"
+    cfg = load_config(resolve_recipe("demo"), [arms])
+    base = run_config(cfg, "fassl", 3, tmp_path)
+    assert base.rebalance.weight == cfg.rebalance.weight and not base.pipeline.prototypes_checkpoint
+    shared = str(tmp_path / "fassl" / "seed3" / "prototypes" / EXPORT)
+    for name, weight in [("fassl_phi1", "none"), ("fassl_paper", "paper")]:
+        arm = run_config(cfg, name, 3, tmp_path)
+        assert arm.rebalance.weight == weight
+        assert arm.pipeline.prototypes_checkpoint == shared
+        assert arm.out_dir == str(tmp_path / name / "seed3") and arm.seed == 3
+    byol = run_config(cfg, "byol", 3, tmp_path)
+    assert byol.method == "byol" and byol.optim.epochs == baseline_epochs(cfg)
+    with pytest.raises(ConfigError, match="fassl_bogus"):
+        load_config(resolve_recipe("demo"), ["compare.methods=[fassl_bogus]"])

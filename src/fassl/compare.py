@@ -18,7 +18,7 @@ from fassl.analysis.tables import (
     summarize,
     write_csv,
 )
-from fassl.config import Config, to_yaml
+from fassl.config import FASSL_ARMS, Config, to_yaml
 from fassl.data.build import build_data
 from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.train.loop import EXPORT, setup_runtime
@@ -31,14 +31,20 @@ def baseline_epochs(cfg: Config) -> int:
     )
 
 
+def arm_weight(name: str) -> str:
+    """The stage-2 weight of a FASSL arm other than ``fassl``: fassl_phi1 -> none,
+    fassl_<weight> -> <weight>."""
+    return "none" if name == "fassl_phi1" else name.removeprefix("fassl_")
+
+
 def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
     """The config of one method at one seed."""
     c = copy.deepcopy(cfg)
     c.seed = seed
     c.out_dir = str(out / name / f"seed{seed}")
-    if name == "fassl_phi1":
-        # The ablation shares FASSL's teacher and prototypes: only phi differs.
-        c.rebalance.weight = "none"
+    if name in FASSL_ARMS and name != "fassl":
+        # The other arms share FASSL's teacher and prototypes: only phi differs.
+        c.rebalance.weight = arm_weight(name)
         shared = out / "fassl" / f"seed{seed}" / "prototypes" / EXPORT
         if "fassl" in cfg.compare.methods:
             c.pipeline.prototypes_checkpoint = str(shared)
@@ -64,7 +70,7 @@ def run_comparison(cfg: Config) -> dict:
             done = Path(c.out_dir) / "results.json"
             if done.is_file():
                 results = json.loads(done.read_text())
-            elif name in ("fassl", "fassl_phi1"):
+            elif name in FASSL_ARMS:
                 results = run_pipeline(c, data=data, rt=rt)
             else:
                 results = run_pretrain(c, data=data, rt=rt)

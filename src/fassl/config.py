@@ -16,6 +16,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 METHODS = ("simclr", "sdclr", "byol", "swav", "fassl_prototypes", "fassl_rebalance")
+# log phi of stage 2 (Eq. 3 and its label-free alternatives; none = phi 1)
+WEIGHTS = ("paper", "paper_normalized", "softmax_density", "cluster_size", "knn", "none")
+# Comparison arms of FASSL: the configured weight, the phi = 1 ablation, and one arm
+# per weight variant, all from the same teacher and prototypes.
+FASSL_ARMS = ("fassl", "fassl_phi1", *(f"fassl_{w}" for w in WEIGHTS if w != "none"))
 
 
 class ConfigError(ValueError):
@@ -224,14 +229,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.memory_format": ("channels_last", "contiguous"),
     "prototypes.feature": ("projection", "backbone"),
-    "rebalance.weight": (
-        "paper",
-        "paper_normalized",
-        "softmax_density",
-        "cluster_size",
-        "knn",
-        "none",
-    ),
+    "rebalance.weight": WEIGHTS,
     "rebalance.weight_view": ("first", "mean"),
     "rebalance.ema_schedule": ("fixed", "cosine"),
     "byol.ema_schedule": ("fixed", "cosine"),
@@ -258,7 +256,7 @@ def validate(cfg: Config) -> Config:
                 f"config key 'probe.settings': {setting!r} is not one of ['standard', 'few_shot']"
             )
     for name in cfg.compare.methods:
-        if name not in (*METHODS, "fassl", "fassl_phi1"):
+        if name not in (*METHODS, *FASSL_ARMS):
             raise ConfigError(f"config key 'compare.methods': unknown method {name!r}")
     if cfg.data.imbalance < 1:
         raise ConfigError(f"config key 'data.imbalance' must be >= 1, got {cfg.data.imbalance}")
