@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fassl.analysis.tables import COLUMNS
 from fassl.cli import main, resolve_recipe
 from fassl.compare import baseline_epochs, run_config
 from fassl.config import ConfigError, DataConfig, load_config
@@ -73,7 +74,40 @@ def test_fassl_arms_share_prototypes_and_differ_only_in_weight(tmp_path):
         assert arm.rebalance.weight == weight
         assert arm.pipeline.prototypes_checkpoint == shared
         assert arm.out_dir == str(tmp_path / name / "seed3") and arm.seed == 3
+    assert run_config(cfg, "fassl_paper", 3, tmp_path).rebalance.strength == 0.0  # Eq. 3 as is
+    assert run_config(cfg, "fassl_phi1", 3, tmp_path).rebalance.strength == cfg.rebalance.strength
+    given = load_config(resolve_recipe("demo"), [arms, "pipeline.prototypes_checkpoint=p.st"])
+    assert run_config(given, "fassl_phi1", 3, tmp_path).pipeline.prototypes_checkpoint == "p.st"
     byol = run_config(cfg, "byol", 3, tmp_path)
     assert byol.method == "byol" and byol.optim.epochs == baseline_epochs(cfg)
     with pytest.raises(ConfigError, match="fassl_bogus"):
         load_config(resolve_recipe("demo"), ["compare.methods=[fassl_bogus]"])
+
+
+def fake_analysis(rare_top: float) -> dict:
+    groups = {"frequent": 0.8, "medium": 0.15, "rare": 0.05}
+    top = {"frequent": 0.7, "medium": 0.3 - rare_top, "rare": rare_top}
+    diag = {
+        "base_share": groups,
+        "top_share": top,
+        "enrichment": {g: top[g] / groups[g] for g in groups},
+        "mean_log_phi": {g: 0.0 for g in groups},
+    }
+    return {"weights": {"knn": diag}, "prototype_nearest_image_groups": groups}
+
+
+def test_weight_analyses_are_averaged_over_seeds(tmp_path):
+    for arm in ("fassl", "fassl_phi1"):
+        for seed, rare_top in ((0, 0.05), (1, 0.15)):
+            d = tmp_path / arm / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"standard": {c: 1.0 for c in COLUMNS}}))
+            for stage in ("stage1", "stage2"):
+                (d / f"analysis_{stage}.json").write_text(json.dumps(fake_analysis(rare_top)))
+    assert main(["tables", str(tmp_path)]) == 0
+    text = (tmp_path / "weights.md").read_text()
+    # stage 1 once (shared by the arms), stage 2 once per arm
+    assert text.count("after stage 1 (2 seeds)") == 1 and text.count("after stage 2") == 2
+    # Rare top share 0.05 and 0.15 -> 0.100 ± 0.050; enrichment 1 and 3 -> 2.000 ± 1.000
+    assert "| knn | 0.200 ± 0.050 | 0.100 ± 0.050 | 1.333 ± 0.333 | 2.000 ± 1.000 |" in text
+    assert "Frequent / Medium / Rare: 0.800 ± 0.000 / 0.150 ± 0.000 / 0.050 ± 0.000" in text

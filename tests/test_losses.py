@@ -155,6 +155,22 @@ def test_normalize_weights_average_one_and_respect_bounds() -> None:
     assert torch.allclose(free / free[0], ratio, rtol=1e-4)
 
 
+def test_normalize_weights_strength_by_hand() -> None:
+    # mean 2, population std 4 (as above): standardised (-0.5, -0.5, -0.5, -0.5, 2),
+    # times strength 0.2 -> (-0.1, ..., 0.4); clip 1 std of that (0.2) around 0 -> 0.2.
+    log_phi = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])
+    weights = losses.normalize_weights(log_phi, clip_std=1.0, global_stats=False, strength=0.2)
+    raw = [math.exp(-0.1)] * 4 + [math.exp(0.2)]
+    mean = sum(raw) / 5
+    assert weights.tolist() == pytest.approx([r / mean for r in raw], rel=1e-6)
+    # Scale and shift of log phi no longer matter, only the ranking and the strength.
+    again = losses.normalize_weights(log_phi * 1e3 - 7, 1.0, False, strength=0.2)
+    assert torch.allclose(weights, again, rtol=1e-5)
+    # A constant batch gives equal weights, not 0/0.
+    flat = losses.normalize_weights(torch.full((4,), 3.0), 2.0, False, strength=0.5)
+    assert flat.tolist() == [1.0] * 4
+
+
 def test_normalize_weights_finite_for_extreme_inputs() -> None:
     log_phi = torch.tensor([1e4, -1e4, 0.0])
     weights = losses.normalize_weights(log_phi, clip_std=0.0, global_stats=False)

@@ -16,6 +16,7 @@ from fassl.analysis.tables import (
     bar_chart,
     markdown_tables,
     summarize,
+    weight_analysis_tables,
     write_csv,
 )
 from fassl.config import FASSL_ARMS, Config, to_yaml
@@ -45,8 +46,10 @@ def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
     if name in FASSL_ARMS and name != "fassl":
         # The other arms share FASSL's teacher and prototypes: only phi differs.
         c.rebalance.weight = arm_weight(name)
+        if name == "fassl_paper":
+            c.rebalance.strength = 0.0  # Eq. 3 exactly as written, spread included
         shared = out / "fassl" / f"seed{seed}" / "prototypes" / EXPORT
-        if "fassl" in cfg.compare.methods:
+        if "fassl" in cfg.compare.methods and not cfg.pipeline.prototypes_checkpoint:
             c.pipeline.prototypes_checkpoint = str(shared)
     elif name != "fassl":
         c.method = name
@@ -106,7 +109,8 @@ def collect_runs(out: Path) -> list[dict]:
 def write_comparison(
     out: Path, runs: list[dict], name: str, notes: list[str], cifar10: bool = False
 ) -> dict:
-    """comparison.md / .csv / .png / .json from a list of finished runs."""
+    """comparison.md / .csv / .png / .json from a list of finished runs, and weights.md
+    from the FASSL arms' weight analyses when there are any."""
     summary = summarize(runs)
     header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
     (out / "comparison.md").write_text(
@@ -115,5 +119,8 @@ def write_comparison(
     write_csv(summary, out / "comparison.csv")
     bar_chart(summary, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2))
+    weights = weight_analysis_tables(out)
+    if weights:
+        (out / "weights.md").write_text(f"# Weight analyses in {out}\n\n{weights}")
     print((out / "comparison.md").read_text())
     return summary

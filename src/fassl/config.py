@@ -150,6 +150,9 @@ class RebalanceConfig:
     # (docs/RESULTS.md, weight enrichment); paper is Eq. 3 exactly as the paper writes it.
     weight: str = "knn"
     clip_std: float = 2.0  # clamp log phi to batch mean +- clip_std * std; 0 = no clip
+    # Standardise log phi per batch to this std before clipping (not in the paper): the
+    # variants' raw spreads differ by orders of magnitude (docs/RESULTS.md). 0 = as is.
+    strength: float = 0.5
     density_temperature: float = 0.1  # softmax_density
     knn_k: int = 10  # knn
     weight_view: str = "mean"  # which teacher view defines phi: first | mean
@@ -263,6 +266,10 @@ def validate(cfg: Config) -> Config:
     if not 0 <= cfg.sdclr.prune_ratio < 1:
         raise ConfigError(
             f"config key 'sdclr.prune_ratio' must be in [0, 1), got {cfg.sdclr.prune_ratio}"
+        )
+    if cfg.rebalance.strength < 0:
+        raise ConfigError(
+            f"config key 'rebalance.strength' must be >= 0, got {cfg.rebalance.strength}"
         )
     if cfg.optim.batch_size < 2:
         raise ConfigError("config key 'optim.batch_size' must be at least 2")

@@ -265,10 +265,16 @@ def log_weight_knn(z: Tensor, bank: Tensor, k: int) -> Tensor:
 
 @_float32
 @torch.no_grad()
-def normalize_weights(log_phi: Tensor, clip_std: float, global_stats: bool) -> Tensor:
+def normalize_weights(
+    log_phi: Tensor, clip_std: float, global_stats: bool, strength: float = 0.0
+) -> Tensor:
     """Turn log-weights into batch weights: "clip outliers and normalize the weights in
     each mini-batch" (Sec. 4.2 of the FASSL paper).
 
+    0. With ``strength`` > 0 (not in the paper): standardise log phi over the batch and
+       scale it to std ``strength``. This keeps the ranking of the weight variant and
+       fixes how far the weights spread, which otherwise depends on the variant's units:
+       Eq. 3 as written spans orders of magnitude, the knn variant a few percent.
     1. Clip: clamp log phi to mean +- ``clip_std`` * std (population std) of the batch;
        ``clip_std`` = 0 disables clipping.
     2. Exponentiate after subtracting the batch maximum, so any finite input gives
@@ -285,12 +291,18 @@ def normalize_weights(log_phi: Tensor, clip_std: float, global_stats: bool) -> T
         log_phi: (n,) log-weights of this rank's images.
         clip_std: clipping width in standard deviations; 0 = no clipping.
         global_stats: use the statistics of the global batch when distributed.
+        strength: std of log phi after standardising; 0 = use log phi as given.
 
     Returns:
         (n,) float32 weights, ``requires_grad`` False.
     """
     log_phi = log_phi.detach().float()
     batch = distributed.gather_no_grad(log_phi) if global_stats else log_phi
+    if strength > 0:
+        # clamp: a constant batch (std 0) gives all-equal weights, not 0/0
+        mean, std = batch.mean(), batch.std(correction=0).clamp_min(1e-12)
+        log_phi = (log_phi - mean) / std * strength
+        batch = (batch - mean) / std * strength
     if clip_std > 0:
         mean = batch.mean()
         std = batch.std(correction=0)

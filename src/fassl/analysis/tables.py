@@ -113,3 +113,58 @@ def bar_chart(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def weight_analysis_tables(out: Path) -> str:
+    """Markdown from every ``<arm>/seed<k>/analysis_stage{1,2}.json`` under a compare dir:
+    per weight variant, the top-5% share of Medium and Rare images and their enrichment
+    (share / base share), and the prototypes' nearest-image groups, mean ± spread over
+    seeds. Stage 1 is shared by the FASSL arms of a seed, so it is read from one arm
+    (``fassl`` when present); stage 2 has one table per arm. Empty when none exist."""
+    import json
+
+    found: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(Path(out).glob("*/seed*/analysis_stage*.json")):
+        stage = path.stem.removeprefix("analysis_")
+        found.setdefault((stage, path.parent.parent.name), []).append(json.loads(path.read_text()))
+    stage1 = [arm for stage, arm in found if stage == "stage1"]
+    keep = ["fassl"] if "fassl" in stage1 else stage1[:1]
+    sections = [(("stage1", arm), "after stage 1") for arm in keep] + [
+        (("stage2", arm), f"after stage 2, {arm}") for stage, arm in found if stage == "stage2"
+    ]
+    parts = []
+    for key, title in sections:
+        payloads = found[key]
+        weights = payloads[0]["weights"]
+        base = next(iter(weights.values()))["base_share"]
+        lines = [
+            f"### Weight enrichment {title} ({len(payloads)} seeds)",
+            "",
+            f"Base share Medium / Rare: {base['medium']:.3f} / {base['rare']:.3f}",
+            "",
+            "| weight | top-5% share Medium | top-5% share Rare | Medium enrichment |"
+            " Rare enrichment |",
+            "|---|---|---|---|---|",
+        ]
+        for w in weights:
+            cells = [
+                mean_spread([p["weights"][w][kind][g] for p in payloads])
+                for kind, g in (
+                    ("top_share", "medium"),
+                    ("top_share", "rare"),
+                    ("enrichment", "medium"),
+                    ("enrichment", "rare"),
+                )
+            ]
+            lines.append(f"| {w} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
+        shares = [
+            mean_spread([p["prototype_nearest_image_groups"][g] for p in payloads])
+            for g in ("frequent", "medium", "rare")
+        ]
+        lines += [
+            "",
+            "Prototypes whose nearest image is Frequent / Medium / Rare: "
+            + " / ".join(f"{m:.3f} ± {s:.3f}" for m, s in shares),
+        ]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n" if parts else ""

@@ -90,6 +90,7 @@ def build_method(
             weight=r.weight,
             feature=cfg.prototypes.feature,
             clip_std=r.clip_std,
+            strength=r.strength,
             global_stats=r.global_stats,
             weight_view=r.weight_view,
             density_temperature=r.density_temperature,

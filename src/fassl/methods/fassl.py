@@ -129,6 +129,7 @@ class RebalancedBYOL(Method):
         weight: str,
         feature: str,
         clip_std: float,
+        strength: float,
         global_stats: bool,
         weight_view: str,
         density_temperature: float,
@@ -145,7 +146,8 @@ class RebalancedBYOL(Method):
         self.predictor = predictor
         self.register_buffer("prototypes", prototypes.detach().clone())
         self.weight, self.feature = weight, feature
-        self.clip_std, self.global_stats, self.weight_view = clip_std, global_stats, weight_view
+        self.clip_std, self.strength = clip_std, strength
+        self.global_stats, self.weight_view = global_stats, weight_view
         self.density_temperature, self.knn_k = density_temperature, knn_k
         self.ema, self.ema_end, self.ema_schedule = ema, ema_end, ema_schedule
         # Dataset-level statistics some weights need, recomputed at every epoch start
@@ -188,8 +190,11 @@ class RebalancedBYOL(Method):
                 l1 = self.log_phi(select_feature((f1, t1), self.feature))
                 l2 = self.log_phi(select_feature((f2, t2), self.feature))
                 log_phi = l1 if self.weight_view == "first" else (l1 + l2) / 2
-                weights = normalize_weights(log_phi, self.clip_std, self.global_stats)
+                weights = normalize_weights(
+                    log_phi, self.clip_std, self.global_stats, self.strength
+                )
             logs["weight_max"] = weights.max()
+            logs["weight_min"] = weights.min()
             logs["log_phi_mean"] = log_phi.mean()
         loss = consistency_loss(p1, t2, weights) + consistency_loss(p2, t1, weights)
         logs["loss"] = loss.detach()
