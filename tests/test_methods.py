@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -109,6 +110,15 @@ def test_stage2_weights_average_one(tmp_path, weight):
     m, _ = stage2(tmp_path, f"rebalance.weight={weight}")
     loss, logs = m(*views())
     assert torch.isfinite(loss) and logs["weight_max"] >= 1.0
+
+
+@pytest.mark.parametrize("strength", [0.25, 0.5])
+def test_stage2_strength_bounds_the_spread_of_weights(tmp_path, strength):
+    # clip at +- 2 std of log phi standardised to std s: max / min <= exp(4 s)
+    m, _ = stage2(tmp_path, "rebalance.weight=paper", f"rebalance.strength={strength}")
+    _, logs = m(*views())
+    ratio = (logs["weight_max"] / logs["weight_min"]).item()
+    assert 1.0 < ratio <= math.exp(4 * strength) + 1e-4
 
 
 def test_swav_queue_fills_and_rolls(tmp_path):
