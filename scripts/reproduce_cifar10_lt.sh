@@ -82,13 +82,13 @@ baselines() {
   done
 }
 
+read -r LONG_T LONG_P LONG_R <<<"${LONG_EPOCHS:-150 10 50}"
 TEACHER=$OUT/teacher/encoder.safetensors
 LONG=$OUT/teacher_long/encoder.safetensors
 long_teacher() {
   run teacher_long $FASSL pretrain "${R[@]}" method=sdclr optim.epochs="$LONG_T" \
     optim.warmup_epochs=5 out_dir="$OUT/teacher_long"
 }
-read -r LONG_T LONG_P LONG_R <<<"${LONG_EPOCHS:-150 10 50}"
 LONG_STAGES=(pipeline.prototypes.epochs="$LONG_P" pipeline.rebalance.epochs="$LONG_R")
 
 if [ "$PARALLEL" = 1 ]; then  # the longest chains first

@@ -106,6 +106,15 @@ def collect_runs(out: Path) -> list[dict]:
     return runs
 
 
+def collect_analyses(out: Path) -> dict[tuple[str, str], list[dict]]:
+    """Every ``out/<arm>/seed<k>/analysis_<stage>.json``, keyed by (stage, arm)."""
+    found: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(Path(out).glob("*/seed*/analysis_stage*.json")):
+        key = (path.stem.removeprefix("analysis_"), path.parent.parent.name)
+        found.setdefault(key, []).append(json.loads(path.read_text()))
+    return found
+
+
 def write_comparison(
     out: Path, runs: list[dict], name: str, notes: list[str], cifar10: bool = False
 ) -> dict:
@@ -119,7 +128,7 @@ def write_comparison(
     write_csv(summary, out / "comparison.csv")
     bar_chart(summary, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2))
-    weights = weight_analysis_tables(out)
+    weights = weight_analysis_tables(collect_analyses(out))
     if weights:
         (out / "weights.md").write_text(f"# Weight analyses in {out}\n\n{weights}")
     print((out / "comparison.md").read_text())

@@ -115,18 +115,12 @@ def bar_chart(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def weight_analysis_tables(out: Path) -> str:
-    """Markdown from every ``<arm>/seed<k>/analysis_stage{1,2}.json`` under a compare dir:
-    per weight variant, the top-5% share of Medium and Rare images and their enrichment
+def weight_analysis_tables(found: dict[tuple[str, str], list[dict]]) -> str:
+    """Markdown from weight analyses keyed by (stage, arm), one payload per seed: per
+    weight variant, the top-5% share of Medium and Rare images and their enrichment
     (share / base share), and the prototypes' nearest-image groups, mean ± spread over
-    seeds. Stage 1 is shared by the FASSL arms of a seed, so it is read from one arm
+    seeds. Stage 1 is shared by the FASSL arms of a seed, so it is shown for one arm
     (``fassl`` when present); stage 2 has one table per arm. Empty when none exist."""
-    import json
-
-    found: dict[tuple[str, str], list[dict]] = {}
-    for path in sorted(Path(out).glob("*/seed*/analysis_stage*.json")):
-        stage = path.stem.removeprefix("analysis_")
-        found.setdefault((stage, path.parent.parent.name), []).append(json.loads(path.read_text()))
     stage1 = [arm for stage, arm in found if stage == "stage1"]
     keep = ["fassl"] if "fassl" in stage1 else stage1[:1]
     sections = [(("stage1", arm), "after stage 1") for arm in keep] + [
