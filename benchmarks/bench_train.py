@@ -19,8 +19,8 @@ import torch
 
 from fassl.config import load_config
 from fassl.data.augment import TwoViewAugment
-from fassl.eval.features import cpu_has_bf16_units
 from fassl.methods import build_method
+from fassl.runtime import cpu_has_bf16_units
 from fassl.train.optim import build_optimizer
 
 

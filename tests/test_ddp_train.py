@@ -15,7 +15,8 @@ from torch import nn
 
 from fassl.methods.simclr import SimCLR
 from fassl.models import Encoder
-from fassl.train.loop import Runtime, Trainer
+from fassl.runtime import Runtime
+from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data
 
 IDENTITY_AUG = (
@@ -36,9 +37,7 @@ def bn_free_simclr() -> SimCLR:
 def train(run_dir) -> dict[str, torch.Tensor]:
     cfg = tiny_config(run_dir, *IDENTITY_AUG, "optim.epochs=2", "train.memory_format=contiguous")
     method = bn_free_simclr()
-    Trainer(
-        method, tiny_data(), cfg, cfg.optim, run_dir, Runtime(torch.device("cpu"), None), "ddp"
-    ).fit()
+    Trainer(method, tiny_data(), cfg, cfg.optim, run_dir, Runtime.cpu(), "ddp").fit()
     return {k: v.detach().clone() for k, v in method.state_dict().items()}
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fassl.eval.features import cpu_has_bf16_units, resolve_autocast
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import group_metrics, per_class_accuracy
+from fassl.runtime import cpu_has_bf16_units, resolve_autocast
 
 GROUPS = {"frequent": [0, 1, 2, 3], "medium": [4, 5, 6], "rare": [7, 8, 9]}
 

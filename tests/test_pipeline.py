@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from fassl.pipeline import run_pipeline
+from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import EXPORT, LAST, Runtime, Trainer
+from fassl.train.loop import EXPORT, LAST, Trainer
 from tests.helpers import tiny_config, tiny_data
 
-CPU = Runtime(torch.device("cpu"), None)
+CPU = Runtime.cpu()
 STAGES = (
     "pipeline.teacher.epochs=2",
     "pipeline.teacher.batch_size=8",

@@ -20,9 +20,18 @@ from fassl.eval.evaluate import (
     write_results,
 )
 from fassl.eval.features import extract_features
-from fassl.eval.probe import linear_probe_fast, linear_probe_sdclr
+from fassl.eval.probe import (
+    FastProbeSettings,
+    LabeledFeatures,
+    ProbeSplits,
+    SDCLRProbeSchedule,
+    linear_probe_fast,
+    linear_probe_sdclr,
+)
+from fassl.runtime import Runtime
 
 CPU = torch.device("cpu")
+CPU_RT = Runtime.cpu()
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
@@ -46,14 +55,11 @@ def test_fast_probe_separates_gaussian_clusters() -> None:
     val = _clusters(10, 64, 10, 2.0, gen, centers)
     test = _clusters(10, 64, 20, 2.0, gen, centers)
     r = linear_probe_fast(
-        *train,
-        *val,
-        *test,
+        LabeledFeatures(*train),
+        LabeledFeatures(*val),
+        LabeledFeatures(*test),
         num_classes=10,
-        epochs=10,
-        lr=0.1,
-        weight_decay=1e-4,
-        batch_size=64,
+        settings=FastProbeSettings(epochs=10, lr=0.1, weight_decay=1e-4, batch_size=64),
         seed=0,
         device=CPU,
     )
@@ -70,14 +76,11 @@ def test_fast_probe_keeps_the_best_validation_epoch() -> None:
     train = _clusters(4, 16, 20, 0.5, gen, centers)
     val = _clusters(4, 16, 50, 0.5, gen, centers)
     r = linear_probe_fast(
-        *train,
-        *val,
-        *val,
+        LabeledFeatures(*train),
+        LabeledFeatures(*val),
+        LabeledFeatures(*val),
         num_classes=4,
-        epochs=30,
-        lr=1.0,
-        weight_decay=0.0,
-        batch_size=16,
+        settings=FastProbeSettings(epochs=30, lr=1.0, weight_decay=0.0, batch_size=16),
         seed=0,
         device=CPU,
     )
@@ -95,15 +98,11 @@ def test_fast_probe_without_validation_uses_last_epoch() -> None:
     train = _clusters(3, 8, 10, 2.0, gen, centers)
     test = _clusters(3, 8, 5, 2.0, gen, centers)
     r = linear_probe_fast(
-        *train,
-        torch.empty(0, 8),
-        torch.empty(0, dtype=torch.long),
-        *test,
+        LabeledFeatures(*train),
+        LabeledFeatures(torch.empty(0, 8), torch.empty(0, dtype=torch.long)),
+        LabeledFeatures(*test),
         num_classes=3,
-        epochs=4,
-        lr=0.1,
-        weight_decay=0.0,
-        batch_size=8,
+        settings=FastProbeSettings(epochs=4, lr=0.1, weight_decay=0.0, batch_size=8),
         seed=0,
         device=CPU,
     )
@@ -154,10 +153,10 @@ def _synthetic_data(labeled: bool = True) -> LongTailData:
 def test_extract_features_restores_mode_and_shapes() -> None:
     net = _tiny_backbone().train()
     data = _synthetic_data()
-    feats = extract_features(net, data.test.images, MEAN, STD, CPU, batch_size=7)
+    feats = extract_features(net, data.test.images, MEAN, STD, CPU_RT, batch_size=7)
     assert feats.shape == (18, 8) and feats.dtype == torch.float32
     assert net.training
-    assert extract_features(net, data.test.images[:0], MEAN, STD, CPU).shape == (0, 8)
+    assert extract_features(net, data.test.images[:0], MEAN, STD, CPU_RT).shape == (0, 8)
 
 
 def test_sdclr_probe_leaves_backbone_untouched() -> None:
@@ -169,19 +168,10 @@ def test_sdclr_probe_leaves_backbone_untouched() -> None:
     train, val, test = (_colour_split(3, 8, 8, gen) for _ in range(3))
     r = linear_probe_sdclr(
         net,
-        train,
-        val,
-        test,
-        MEAN,
-        STD,
-        num_classes=3,
-        epochs=3,
-        milestones=[1, 2],
-        lr=1.0,
-        batch_size=8,
+        ProbeSplits(train, val, test, MEAN, STD, num_classes=3),
+        SDCLRProbeSchedule(epochs=3, milestones=[1, 2], lr=1.0, batch_size=8),
         seed=0,
-        device=CPU,
-        autocast_dtype=None,
+        rt=CPU_RT,
     )
     assert r.test_pred.shape == (24,) and r.test_pred.dtype == torch.long
     assert 1 <= r.best_epoch <= 3 and r.variant == "sdclr" and len(r.val_history) == 3
@@ -224,7 +214,7 @@ def test_evaluate_reports_every_setting(variant: str, tmp_path: Path) -> None:
         knn_k=5,
     )
     data = _synthetic_data()
-    results = evaluate(_tiny_backbone(), data, cfg, CPU, autocast_dtype=None)
+    results = evaluate(_tiny_backbone(), data, cfg, CPU_RT)
     for setting in ("standard", "few_shot"):
         entry = results[setting]
         assert set(entry) >= METRIC_KEYS
@@ -248,9 +238,7 @@ def test_evaluate_reports_every_setting(variant: str, tmp_path: Path) -> None:
 
 
 def test_evaluate_skips_unlabeled_data() -> None:
-    results = evaluate(
-        _tiny_backbone(), _synthetic_data(labeled=False), ProbeConfig(), CPU, autocast_dtype=None
-    )
+    results = evaluate(_tiny_backbone(), _synthetic_data(labeled=False), ProbeConfig(), CPU_RT)
     assert set(results) == {"meta", "skipped"}
     assert "no labels" in format_results_table(results)
 
@@ -261,7 +249,7 @@ def test_raw_pixel_reference_row_in_table() -> None:
     reference = raw_pixel_reference(data, cfg, seed=0)
     assert reference["standard"]["variant"] == "fast"
     assert reference["meta"]["input"] == "raw pixels"
-    results = evaluate(_tiny_backbone(), data, cfg, CPU, autocast_dtype=None)
+    results = evaluate(_tiny_backbone(), data, cfg, CPU_RT)
     table = format_results_table(results, {"raw pixels": reference})
     assert "standard (raw pixels)" in table
     assert f"{reference['standard']['all']:.2f}" in table

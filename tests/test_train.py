@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from fassl.methods import build_method
+from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import LAST, NonFiniteLoss, Runtime, Trainer, batch_indices
+from fassl.train.loop import LAST, NonFiniteLoss, Trainer, batch_indices
 from tests.helpers import tiny_config, tiny_data
 
-CPU = Runtime(torch.device("cpu"), None)
+CPU = Runtime.cpu()
 
 
 def make_trainer(cfg, name="simclr", data=None, run_dir=None, stage="s"):

@@ -47,7 +47,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from fassl.data.build import build_data
     from fassl.pipeline import evaluate_export
-    from fassl.train.loop import setup_runtime
+    from fassl.runtime import runtime_for
 
     cfg = _config(args)
     ckpt = Path(args.checkpoint)
@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if any(o.startswith("out_dir=") for o in args.overrides)
         else (ckpt.parent / "eval")
     )
-    rt = setup_runtime(cfg)
+    rt = runtime_for(cfg.train)
     data = build_data(cfg.data, cfg.seed)
     evaluate_export(ckpt, data, cfg, rt, out, f"evaluation of {ckpt}")
     print((out / "report.md").read_text())

@@ -22,7 +22,8 @@ from fassl.analysis.tables import (
 from fassl.config import FASSL_ARMS, Config, to_yaml
 from fassl.data.build import build_data
 from fassl.pipeline import run_pipeline, run_pretrain
-from fassl.train.loop import EXPORT, setup_runtime
+from fassl.runtime import runtime_for
+from fassl.train.loop import EXPORT
 
 
 def baseline_epochs(cfg: Config) -> int:
@@ -62,7 +63,7 @@ def run_comparison(cfg: Config) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    rt = setup_runtime(cfg)
+    rt = runtime_for(cfg.train)
     data = build_data(cfg.data, cfg.seed)
     # fassl first, so that its ablation can reuse its stages.
     order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")

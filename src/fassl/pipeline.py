@@ -26,9 +26,10 @@ from fassl.eval.features import extract_features
 from fassl.methods import build_encoder
 from fassl.methods.fassl import RebalancedBYOL, select_feature
 from fassl.models.state import load_state_checked
+from fassl.runtime import Runtime, runtime_for
 from fassl.stages import load_backbone, run_stage
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import Runtime, Trainer, setup_runtime
+from fassl.train.loop import Trainer
 
 
 def evaluate_export(
@@ -43,9 +44,7 @@ def evaluate_export(
     """Probe the backbone in ``export``; write results.json and report.md into ``out_dir``."""
     backbone, meta = load_backbone(export)
     backbone.to(rt.device)
-    results = evaluate(
-        backbone, data, cfg.probe, rt.device, rt.autocast_dtype, cfg.seed, cfg.train.progress
-    )
+    results = evaluate(backbone, data, cfg.probe, rt, cfg.seed, cfg.train.progress)
     results["checkpoint"] = str(export)
     results["method"] = meta.get("method")
     reference = None
@@ -82,9 +81,7 @@ def encoder_features(
     )
 
     z_of = ProjectedFeature(encoder, cfg.prototypes.feature).to(rt.device)
-    feats = extract_features(
-        z_of, data.pretrain.images, data.mean, data.std, rt.device, 512, rt.autocast_dtype
-    )
+    feats = extract_features(z_of, data.pretrain.images, data.mean, data.std, rt)
     return feats, tensors["prototypes"]
 
 
@@ -142,7 +139,7 @@ def run_pipeline(
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    rt = rt or setup_runtime(cfg)
+    rt = rt or runtime_for(cfg.train)
     data = data or build_data(cfg.data, cfg.seed)
     p = cfg.pipeline
     if p.prototypes_checkpoint:
@@ -178,7 +175,7 @@ def run_pipeline(
 def run_pretrain(cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None) -> dict:
     """One method trained from scratch (or from ``train.init_from``), then probed."""
     out = Path(cfg.out_dir)
-    rt = rt or setup_runtime(cfg)
+    rt = rt or runtime_for(cfg.train)
     data = data or build_data(cfg.data, cfg.seed)
     init = Path(cfg.train.init_from) if cfg.train.init_from else None
     export = run_stage(cfg, data, rt, cfg.method, cfg.optim, out, init_path=init)

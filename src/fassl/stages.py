@@ -13,8 +13,9 @@ from fassl.methods import build_method
 from fassl.models import build_backbone
 from fassl.models.pruning import dense_state_dict
 from fassl.models.state import load_state_checked, sub_state
+from fassl.runtime import Runtime
 from fassl.train.checkpoint import CheckpointError, load_checkpoint, split_prefixed
-from fassl.train.loop import EXPORT, Runtime, Trainer, export_encoder
+from fassl.train.loop import EXPORT, Trainer, export_encoder
 
 
 def run_stage(

@@ -6,14 +6,13 @@ from fassl.eval.evaluate import (
     raw_pixel_reference,
     write_results,
 )
-from fassl.eval.features import cpu_has_bf16_units, extract_features, resolve_autocast
+from fassl.eval.features import extract_features
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import group_metrics, per_class_accuracy
 from fassl.eval.probe import ProbeResult, linear_probe_fast, linear_probe_sdclr
 
 __all__ = [
     "ProbeResult",
-    "cpu_has_bf16_units",
     "evaluate",
     "extract_features",
     "format_results_table",
@@ -23,6 +22,5 @@ __all__ = [
     "linear_probe_sdclr",
     "per_class_accuracy",
     "raw_pixel_reference",
-    "resolve_autocast",
     "write_results",
 ]

@@ -19,7 +19,16 @@ from fassl.data.bundle import LongTailData, Split, normalize_images
 from fassl.eval.features import extract_features
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import group_metrics
-from fassl.eval.probe import ProbeResult, linear_probe_fast, linear_probe_sdclr
+from fassl.eval.probe import (
+    FastProbeSettings,
+    LabeledFeatures,
+    ProbeResult,
+    ProbeSplits,
+    SDCLRProbeSchedule,
+    linear_probe_fast,
+    linear_probe_sdclr,
+)
+from fassl.runtime import Runtime
 
 SKIPPED_UNLABELED = "no labels: probes need a labeled dataset"
 # SDCLR steps the probe's lr at epochs 10, 20 of 30 (standard) and 40, 60 of 100
@@ -84,17 +93,13 @@ def _fast_probes(
             continue
         start = time.perf_counter()
         result = linear_probe_fast(
-            feats[split_name],
-            train.labels,
-            feats["val"],
-            data.val.labels,
-            feats["test"],
-            data.test.labels,
+            LabeledFeatures(feats[split_name], train.labels),
+            LabeledFeatures(feats["val"], data.val.labels),
+            LabeledFeatures(feats["test"], data.test.labels),
             data.num_classes,
-            cfg.fast_epochs,
-            cfg.fast_lr,
-            cfg.fast_weight_decay,
-            cfg.fast_batch_size,
+            FastProbeSettings(
+                cfg.fast_epochs, cfg.fast_lr, cfg.fast_weight_decay, cfg.fast_batch_size
+            ),
             seed,
             device,
         )
@@ -111,8 +116,7 @@ def evaluate(
     backbone: nn.Module,
     data: LongTailData,
     cfg: ProbeConfig,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
+    rt: Runtime,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -121,7 +125,7 @@ def evaluate(
     Returns the content of results.json: one entry per setting, ``knn`` (pool -> test)
     and ``meta``. Features for the fast variant and kNN are extracted once per split.
     """
-    device = torch.device(device)
+    device = rt.device
     results: dict[str, Any] = {}
     meta = _meta(data)
     if not data.labeled:
@@ -136,9 +140,7 @@ def evaluate(
     start = time.perf_counter()
     for name in needed:
         split: Split = getattr(data, name)
-        feats[name] = extract_features(
-            backbone, split.images, data.mean, data.std, device, autocast_dtype=autocast_dtype
-        )
+        feats[name] = extract_features(backbone, split.images, data.mean, data.std, rt)
     _log(progress, f"features of {', '.join(needed)} in {time.perf_counter() - start:.1f}s")
 
     if cfg.variant == "fast":
@@ -151,22 +153,11 @@ def evaluate(
                 continue
             epochs = cfg.standard_epochs if setting == "standard" else cfg.few_shot_epochs
             start = time.perf_counter()
-            result = linear_probe_sdclr(
-                backbone,
-                train,
-                data.val,
-                data.test,
-                data.mean,
-                data.std,
-                data.num_classes,
-                epochs,
-                milestones_for(setting, epochs),
-                cfg.sdclr_lr,
-                cfg.sdclr_batch_size,
-                seed,
-                device,
-                autocast_dtype,
+            splits = ProbeSplits(train, data.val, data.test, data.mean, data.std, data.num_classes)
+            schedule = SDCLRProbeSchedule(
+                epochs, milestones_for(setting, epochs), cfg.sdclr_lr, cfg.sdclr_batch_size
             )
+            result = linear_probe_sdclr(backbone, splits, schedule, seed, rt)
             results[setting] = _probe_entry(result, data.test, data, len(train))
             _log(
                 progress,

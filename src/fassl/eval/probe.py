@@ -14,6 +14,47 @@ from torch import nn
 from fassl.data.bundle import Split, random_crop_flip
 from fassl.eval.features import backbone_forward, eval_mode, extract_features, prepare_batch
 from fassl.eval.metrics import per_class_accuracy
+from fassl.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class LabeledFeatures:
+    """Features (N, D) and their labels (N,); a label of -1 means unlabelled."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FastProbeSettings:
+    """The fast probe's SGD: epochs, peak lr (cosine per step), weight decay, batch."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ProbeSplits:
+    """Images of the augmented probe: train / val / test splits and their normalisation."""
+
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class SDCLRProbeSchedule:
+    """SDCLR's probe: epochs, lr x0.1 at each milestone epoch, batch size."""
+
+    epochs: int
+    milestones: list[int]
+    lr: float
+    batch_size: int
 
 
 @dataclass
@@ -153,17 +194,11 @@ def _best_result(
 
 
 def linear_probe_fast(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    val_feats: torch.Tensor,
-    val_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
+    train: LabeledFeatures,
+    val: LabeledFeatures,
+    test: LabeledFeatures,
     num_classes: int,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
+    settings: FastProbeSettings,
     seed: int,
     device: torch.device,
 ) -> ProbeResult:
@@ -175,23 +210,25 @@ def linear_probe_fast(
     validation mean per-class accuracy predicts the test set. Minibatches index
     preloaded device tensors: no DataLoader, no autograd.
     """
-    _check_inputs(train_labels, epochs)
+    epochs, lr, weight_decay = settings.epochs, settings.lr, settings.weight_decay
+    batch_size = settings.batch_size
+    _check_inputs(train.labels, epochs)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    mu = train_feats.float().mean(0)
-    sd = train_feats.float().std(0, correction=0).clamp_min(1e-6)
+    mu = train.features.float().mean(0)
+    sd = train.features.float().std(0, correction=0).clamp_min(1e-6)
 
     def prep(x: torch.Tensor) -> torch.Tensor:
         return ((x.float() - mu) / sd).to(device)
 
-    x_train, y_train = prep(train_feats), train_labels.to(device).long()
-    x_val, x_test = prep(val_feats), prep(test_feats)
+    x_train, y_train = prep(train.features), train.labels.to(device).long()
+    x_val, x_test = prep(val.features), prep(test.features)
     init = _seeded_linear(x_train.shape[1], num_classes, gen)
     params = [init.weight.detach().to(device), init.bias.detach().to(device)]
     momentum = [torch.zeros_like(p) for p in params]
     n = x_train.shape[0]
     total_steps = max(1, epochs * math.ceil(n / batch_size))
-    keeper = _BestKeeper(has_val=bool((val_labels >= 0).any()))
+    keeper = _BestKeeper(has_val=bool((val.labels >= 0).any()))
     step = 0
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(n, generator=gen).to(device)
@@ -206,9 +243,9 @@ def linear_probe_fast(
                     buf.mul_(0.9).add_(g)  # torch.optim.SGD: buf = m * buf + g, buf_0 = 0
                     p.add_(buf, alpha=-step_lr)
                 step += 1
-        val_acc = _mean_class_acc(_predict(*params, x_val), val_labels, num_classes)
+        val_acc = _mean_class_acc(_predict(*params, x_val), val.labels, num_classes)
         keeper.update(epoch, val_acc, {"weight": params[0], "bias": params[1]})
-    return _best_result(keeper, x_test, test_labels, num_classes, "fast", epochs)
+    return _best_result(keeper, x_test, test.labels, num_classes, "fast", epochs)
 
 
 def _step_lr(lr: float, epoch: int, milestones: list[int]) -> float:
@@ -218,19 +255,10 @@ def _step_lr(lr: float, epoch: int, milestones: list[int]) -> float:
 
 def linear_probe_sdclr(
     backbone: nn.Module,
-    train: Split,
-    val: Split,
-    test: Split,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    num_classes: int,
-    epochs: int,
-    milestones: list[int],
-    lr: float,
-    batch_size: int,
+    splits: ProbeSplits,
+    schedule: SDCLRProbeSchedule,
     seed: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
+    rt: Runtime,
 ) -> ProbeResult:
     """SDCLR's linear evaluation: augmented images through the frozen backbone.
 
@@ -241,16 +269,15 @@ def linear_probe_sdclr(
     The frozen backbone makes un-augmented val/test features constant, so they are
     extracted once and the head is scored on them after every epoch.
     """
+    train, val, test = splits.train, splits.val, splits.test
+    mean, std, num_classes = splits.mean, splits.std, splits.num_classes
+    epochs, lr, batch_size = schedule.epochs, schedule.lr, schedule.batch_size
     _check_inputs(train.labels, epochs)
-    device = torch.device(device)
+    device = rt.device
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(backbone):
-        val_feats = extract_features(
-            backbone, val.images, mean, std, device, autocast_dtype=autocast_dtype
-        ).to(device)
-        test_feats = extract_features(
-            backbone, test.images, mean, std, device, autocast_dtype=autocast_dtype
-        ).to(device)
+        val_feats = extract_features(backbone, val.images, mean, std, rt).to(device)
+        test_feats = extract_features(backbone, test.images, mean, std, rt).to(device)
         dim = val_feats.shape[1]  # extract_features runs one image even for empty splits
         head = _seeded_linear(dim, num_classes, gen).to(device)
         opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
@@ -258,14 +285,14 @@ def linear_probe_sdclr(
         n = len(train)
         for epoch in range(epochs):
             for group in opt.param_groups:
-                group["lr"] = _step_lr(lr, epoch, milestones)
+                group["lr"] = _step_lr(lr, epoch, schedule.milestones)
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, batch_size):
                 idx = perm[start : start + batch_size]
                 images = train.images[idx].to(device, non_blocking=True)
                 images = random_crop_flip(images, padding=4, generator=gen)
                 x = prepare_batch(images, mean, std, device)
-                feats = backbone_forward(backbone, x, autocast_dtype)
+                feats = backbone_forward(backbone, x, rt)
                 loss = F.cross_entropy(head(feats), train.labels[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -11,10 +11,10 @@ exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,12 +24,13 @@ from tqdm import tqdm
 from fassl import distributed as dist
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data.augment import TwoViewAugment
-from fassl.data.bundle import LongTailData, normalize_images
-from fassl.eval.features import extract_features, resolve_autocast
+from fassl.data.bundle import LongTailData
+from fassl.eval.features import eval_mode, extract_features
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import per_class_accuracy
 from fassl.methods.base import EpochContext, Method
 from fassl.models.state import load_state_checked
+from fassl.runtime import Runtime
 from fassl.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -47,36 +48,6 @@ EXPORT = "encoder.safetensors"
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device asks for CUDA, but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", dist.local_rank())
-        torch.cuda.set_device(device)
-    return device
-
-
-def setup_runtime(cfg: Config) -> Runtime:
-    """Pick the device, join torchrun's process group if there is one, choose precision."""
-    device = resolve_device(cfg.train.device)
-    dist.init_from_env(device.type)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, resolve_autocast(device, cfg.train.precision))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -119,8 +90,7 @@ class Trainer:
         self.method, self.data, self.cfg, self.optim_cfg = method, data, cfg, optim_cfg
         self.run_dir, self.rt, self.stage = Path(run_dir), runtime, stage
         self.device = runtime.device
-        use_cl = cfg.train.memory_format == "channels_last"
-        self.memory_format = torch.channels_last if use_cl else torch.contiguous_format
+        self.memory_format = runtime.memory_format
         method.to(self.device, memory_format=self.memory_format)
         self.model: nn.Module = method
         if dist.world_size() > 1:
@@ -189,25 +159,18 @@ class Trainer:
             v2.contiguous(memory_format=self.memory_format),
         )
 
-    @torch.no_grad()
-    def embed(self, fn) -> torch.Tensor:
-        """Features of all training images (no augmentation) through ``fn``, in eval mode."""
-        was_training = self.method.training
-        self.method.eval()
-        out = []
-        with self.autocast():
-            for chunk in torch.split(self.images, 1024):
-                x = normalize_images(chunk, self.data.mean, self.data.std)
-                out.append(fn(x.contiguous(memory_format=self.memory_format)).float())
-        self.method.train(was_training)
-        return torch.cat(out)
+    def embed(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Features of all training images (no augmentation) through ``fn``, in eval mode,
+        on the device."""
+        d = self.data
+        with eval_mode(self.method):
+            feats = extract_features(
+                fn, self.images, d.mean, d.std, self.rt, 1024, self.memory_format
+            )
+        return feats.to(self.device)
 
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(
-            self.device.type,
-            dtype=self.rt.autocast_dtype or torch.float32,
-            enabled=self.rt.autocast_dtype is not None,
-        )
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return self.rt.autocast()
 
     def knn_monitor(self) -> float | None:
         """Mean per-class kNN accuracy of the backbone on the validation images."""
@@ -217,9 +180,8 @@ class Trainer:
         g = torch.Generator().manual_seed(0)
         keep = torch.randperm(len(d.pool), generator=g)[:10_000]
         train = d.pool.subset(keep)
-        args = (d.mean, d.std, self.device, 512, self.rt.autocast_dtype)
-        f_train = extract_features(self.method.backbone, train.images, *args)
-        f_val = extract_features(self.method.backbone, d.val.images, *args)
+        f_train = extract_features(self.method.backbone, train.images, d.mean, d.std, self.rt)
+        f_val = extract_features(self.method.backbone, d.val.images, d.mean, d.std, self.rt)
         pred = knn_predict(
             f_train, train.labels, f_val, self.cfg.train.knn_k, num_classes=d.num_classes
         )
