@@ -19,7 +19,6 @@ from fassl.eval.evaluate import (
     raw_pixel_reference,
     write_results,
 )
-from fassl.eval.features import extract_features
 from fassl.eval.probe import (
     FastProbeSettings,
     LabeledFeatures,
@@ -28,6 +27,7 @@ from fassl.eval.probe import (
     linear_probe_fast,
     linear_probe_sdclr,
 )
+from fassl.features import extract_features
 from fassl.runtime import Runtime
 
 CPU = torch.device("cpu")

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
@@ -93,7 +94,10 @@ def test_resume_refuses_other_stage(tmp_path):
 
 
 def test_metrics_log_written(tmp_path):
-    make_trainer(tiny_config(tmp_path, "train.knn_every=1")).fit()
+    cfg, data = tiny_config(tmp_path, "train.knn_every=1"), tiny_data()
+    torch.manual_seed(cfg.seed)
+    monitors = [knn_monitor(data, cfg.train.knn_k)]
+    Trainer(build_method(cfg, "simclr"), data, cfg, cfg.optim, tmp_path, CPU, "s", monitors).fit()
     text = (tmp_path / "metrics.jsonl").read_text()
     assert '"kind": "epoch"' in text and "knn_val_acc" in text
     assert list((tmp_path / "tb").iterdir())

@@ -22,7 +22,7 @@ from fassl.eval.evaluate import (
     raw_pixel_reference,
     write_results,
 )
-from fassl.eval.features import extract_features
+from fassl.features import extract_features
 from fassl.methods import build_encoder
 from fassl.methods.fassl import RebalancedBYOL, select_feature
 from fassl.models.state import load_state_checked

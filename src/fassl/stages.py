@@ -9,6 +9,7 @@ from torch import nn
 
 from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data.bundle import LongTailData
+from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
 from fassl.models import build_backbone
 from fassl.models.pruning import dense_state_dict
@@ -44,6 +45,8 @@ def run_stage(
         init, _ = load_checkpoint(Path(init_path))
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     method = build_method(cfg, method_name, init, str(init_path))
+    if cfg.train.knn_every:
+        monitors = [knn_monitor(data, cfg.train.knn_k), *(monitors or [])]
     Trainer(method, data, cfg, optim_cfg, run_dir, rt, run_dir.name, monitors).fit()
     export_encoder(method, cfg, export)
     return export

@@ -6,10 +6,10 @@ from fassl.eval.evaluate import (
     raw_pixel_reference,
     write_results,
 )
-from fassl.eval.features import extract_features
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import group_metrics, per_class_accuracy
 from fassl.eval.probe import ProbeResult, linear_probe_fast, linear_probe_sdclr
+from fassl.features import extract_features
 
 __all__ = [
     "ProbeResult",

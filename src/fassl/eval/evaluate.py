@@ -16,7 +16,6 @@ from torch import nn
 
 from fassl.config import ProbeConfig
 from fassl.data.bundle import LongTailData, Split, normalize_images
-from fassl.eval.features import extract_features
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import group_metrics
 from fassl.eval.probe import (
@@ -28,6 +27,7 @@ from fassl.eval.probe import (
     linear_probe_fast,
     linear_probe_sdclr,
 )
+from fassl.features import extract_features
 from fassl.runtime import Runtime
 
 SKIPPED_UNLABELED = "no labels: probes need a labeled dataset"

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from fassl.data.bundle import LongTailData
+from fassl.eval.metrics import per_class_accuracy
+from fassl.features import extract_features
+from fassl.runtime import Runtime
 
 
 @torch.no_grad()
@@ -45,3 +54,32 @@ def knn_predict(
     if not preds:
         return torch.empty(0, dtype=torch.long, device=device)
     return torch.cat(preds)
+
+
+def knn_val_accuracy(
+    backbone: torch.nn.Module, data: LongTailData, k: int, rt: Runtime
+) -> float | None:
+    """Mean per-class kNN accuracy (%) of ``backbone`` on the validation images, with at
+    most 10,000 images of the probe pool as the bank; None without labels or splits."""
+    if not data.labeled or len(data.val) == 0 or len(data.pool) == 0:
+        return None
+    g = torch.Generator().manual_seed(0)
+    keep = torch.randperm(len(data.pool), generator=g)[:10_000]
+    train = data.pool.subset(keep)
+    f_train = extract_features(backbone, train.images, data.mean, data.std, rt)
+    f_val = extract_features(backbone, data.val.images, data.mean, data.std, rt)
+    pred = knn_predict(f_train, train.labels, f_val, k, num_classes=data.num_classes)
+    return float(per_class_accuracy(pred, data.val.labels, data.num_classes).nanmean())
+
+
+def knn_monitor(data: LongTailData, k: int) -> Callable[[Any], dict[str, float]]:
+    """A training monitor: ``knn_val_acc`` of the trainer's method's backbone."""
+
+    def monitor(trainer: Any) -> dict[str, float]:
+        acc = knn_val_accuracy(trainer.method.backbone, data, k, trainer.rt)
+        if acc is None:
+            return {}
+        tqdm.write(f"[{trainer.stage}] epoch {trainer.epoch + 1}: kNN val accuracy {acc:.2f}%")
+        return {"knn_val_acc": acc}
+
+    return monitor

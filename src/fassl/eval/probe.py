@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fassl.data.bundle import Split, random_crop_flip
-from fassl.eval.features import backbone_forward, eval_mode, extract_features, prepare_batch
 from fassl.eval.metrics import per_class_accuracy
+from fassl.features import backbone_forward, eval_mode, extract_features, prepare_batch
 from fassl.runtime import Runtime
 
 

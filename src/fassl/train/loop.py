@@ -25,9 +25,7 @@ from fassl import distributed as dist
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data.augment import TwoViewAugment
 from fassl.data.bundle import LongTailData
-from fassl.eval.features import eval_mode, extract_features
-from fassl.eval.knn import knn_predict
-from fassl.eval.metrics import per_class_accuracy
+from fassl.features import eval_mode, extract_features
 from fassl.methods.base import EpochContext, Method
 from fassl.models.state import load_state_checked
 from fassl.runtime import Runtime
@@ -108,8 +106,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * optim_cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)
         self.start_epoch = 0
-        # Label-using measurements (analysis only) run with the kNN monitor.
+        # Label-using measurements (analysis only: kNN accuracy, weight enrichment) after
+        # every ``train.knn_every`` epochs and the last one; they see ``self.epoch``.
         self.monitors = monitors or []
+        self.epoch = 0
         self.logger = MetricLogger(self.run_dir, enabled=dist.is_main())
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -172,21 +172,6 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.rt.autocast()
 
-    def knn_monitor(self) -> float | None:
-        """Mean per-class kNN accuracy of the backbone on the validation images."""
-        d = self.data
-        if not d.labeled or len(d.val) == 0 or len(d.pool) == 0:
-            return None
-        g = torch.Generator().manual_seed(0)
-        keep = torch.randperm(len(d.pool), generator=g)[:10_000]
-        train = d.pool.subset(keep)
-        f_train = extract_features(self.method.backbone, train.images, d.mean, d.std, self.rt)
-        f_val = extract_features(self.method.backbone, d.val.images, d.mean, d.std, self.rt)
-        pred = knn_predict(
-            f_train, train.labels, f_val, self.cfg.train.knn_k, num_classes=d.num_classes
-        )
-        return float(per_class_accuracy(pred, d.val.labels, d.num_classes).nanmean())
-
     # ---- the loop ------------------------------------------------------------------------
     def fit(self) -> Method:
         self.try_resume()
@@ -202,6 +187,7 @@ class Trainer:
         )
         self.model.train()
         for epoch in range(self.start_epoch, epochs):
+            self.epoch = epoch
             torch.manual_seed(epoch_seed(cfg.seed, epoch) + dist.rank())
             method.on_epoch_start(EpochContext(epoch, epochs, self.embed))
             index = batch_indices(len(self.images), self.optim_cfg.batch_size, cfg.seed, epoch)
@@ -245,11 +231,6 @@ class Trainer:
             }
             every = cfg.train.knn_every
             last = epoch + 1 == epochs
-            if dist.is_main() and ((every and (epoch + 1) % every == 0) or (every and last)):
-                knn = self.knn_monitor()
-                if knn is not None:
-                    summary["knn_val_acc"] = knn
-                    bar.write(f"[{self.stage}] epoch {epoch + 1}: kNN val accuracy {knn:.2f}%")
             if dist.is_main() and (last or (every and (epoch + 1) % every == 0)):
                 for monitor in self.monitors:
                     summary |= monitor(self)

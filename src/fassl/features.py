@@ -1,4 +1,8 @@
-"""Frozen-network feature extraction: uint8 images in, float32 features out."""
+"""Frozen-network feature extraction: uint8 images in, float32 features out.
+
+Below training and evaluation: the training loop embeds its dataset with it (stage 2
+banks, monitors), evaluation extracts probe features with it.
+"""
 
 from __future__ import annotations
 
