@@ -134,3 +134,28 @@ def write_class_folder(root: Path, counts: dict[str, int], size: int = 32, seed:
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             save_image(root / name / f"{i:04d}.png", pixels)
     return root
+
+
+def write_tinyimagenet(
+    root: Path, wnids: list[str], per_class: int, val_per_class: int, seed: int = 0
+) -> Path:
+    """Tiny-ImageNet's published layout with random 64 px JPEGs: wnids.txt, words.txt,
+    train/<wnid>/images/<wnid>_<i>.JPEG (+ a boxes file), val/images/val_<j>.JPEG and
+    val/val_annotations.txt. Validation image j belongs to wnids[j % len(wnids)]."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in reversed(wnids)))
+    words = "".join(f"{w}\tthing {w[-1]}, other name\n" for w in wnids) + "n999\tunused\n"
+    (root / "words.txt").write_text(words)
+    for w in wnids:
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            save_image(root / "train" / w / "images" / f"{w}_{i}.JPEG", pixels, format="JPEG")
+        (root / "train" / w / f"{w}_boxes.txt").write_text("")
+    lines = []
+    for j in range(val_per_class * len(wnids)):
+        pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        save_image(root / "val" / "images" / f"val_{j}.JPEG", pixels, format="JPEG")
+        lines.append(f"val_{j}.JPEG\t{wnids[j % len(wnids)]}\t0\t0\t63\t63\n")
+    (root / "val" / "val_annotations.txt").write_text("".join(lines))
+    return root

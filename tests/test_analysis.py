@@ -4,9 +4,11 @@ import math
 import pytest
 import torch
 
-from fassl.analysis.prototypes import nearest_images, prototype_group_shares
-from fassl.analysis.tables import bar_chart, markdown_tables, summarize, write_csv
+from fassl.analysis.prototypes import prototype_group_shares
 from fassl.analysis.weights import all_weight_diagnostics, weight_enrichment
+from fassl.config import RebalanceConfig
+from fassl.prototypes import nearest_images
+from fassl.report import bar_chart, markdown_tables, summarize, write_csv
 
 GROUPS = {"frequent": [0], "medium": [1], "rare": [2]}
 
@@ -27,7 +29,7 @@ def test_all_diagnostics_cover_every_weight():
     g = torch.Generator().manual_seed(0)
     feats, protos = torch.randn(30, 4, generator=g), torch.randn(5, 4, generator=g)
     labels = torch.arange(30) % 3
-    d = all_weight_diagnostics(feats, protos, labels, GROUPS, knn_k=3)
+    d = all_weight_diagnostics(feats, protos, labels, GROUPS, RebalanceConfig(knn_k=3))
     assert set(d) == {"paper", "paper_normalized", "softmax_density", "cluster_size", "knn"}
     for v in d.values():
         assert sum(v["top_share"].values()) == pytest.approx(1.0)
@@ -52,8 +54,12 @@ def test_summary_mean_and_population_spread(tmp_path):
     mean, spread, n = s["standard"]["a"]["all"]
     assert (mean, spread, n) == (52.0, 2.0, 2)
     assert s["standard"]["b"]["all"] == (60.0, 0.0, 1)
-    text = markdown_tables(s, {"standard": {"a": (1.0, 2.0, 3.0, 4.0, math.nan)}})
-    assert "52.00 ± 2.00" in text and "*a (paper)*" in text and "—" in text
+    paper = {"all": 1.0, "frequent": 4.0, "medium": 3.0, "rare": 2.0, "std": math.nan}
+    text = markdown_tables(s, {"standard": {"a": paper}})
+    assert "52.00 ± 2.00" in text and "| *a (paper)* | | 1.00 | 4.00 | 3.00 | 2.00 | — |" in text
+    # one column order everywhere: All, Frequent, Medium, Rare, Std
+    assert "| All | Frequent | Medium | Rare | Std |" in text
+    assert "| a | 2 | 52.00 ± 2.00 | 3.00 ± 0.00 | 2.00 ± 0.00 | 1.00 ± 0.00 |" in text
     write_csv(s, tmp_path / "t.csv")
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert rows[0]["all_mean"] == "52.0000" and rows[0]["seeds"] == "2"

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fassl.analysis.tables import COLUMNS
 from fassl.cli import main, resolve_recipe
 from fassl.compare import baseline_epochs, run_config
 from fassl.config import ConfigError, DataConfig, load_config
 from fassl.data.build import build_data
+from fassl.data.bundle import COLUMNS
 from fassl.train.loop import EXPORT
 
 

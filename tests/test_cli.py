@@ -39,4 +39,4 @@ def test_eval_of_another_architecture(capsys, tmp_path):
     save_checkpoint(path, state, meta)
     code = main(["eval", str(path), "--config", "demo", f"out_dir={tmp_path / 'e'}"])
     err = capsys.readouterr().err
-    assert code == 2 and "encoder.safetensors" in err and "shape" in err
+    assert code == 2 and "encoder.safetensors" in err and "width 8" in err

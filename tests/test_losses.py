@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fassl import losses
+from fassl import losses, reweight
+from fassl.methods import momentum
 
 SQRT2 = math.sqrt(2.0)
 
@@ -115,9 +116,9 @@ def test_no_gradient_through_phi() -> None:
     log_phis = [
         losses.log_rebalance_weight(z, protos, normalize=False),
         losses.log_rebalance_weight(z, protos, normalize=True),
-        losses.log_weight_softmax_density(z, protos, 0.1),
-        losses.log_weight_cluster_size(z, protos, torch.tensor([3, 1, 4, 1, 5])),
-        losses.log_weight_knn(z, protos, 2),
+        reweight.log_weight_softmax_density(z, protos, 0.1),
+        reweight.log_weight_cluster_size(z, protos, torch.tensor([3, 1, 4, 1, 5])),
+        reweight.log_weight_knn(z, protos, 2),
     ]
     for log_phi in log_phis:
         assert not log_phi.requires_grad
@@ -189,7 +190,7 @@ def test_normalize_weights_finite_for_extreme_inputs() -> None:
 def test_log_weight_softmax_density_by_hand() -> None:
     protos = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     z = torch.tensor([[3.0, 0.0], [-1.0, -1.0]])
-    got = losses.log_weight_softmax_density(z, protos, temperature=0.5)
+    got = reweight.log_weight_softmax_density(z, protos, temperature=0.5)
     # z0: cosines (1, 0); z1: cosines (-1/sqrt2, -1/sqrt2).
     expected = [
         -math.log(math.exp(1 / 0.5) + math.exp(0.0)),
@@ -203,22 +204,22 @@ def test_log_weight_cluster_size_by_hand() -> None:
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     sizes = torch.tensor([10, 0])  # an empty cluster counts as 1
     z = torch.tensor([[2.0, 1.0], [0.1, 3.0]])  # nearest: prototype 0, prototype 1
-    got = losses.log_weight_cluster_size(z, protos, sizes)
+    got = reweight.log_weight_cluster_size(z, protos, sizes)
     assert got.tolist() == pytest.approx([-math.log(10.0), 0.0])
     with pytest.raises(ValueError):
-        losses.log_weight_cluster_size(z, protos, torch.tensor([1, 2, 3]))
+        reweight.log_weight_cluster_size(z, protos, torch.tensor([1, 2, 3]))
 
 
 def test_log_weight_knn_by_hand() -> None:
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     z = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
-    got = losses.log_weight_knn(z, bank, k=2)
+    got = reweight.log_weight_knn(z, bank, k=2)
     # z0: cosines (1, 0, 1/sqrt2), top 2 = 1 and 1/sqrt2.
     # z1: cosines (0, -1, -1/sqrt2), top 2 = 0 and -1/sqrt2.
     expected = [-(1 + 1 / SQRT2) / 2, -(0 - 1 / SQRT2) / 2]
     assert got.tolist() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError):
-        losses.log_weight_knn(z, bank, k=4)
+        reweight.log_weight_knn(z, bank, k=4)
 
 
 # ---------------------------------------------------------------------- BYOL / Eq. 3
@@ -329,7 +330,7 @@ def _pair() -> tuple[nn.Module, nn.Module]:
 def test_ema_update(tau: float) -> None:
     teacher, student = _pair()
     before = [p.detach().clone() for p in teacher.parameters()]
-    losses.ema_update(teacher, student, tau)
+    momentum.ema_update(teacher, student, tau)
     for t_param, s_param, old in zip(
         teacher.parameters(), student.parameters(), before, strict=True
     ):
@@ -346,24 +347,24 @@ def test_ema_update(tau: float) -> None:
 
 def test_ema_update_rejects_mismatched_structure() -> None:
     with pytest.raises(ValueError, match="only in the student"):
-        losses.ema_update(nn.Sequential(nn.Linear(3, 4)), _net(), 0.9)
+        momentum.ema_update(nn.Sequential(nn.Linear(3, 4)), _net(), 0.9)
     with pytest.raises(ValueError, match="shape"):
-        losses.ema_update(nn.Linear(3, 4), nn.Linear(3, 5), 0.9)
+        momentum.ema_update(nn.Linear(3, 4), nn.Linear(3, 5), 0.9)
     with pytest.raises(ValueError, match="tau"):
-        losses.ema_update(nn.Linear(3, 4), nn.Linear(3, 4), 1.5)
+        momentum.ema_update(nn.Linear(3, 4), nn.Linear(3, 4), 1.5)
 
 
 def test_cosine_momentum() -> None:
-    assert losses.cosine_momentum(0, 100, 0.99, 1.0) == pytest.approx(0.99)
-    assert losses.cosine_momentum(50, 100, 0.99, 1.0) == pytest.approx(0.995)
-    assert losses.cosine_momentum(100, 100, 0.99, 1.0) == pytest.approx(1.0)
+    assert momentum.cosine_momentum(0, 100, 0.99, 1.0) == pytest.approx(0.99)
+    assert momentum.cosine_momentum(50, 100, 0.99, 1.0) == pytest.approx(0.995)
+    assert momentum.cosine_momentum(100, 100, 0.99, 1.0) == pytest.approx(1.0)
     # A quarter in: end - (end - base) * (cos(pi / 4) + 1) / 2.
     quarter = 1.0 - 0.01 * (math.cos(math.pi / 4) + 1) / 2
-    assert losses.cosine_momentum(25, 100, 0.99, 1.0) == pytest.approx(quarter)
-    assert losses.cosine_momentum(500, 100, 0.99, 1.0) == pytest.approx(1.0)
-    assert losses.cosine_momentum(7, 10, 0.9, 0.9) == pytest.approx(0.9)
+    assert momentum.cosine_momentum(25, 100, 0.99, 1.0) == pytest.approx(quarter)
+    assert momentum.cosine_momentum(500, 100, 0.99, 1.0) == pytest.approx(1.0)
+    assert momentum.cosine_momentum(7, 10, 0.9, 0.9) == pytest.approx(0.9)
     with pytest.raises(ValueError):
-        losses.cosine_momentum(0, 0, 0.99, 1.0)
+        momentum.cosine_momentum(0, 0, 0.99, 1.0)
 
 
 # ---------------------------------------------------------------------- bf16 autocast
@@ -390,8 +391,8 @@ def test_bf16_autocast_inputs_give_fp32_losses_close_to_fp32() -> None:
             "byol": losses.byol_loss(z1, z2, z2, z1),
             "swav": losses.swav_loss(s1, s2, q1, q2, 0.1),
             "weight": weight,
-            "density": losses.log_weight_softmax_density(z1, protos, 0.1),
-            "knn": losses.log_weight_knn(z1, bank, 3),
+            "density": reweight.log_weight_softmax_density(z1, protos, 0.1),
+            "knn": reweight.log_weight_knn(z1, bank, 3),
         }
 
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -34,9 +34,9 @@ def test_pipeline_writes_every_stage_and_report(tmp_path):
     for name in (
         "results.json",
         "report.md",
-        "analysis_stage1.md",
-        "analysis_stage2.json",
-        "prototypes_stage1.png",
+        "analysis_prototypes.md",
+        "analysis_rebalance.json",
+        "retrieval_prototypes.png",
     ):
         assert (tmp_path / name).is_file(), name
     assert {"standard", "few_shot", "knn"} <= set(results)

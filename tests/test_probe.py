@@ -12,13 +12,7 @@ from torch import nn
 
 from fassl.config import ProbeConfig
 from fassl.data.bundle import LongTailData, Split
-from fassl.eval.evaluate import (
-    evaluate,
-    format_results_table,
-    milestones_for,
-    raw_pixel_reference,
-    write_results,
-)
+from fassl.eval.evaluate import evaluate, milestones_for, raw_pixel_reference
 from fassl.eval.probe import (
     FastProbeSettings,
     LabeledFeatures,
@@ -28,6 +22,8 @@ from fassl.eval.probe import (
     linear_probe_sdclr,
 )
 from fassl.features import extract_features
+from fassl.report import results_table as format_results_table
+from fassl.report import write_json as write_results
 from fassl.runtime import Runtime
 
 CPU = torch.device("cpu")

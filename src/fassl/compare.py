@@ -11,7 +11,10 @@ import copy
 import json
 from pathlib import Path
 
-from fassl.analysis.tables import (
+from fassl.config import FASSL_ARMS, Config, to_yaml
+from fassl.data.build import build_data
+from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.report import (
     PAPER_CIFAR10_LT,
     bar_chart,
     markdown_tables,
@@ -19,9 +22,7 @@ from fassl.analysis.tables import (
     weight_analysis_tables,
     write_csv,
 )
-from fassl.config import FASSL_ARMS, Config, to_yaml
-from fassl.data.build import build_data
-from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.reweight import REWEIGHTERS
 from fassl.runtime import runtime_for
 from fassl.train.loop import EXPORT
 
@@ -35,7 +36,7 @@ def baseline_epochs(cfg: Config) -> int:
 
 def arm_weight(name: str) -> str:
     """The stage-2 weight of a FASSL arm other than ``fassl``: fassl_phi1 -> none,
-    fassl_<weight> -> <weight>."""
+    fassl_<weight> -> <weight> (a name of ``fassl.reweight.REWEIGHTERS``)."""
     return "none" if name == "fassl_phi1" else name.removeprefix("fassl_")
 
 
@@ -47,8 +48,9 @@ def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
     if name in FASSL_ARMS and name != "fassl":
         # The other arms share FASSL's teacher and prototypes: only phi differs.
         c.rebalance.weight = arm_weight(name)
-        if name == "fassl_paper":
-            c.rebalance.strength = 0.0  # Eq. 3 exactly as written, spread included
+        strength = REWEIGHTERS[c.rebalance.weight].arm_strength
+        if strength is not None:  # e.g. fassl_paper: Eq. 3 as written, spread included
+            c.rebalance.strength = strength
         shared = out / "fassl" / f"seed{seed}" / "prototypes" / EXPORT
         if "fassl" in cfg.compare.methods and not cfg.pipeline.prototypes_checkpoint:
             c.pipeline.prototypes_checkpoint = str(shared)
@@ -107,12 +109,17 @@ def collect_runs(out: Path) -> list[dict]:
     return runs
 
 
+# analysis files of run folders written before the stages had one vocabulary
+_LEGACY_ANALYSIS = {"stage1": "prototypes", "stage2": "rebalance"}
+
+
 def collect_analyses(out: Path) -> dict[tuple[str, str], list[dict]]:
     """Every ``out/<arm>/seed<k>/analysis_<stage>.json``, keyed by (stage, arm)."""
     found: dict[tuple[str, str], list[dict]] = {}
-    for path in sorted(Path(out).glob("*/seed*/analysis_stage*.json")):
-        key = (path.stem.removeprefix("analysis_"), path.parent.parent.name)
-        found.setdefault(key, []).append(json.loads(path.read_text()))
+    for path in sorted(Path(out).glob("*/seed*/analysis_*.json")):
+        stage = path.stem.removeprefix("analysis_")
+        stage = _LEGACY_ANALYSIS.get(stage, stage)
+        found.setdefault((stage, path.parent.parent.name), []).append(json.loads(path.read_text()))
     return found
 
 

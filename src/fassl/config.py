@@ -15,9 +15,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-METHODS = ("simclr", "sdclr", "byol", "swav", "fassl_prototypes", "fassl_rebalance")
-# log phi of stage 2 (Eq. 3 and its label-free alternatives; none = phi 1)
-WEIGHTS = ("paper", "paper_normalized", "softmax_density", "cluster_size", "knn", "none")
+from fassl.reweight import REWEIGHTERS
+
+# The registered methods (fassl.methods.METHODS checks that it lists the same).
+METHOD_NAMES = ("simclr", "sdclr", "byol", "swav", "fassl_prototypes", "fassl_rebalance")
+# log phi of stage 2: Eq. 3 and its label-free variants (none = phi 1), one registry.
+WEIGHTS = tuple(REWEIGHTERS)
 # Comparison arms of FASSL: the configured weight, the phi = 1 ablation, and one arm
 # per weight variant, all from the same teacher and prototypes.
 FASSL_ARMS = ("fassl", "fassl_phi1", *(f"fassl_{w}" for w in WEIGHTS if w != "none"))
@@ -28,12 +31,30 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SplitFilesConfig:
+    """List files of dataset=splitfile, one ``relative/path label`` per line (SDCLR's format).
+
+    A relative list path is looked up in ``dir`` (default: data.root); image paths in the
+    lists are relative to data.root.
+    """
+
+    dir: str = ""
+    pretrain: str = ""  # the long-tailed pre-training set (required)
+    pool: str = ""  # the balanced probe-train set; empty: the pretrain list
+    few_shot: str = ""  # empty: a nested data.few_shot_fraction subset of the pool
+    val: str = ""  # empty: data.val_per_class images a class held out from the pool
+    test: str = ""  # required
+
+
+@dataclass
 class DataConfig:
     """Where the images come from and how the long-tailed protocol draws from them."""
 
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder | splitfile | tinyimagenet
     # cifar10/cifar100: folder holding cifar-10-batches-py / cifar-100-python.
     # folder: an image folder; with train/ and test/ sub-folders they are used as such.
+    # splitfile: the folder the list files' paths are relative to (e.g. ImageNet's).
+    # tinyimagenet: the tiny-imagenet-200 folder, or a .zip / .tar.gz of it.
     root: str = ""
     labeled: bool = True  # folder: one sub-folder per class; False: images found recursively
     image_size: int = 32  # folder images are resized to this square size
@@ -47,6 +68,20 @@ class DataConfig:
     few_shot_fraction: float = 0.01  # nested few-shot subset of the probe pool
     cache_dir: str = "~/.cache/fassl"
     download: bool = False  # fetch CIFAR archives when they are missing
+    # A folder with SDCLR's published CIFAR index files (trainIdxList.npy, valIdxList.npy,
+    # split{k}_D_i.npy, split{k}_S_b.npy, cifar100_* for CIFAR-100): with it, data.split=k
+    # picks split k's files instead of drawing the subsets.
+    sdclr_splits: str = ""
+    split_files: SplitFilesConfig = field(default_factory=SplitFilesConfig)
+    # Frequent / Medium / Rare: "thirds" of the classes by pre-training count, or "counts"
+    # (SDCLR's ImageNet-100-LT rule: frequent > group_thresholds[0] images, rare <
+    # group_thresholds[1], medium in between).
+    groups: str = "thirds"
+    group_thresholds: list[int] = field(default_factory=lambda: [100, 20])
+    # Splits whose decoded uint8 images would exceed this budget together are decoded on
+    # the fly by data.workers processes instead of held in memory.
+    max_memory_gb: float = 8.0
+    workers: int = 0  # decoding processes of a streamed split; 0 = up to 8 CPU cores
 
 
 @dataclass
@@ -95,7 +130,13 @@ class TrainConfig:
     memory_format: str = "channels_last"  # channels_last | contiguous
     knn_every: int = 0  # epochs between kNN monitors on the validation set; 0 = off
     knn_k: int = 200
-    log_every: int = 20  # steps between metric log lines
+    # steps between metric log lines; the loss is also checked for NaN/inf this often
+    # (reading it from the device every step would make every step wait for it)
+    log_every: int = 20
+    # seconds between checkpoints (written after the epoch that passes the mark, and
+    # always after the last epoch); 0 = after every epoch
+    checkpoint_every_s: float = 600.0
+    compile: str = "auto"  # torch.compile of the training forward: auto (CUDA) | compile | eager
     progress: bool = True
     init_from: str = ""  # checkpoint whose weights initialise the method's encoder
 
@@ -204,7 +245,7 @@ class CompareConfig:
 
 @dataclass
 class Config:
-    method: str = "simclr"  # one of METHODS
+    method: str = "simclr"  # one of METHOD_NAMES
     out_dir: str = "runs/default"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -224,13 +265,15 @@ class Config:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
-    "data.dataset": ("digits", "cifar10", "cifar100", "folder"),
+    "method": METHOD_NAMES,
+    "data.dataset": ("digits", "cifar10", "cifar100", "folder", "splitfile", "tinyimagenet"),
     "data.longtail": ("pool", "full", "none"),
+    "data.groups": ("thirds", "counts"),
     "model.arch": ("resnet18", "resnet50"),
     "optim.optimizer": ("sgd", "lars"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.memory_format": ("channels_last", "contiguous"),
+    "train.compile": ("auto", "compile", "eager"),
     "prototypes.feature": ("projection", "backbone"),
     "rebalance.weight": WEIGHTS,
     "rebalance.weight_view": ("first", "mean"),
@@ -247,6 +290,20 @@ def _get(cfg: Config, dotted: str) -> Any:
     return value
 
 
+def _validate_data(data: DataConfig) -> None:
+    """Ranges of the data keys that their types do not fix."""
+    many_few = data.group_thresholds
+    if len(many_few) != 2 or not 0 <= many_few[1] <= many_few[0]:
+        raise ConfigError(
+            "config key 'data.group_thresholds' must be [frequent_above, rare_below] with "
+            f"0 <= rare_below <= frequent_above, got {list(many_few)}"
+        )
+    if data.max_memory_gb <= 0:
+        raise ConfigError(f"config key 'data.max_memory_gb' must be > 0, got {data.max_memory_gb}")
+    if data.workers < 0:
+        raise ConfigError(f"config key 'data.workers' must be >= 0, got {data.workers}")
+
+
 def validate(cfg: Config) -> Config:
     """Check values that a type alone cannot (choices, ranges); raise ConfigError."""
     for key, choices in _CHOICES.items():
@@ -259,10 +316,11 @@ def validate(cfg: Config) -> Config:
                 f"config key 'probe.settings': {setting!r} is not one of ['standard', 'few_shot']"
             )
     for name in cfg.compare.methods:
-        if name not in (*METHODS, *FASSL_ARMS):
+        if name not in (*METHOD_NAMES, *FASSL_ARMS):
             raise ConfigError(f"config key 'compare.methods': unknown method {name!r}")
     if cfg.data.imbalance < 1:
         raise ConfigError(f"config key 'data.imbalance' must be >= 1, got {cfg.data.imbalance}")
+    _validate_data(cfg.data)
     if not 0 <= cfg.sdclr.prune_ratio < 1:
         raise ConfigError(
             f"config key 'sdclr.prune_ratio' must be in [0, 1), got {cfg.sdclr.prune_ratio}"
@@ -270,6 +328,13 @@ def validate(cfg: Config) -> Config:
     if cfg.rebalance.strength < 0:
         raise ConfigError(
             f"config key 'rebalance.strength' must be >= 0, got {cfg.rebalance.strength}"
+        )
+    if cfg.train.log_every < 1:
+        raise ConfigError(f"config key 'train.log_every' must be >= 1, got {cfg.train.log_every}")
+    if cfg.train.checkpoint_every_s < 0:
+        raise ConfigError(
+            "config key 'train.checkpoint_every_s' must be >= 0 (0 = every epoch), got "
+            f"{cfg.train.checkpoint_every_s}"
         )
     if cfg.optim.batch_size < 2:
         raise ConfigError("config key 'optim.batch_size' must be at least 2")

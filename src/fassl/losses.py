@@ -1,8 +1,9 @@
 """Loss functions of FASSL and its baselines (SimCLR, SDCLR, BYOL, SwAV).
 
 Every function is pure: no module state. Inputs are cast to float32 and autocast is
-switched off inside (autocast would run the matmuls in bf16 again), so callers running
-under bf16 autocast get float32 losses, softmaxes and weights.
+switched off inside (``fassl.runtime.float32_only``: autocast would run the matmuls in
+bf16 again), so callers running under bf16 autocast get float32 losses, softmaxes and
+weights.
 Equation numbers refer to the FASSL paper (Lin, Chen, Wang, "Frequency-Aware
 Self-Supervised Long-Tailed Learning", ICCV 2023 workshops).
 
@@ -15,28 +16,20 @@ single-device formulas.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fassl import distributed
+from fassl.runtime import float32_only
 
 __all__ = [
     "byol_loss",
     "consistency_loss",
-    "cosine_momentum",
-    "ema_update",
     "log_rebalance_weight",
-    "log_weight_cluster_size",
-    "log_weight_knn",
-    "log_weight_softmax_density",
     "normalize_weights",
     "nt_xent",
     "prototype_contrastive_loss",
@@ -46,28 +39,10 @@ __all__ = [
 ]
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _float32(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with autocast off on the devices of its tensor arguments."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        devices = {a.device.type for a in (*args, *kwargs.values()) if isinstance(a, Tensor)}
-        with contextlib.ExitStack() as stack:
-            for device in devices:
-                stack.enter_context(torch.autocast(device, enabled=False))
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
 # --------------------------------------------------------------------------- contrastive
 
 
-@_float32
+@float32_only
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """NT-Xent of SimCLR (Chen et al., ICML 2020, Eq. 1), mean over this rank's anchors.
 
@@ -113,7 +88,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, pos_idx)
 
 
-@_float32
+@float32_only
 def prototype_scores(z: Tensor, prototypes: Tensor, normalize: bool) -> Tensor:
     """Similarity of each embedding to each prototype, h = P z (Eq. 1 of the FASSL paper).
 
@@ -134,7 +109,7 @@ def prototype_scores(z: Tensor, prototypes: Tensor, normalize: bool) -> Tensor:
     return z @ prototypes.T
 
 
-@_float32
+@float32_only
 def prototype_contrastive_loss(
     z1: Tensor, z2: Tensor, prototypes: Tensor, temperature: float, normalize: bool
 ) -> Tensor:
@@ -159,11 +134,11 @@ def prototype_contrastive_loss(
 
 
 # ------------------------------------------------------------------------ re-weighting
-# Every log-weight below follows one contract: larger = rarer, returned in log space,
-# detached (phi carries no gradient). Feed it to ``normalize_weights``.
+# log phi follows one contract: larger = rarer, in log space, detached (phi carries no
+# gradient). Eq. 3 is here; its label-free variants live in fassl.reweight.
 
 
-@_float32
+@float32_only
 @torch.no_grad()
 def log_rebalance_weight(z: Tensor, prototypes: Tensor, normalize: bool) -> Tensor:
     """log phi of Eq. 3 of the FASSL paper: log phi_i = -sum_k <z_i, p_k>.
@@ -188,82 +163,7 @@ def log_rebalance_weight(z: Tensor, prototypes: Tensor, normalize: bool) -> Tens
     return -(z @ prototypes.sum(dim=0))
 
 
-@_float32
-@torch.no_grad()
-def log_weight_softmax_density(z: Tensor, prototypes: Tensor, temperature: float) -> Tensor:
-    """Inverse soft density of prototypes around z: -logsumexp_k(cos(z, p_k) / t).
-
-    A label-free alternative to Eq. 3 of the FASSL paper: an image close to many
-    prototypes (a crowded, frequent region) gets a small weight; one far from all
-    gets a large weight. Small ``t`` approaches -max_k cos / t.
-
-    Args:
-        z: (N, D) embeddings.
-        prototypes: (K, D) prototype matrix.
-        temperature: softmax temperature t.
-
-    Returns:
-        (N,) float32 log-weights, detached.
-    """
-    cos = prototype_scores(z, prototypes, normalize=True)
-    return -torch.logsumexp(cos / temperature, dim=1)
-
-
-@_float32
-@torch.no_grad()
-def log_weight_cluster_size(z: Tensor, prototypes: Tensor, cluster_sizes: Tensor) -> Tensor:
-    """Inverse size of the nearest prototype's cluster: -log(count of its images).
-
-    A label-free alternative to Eq. 3 of the FASSL paper. The nearest prototype is the
-    one of largest cosine similarity; ``cluster_sizes[k]`` counts the dataset images
-    assigned to prototype k (computed by the caller over the dataset), clamped to at
-    least 1 so that empty clusters stay finite.
-
-    Args:
-        z: (N, D) embeddings.
-        prototypes: (K, D) prototype matrix.
-        cluster_sizes: (K,) image counts per prototype.
-
-    Returns:
-        (N,) float32 log-weights, detached.
-    """
-    if cluster_sizes.shape != (prototypes.shape[0],):
-        raise ValueError(
-            f"cluster_sizes must have shape ({prototypes.shape[0]},), "
-            f"got {tuple(cluster_sizes.shape)}"
-        )
-    nearest = prototype_scores(z, prototypes, normalize=True).argmax(dim=1)
-    sizes = cluster_sizes.to(device=nearest.device, dtype=torch.float32).clamp_min(1.0)
-    return -torch.log(sizes[nearest])
-
-
-@_float32
-@torch.no_grad()
-def log_weight_knn(z: Tensor, bank: Tensor, k: int) -> Tensor:
-    """Inverse local density in a feature bank: -(mean cosine to the k nearest rows).
-
-    A label-free alternative to Eq. 3 of the FASSL paper: images in sparse regions of
-    the feature space (likely rare classes) get larger weights.
-
-    The bank is used as given: if it contains the query images themselves, excluding
-    those exact self-matches (e.g. by masking their bank indices) is the caller's job,
-    otherwise each query counts itself as a neighbour at cosine 1.
-
-    Args:
-        z: (N, D) query embeddings.
-        bank: (M, D) feature bank, M >= k.
-        k: number of neighbours.
-
-    Returns:
-        (N,) float32 log-weights, detached.
-    """
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k must be in [1, {bank.shape[0]}] (the bank size), got {k}")
-    cos = F.normalize(z.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
-    return -cos.topk(k, dim=1).values.mean(dim=1)
-
-
-@_float32
+@float32_only
 @torch.no_grad()
 def normalize_weights(
     log_phi: Tensor, clip_std: float, global_stats: bool, strength: float = 0.0
@@ -317,7 +217,7 @@ def normalize_weights(
 # ---------------------------------------------------------------------- BYOL / Eq. 3
 
 
-@_float32
+@float32_only
 def consistency_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Normalised MSE of Eq. 3 of the FASSL paper (and of BYOL, Grill et al. 2020).
 
@@ -343,7 +243,7 @@ def consistency_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None)
     return per_sample.mean()
 
 
-@_float32
+@float32_only
 def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     """BYOL's symmetrised loss (Grill et al., NeurIPS 2020, Eq. 2-3).
 
@@ -377,7 +277,7 @@ def _logsumexp_over_batch(log_q: Tensor) -> Tensor:
     return torch.log(total) + top
 
 
-@_float32
+@float32_only
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
     """Sinkhorn-Knopp codes of SwAV (Caron et al., NeurIPS 2020, Sec. 3.1 and Alg. 1).
@@ -417,7 +317,7 @@ def sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
     return torch.exp(log_q)
 
 
-@_float32
+@float32_only
 def swav_loss(
     scores1: Tensor, scores2: Tensor, codes1: Tensor, codes2: Tensor, temperature: float
 ) -> Tensor:
@@ -445,75 +345,3 @@ def swav_loss(
     loss12 = -(codes2.detach().float() * log_p1).sum(dim=1).mean()
     loss21 = -(codes1.detach().float() * log_p2).sum(dim=1).mean()
     return 0.5 * (loss12 + loss21)
-
-
-# ------------------------------------------------------------------------------- EMA
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
-    """Teacher EMA of Eq. 4 of the FASSL paper: theta_T <- tau theta_T + (1 - tau) theta_S.
-
-    Applied to every parameter. Buffers (BatchNorm running statistics, batch counters)
-    are copied from the student instead of averaged: the teacher normalises with batch
-    statistics during training anyway, and copying keeps its running statistics those
-    of the current weights rather than a lagging average of older ones.
-
-    Both modules must have the same structure (parameter and buffer names and shapes);
-    a mismatch raises ValueError rather than silently pairing the wrong tensors.
-
-    Args:
-        teacher: module updated in place.
-        student: module read.
-        tau: decay rate in [0, 1]; 0 copies the student, 1 keeps the teacher.
-    """
-    if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau}")
-    pairs = []
-    for kind, t_items, s_items in (
-        ("parameter", teacher.named_parameters(), student.named_parameters()),
-        ("buffer", teacher.named_buffers(), student.named_buffers()),
-    ):
-        t_dict, s_dict = dict(t_items), dict(s_items)
-        if t_dict.keys() != s_dict.keys():
-            missing = sorted(set(s_dict) - set(t_dict))[:5]
-            extra = sorted(set(t_dict) - set(s_dict))[:5]
-            raise ValueError(
-                f"ema_update: teacher and student {kind}s differ; only in the student: "
-                f"{missing}, only in the teacher: {extra}"
-            )
-        for name, t in t_dict.items():
-            if t.shape != s_dict[name].shape:
-                raise ValueError(
-                    f"ema_update: {kind} '{name}' has shape {tuple(t.shape)} in the teacher "
-                    f"and {tuple(s_dict[name].shape)} in the student"
-                )
-            pairs.append((kind, t, s_dict[name]))
-    for kind, t, s in pairs:
-        if kind == "buffer":
-            t.copy_(s)
-        else:
-            # lerp is exact at both ends: weight 1 gives s, weight 0 gives t.
-            t.lerp_(s.to(t.dtype), 1.0 - tau)
-
-
-def cosine_momentum(step: int, total_steps: int, base: float, end: float) -> float:
-    """BYOL's cosine schedule of the EMA decay (Grill et al., NeurIPS 2020, Sec. 3.2).
-
-    ``end - (end - base) * (cos(pi * step / total_steps) + 1) / 2``: ``base`` at step 0,
-    ``end`` at ``total_steps`` (BYOL: 0.996 -> 1). Steps outside [0, total_steps] are
-    clamped.
-
-    Args:
-        step: current optimisation step.
-        total_steps: steps of the whole run, at least 1.
-        base: tau at the start.
-        end: tau at the end.
-
-    Returns:
-        The decay tau for this step.
-    """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be at least 1, got {total_steps}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return end - (end - base) * (math.cos(math.pi * progress) + 1.0) / 2.0

@@ -14,12 +14,14 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
 
 from fassl import distributed
-from fassl.config import TrainConfig
+
+if TYPE_CHECKING:
+    from fassl.config import TrainConfig
 
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISIONS = ("auto", "bf16", "fp32")

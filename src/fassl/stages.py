@@ -1,22 +1,33 @@
-"""Running one training stage into a directory, and loading what a stage exported."""
+"""Running one training stage into a folder; the pipeline's stage vocabulary.
+
+FASSL's stages are named ``teacher`` (SDCLR), ``prototypes`` (stage 1, Eq. 1-2) and
+``rebalance`` (stage 2, Eq. 3-4) everywhere: sub-folders of a pipeline run, the
+``pipeline.<stage>`` optimizer keys, ``analysis_<stage>.*`` files.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data.bundle import LongTailData
+from fassl.encoders import load_backbone
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
-from fassl.models import build_backbone
-from fassl.models.pruning import dense_state_dict
-from fassl.models.state import load_state_checked, sub_state
 from fassl.runtime import Runtime
-from fassl.train.checkpoint import CheckpointError, load_checkpoint, split_prefixed
+from fassl.train.checkpoint import load_checkpoint
 from fassl.train.loop import EXPORT, Trainer, export_encoder
+
+# stage -> the method it trains
+STAGE_METHODS = {
+    "teacher": "sdclr",
+    "prototypes": "fassl_prototypes",
+    "rebalance": "fassl_rebalance",
+}
+
+__all__ = ["STAGE_METHODS", "load_backbone", "run_pipeline_stage", "run_stage"]
 
 
 def run_stage(
@@ -52,15 +63,15 @@ def run_stage(
     return export
 
 
-def load_backbone(path: Path) -> tuple[nn.Module, dict]:
-    """The backbone stored in an exported encoder or a training checkpoint."""
-    tensors, meta = load_checkpoint(Path(path))
-    if "model" not in meta:
-        raise CheckpointError(f"{path} does not say which model it holds")
-    m = meta["model"]
-    backbone = build_backbone(m["arch"], m["width"], m["cifar_stem"])
-    state = sub_state(tensors, "backbone")
-    if not state:  # a training checkpoint: model/<encoder>.backbone.*
-        state = sub_state(dense_state_dict(split_prefixed(tensors, "model")), "encoder.backbone")
-    load_state_checked(backbone, state, str(path))
-    return backbone, meta
+def run_pipeline_stage(
+    cfg: Config,
+    data: LongTailData,
+    rt: Runtime,
+    stage: str,
+    init_path: Path | None = None,
+    monitors: list | None = None,
+) -> Path:
+    """The pipeline's ``stage`` into ``out_dir/<stage>`` with ``pipeline.<stage>``'s optimizer."""
+    optim_cfg: OptimConfig = getattr(cfg.pipeline, stage)
+    run_dir = Path(cfg.out_dir) / stage
+    return run_stage(cfg, data, rt, STAGE_METHODS[stage], optim_cfg, run_dir, init_path, monitors)

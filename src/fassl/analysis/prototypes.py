@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fassl.analysis.weights import GROUPS
-
-
-def nearest_images(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """For each prototype, the index of the most similar (cosine) image."""
-    f = torch.nn.functional.normalize(features.float(), dim=1)
-    p = torch.nn.functional.normalize(prototypes.float(), dim=1)
-    return (p @ f.T).argmax(dim=1)
+from fassl.data.bundle import GROUPS
+from fassl.prototypes import nearest_images
 
 
 def prototype_group_shares(

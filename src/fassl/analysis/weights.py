@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from fassl.methods.fassl import WEIGHTS, log_weight, nearest_prototype_counts
-
-GROUPS = ("frequent", "medium", "rare")
+from fassl.config import RebalanceConfig
+from fassl.data.bundle import GROUPS
+from fassl.reweight import REWEIGHTERS, NoWeight, build_reweighter
 
 
 def group_of_images(labels: torch.Tensor, groups: dict[str, list[int]]) -> list[torch.Tensor]:
@@ -55,48 +55,17 @@ def all_weight_diagnostics(
     prototypes: torch.Tensor,
     labels: torch.Tensor,
     groups: dict[str, list[int]],
-    *,
-    density_temperature: float = 0.1,
-    knn_k: int = 10,
+    cfg: RebalanceConfig,
     top_fraction: float = 0.05,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Enrichment of every weight variant on the same features (clean images)."""
+    """Enrichment of every registered weight variant on the same clean-image features,
+    each with its settings from ``cfg`` (phi = 1 has nothing to rank and is left out)."""
     features = features.float()
-    bank = torch.nn.functional.normalize(features, dim=1)
-    sizes = nearest_prototype_counts(features, prototypes).float()
     out = {}
-    for weight in WEIGHTS:
-        if weight == "none":
+    for name in REWEIGHTERS:
+        reweighter = build_reweighter(name, cfg)
+        if isinstance(reweighter, NoWeight):
             continue
-        if weight == "knn":
-            # Every image is in the bank: drop its self-match by asking one more neighbour
-            # and discounting it (cos(x, x) = 1).
-            lp = log_weight("knn", features, prototypes, bank=bank, knn_k=knn_k + 1)
-            lp = (lp * (knn_k + 1) + 1.0) / knn_k
-        else:
-            lp = log_weight(
-                weight,
-                features,
-                prototypes,
-                density_temperature=density_temperature,
-                cluster_sizes=sizes,
-            )
-        out[weight] = weight_enrichment(lp, labels, groups, top_fraction)
+        reweighter.fit(prototypes, features)
+        out[name] = weight_enrichment(reweighter.dataset_log_phi(), labels, groups, top_fraction)
     return out
-
-
-def enrichment_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown: per weight, mean log phi and top-share per group."""
-    lines = [
-        "| weight | mean log phi F / M / R | share in top: F / M / R | base share F / M / R |"
-        " Rare enrichment |",
-        "|---|---|---|---|---|",
-    ]
-    for weight, d in diagnostics.items():
-        m, t, b = d["mean_log_phi"], d["top_share"], d["base_share"]
-        lines.append(
-            f"| {weight} | {' / '.join(f'{m[g]:+.4g}' for g in GROUPS)} | "
-            f"{' / '.join(f'{t[g]:.3f}' for g in GROUPS)} | "
-            f"{' / '.join(f'{b[g]:.3f}' for g in GROUPS)} | {d['enrichment']['rare']:.2f} |"
-        )
-    return "\n".join(lines)

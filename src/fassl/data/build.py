@@ -7,15 +7,16 @@ of the pool. A folder without labels is pre-training data only.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fassl.config import DataConfig
-from fassl.data import cache, longtail
+from fassl.data import cache, longtail, sdclr, splitfiles, tinyimagenet
+from fassl.data.archives import extract_archive, is_archive
 from fassl.data.bundle import LongTailData, Split
+from fassl.data.filelist import channel_stats
 from fassl.data.sources import (
     ImageSet,
     load_cifar,
@@ -70,32 +71,14 @@ def _carve_test(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, I
     return train, test
 
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-
-
-def extract_archive(archive: Path, cache_dir: Path) -> Path:
-    """Unpack a .tar(.gz) of an image folder once into the cache; return the folder.
-
-    The archive is unpacked into a temporary folder that is renamed when complete, so an
-    interrupted extraction is redone rather than half used. An archive holding a single
-    top-level folder yields that folder.
-    """
-    import tarfile
-
-    stat = archive.stat()
-    target = cache_dir / "extracted" / f"{archive.name}-{stat.st_size}-{int(stat.st_mtime)}"
-    if not target.is_dir():
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # no links or paths outside tmp
-        except (tarfile.TarError, OSError) as err:
-            raise ValueError(f"cannot unpack {archive}: {err}") from err
-        tmp.rename(target)
-    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+def folder_root(cfg: DataConfig) -> Path:
+    """data.root as a folder: an archive is unpacked once into the cache."""
+    if not cfg.root:
+        raise ValueError(f"data.root must name the image folder for dataset={cfg.dataset}")
+    root = Path(cfg.root).expanduser().absolute()
+    if is_archive(root):
+        root = extract_archive(root, cache.cache_root(cfg.cache_dir))
+    return root
 
 
 def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | None, str]:
@@ -104,16 +87,15 @@ def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | No
         # no root: the cache folder, so a download never lands in the working directory
         train, test = load_cifar(cfg.root or cfg.cache_dir, cfg.dataset, cfg.download)
         return train, test, DISPLAY_NAMES[cfg.dataset]
+    if cfg.dataset == "tinyimagenet":
+        train, test = tinyimagenet.load(cfg, folder_root(cfg))
+        return train, test, tinyimagenet.DISPLAY_NAME
     if cfg.dataset == "digits":
         train, test = _carve_test(load_digits(cfg.image_size), DIGITS_TEST_FRACTION, seed)
         return train, test, DISPLAY_NAMES["digits"]
     if cfg.dataset != "folder":
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
-    if not cfg.root:
-        raise ValueError("data.root must name the image folder for dataset=folder")
-    root = Path(cfg.root).expanduser().absolute()
-    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-        root = extract_archive(root, cache.cache_root(cfg.cache_dir))
+    root = folder_root(cfg)
     name = root.name
     if not cfg.labeled:
         return _load_folder(cfg, root), None, name
@@ -122,24 +104,6 @@ def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | No
         return train, _load_folder(cfg, root / "test", train.classes), name
     train, test = _carve_test(_load_folder(cfg, root), FOLDER_TEST_FRACTION, seed)
     return train, test, name
-
-
-Triple = tuple[float, float, float]
-
-
-def _channel_stats(images: torch.Tensor) -> tuple[Triple, Triple]:
-    """Per-channel mean and std in [0, 1], accumulated in float64 chunks to bound memory."""
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = (squares / n - mean.square()).clamp_min(1e-12).sqrt()
-    (m0, m1, m2), (s0, s1, s2) = mean.tolist(), std.tolist()
-    return (m0, m1, m2), (s0, s1, s2)
 
 
 def _val_per_class(cfg: DataConfig, train_counts: list[int]) -> tuple[int, list[str]]:
@@ -204,7 +168,7 @@ def _pretrain_index(
 
 def _unlabeled(cfg: DataConfig, train: ImageSet, name: str) -> LongTailData:
     pretrain = _split(train)
-    mean, std = _channel_stats(pretrain.images)
+    mean, std = channel_stats(pretrain.images)
     empty = Split.empty(cfg.image_size)
     notes = [*train.report, f"{name} unlabeled: {len(pretrain):,} images for pre-training"]
     return LongTailData(
@@ -224,12 +188,34 @@ def _unlabeled(cfg: DataConfig, train: ImageSet, name: str) -> LongTailData:
     )
 
 
+def _build_sdclr(cfg: DataConfig) -> LongTailData:
+    """SDCLR's published split ``cfg.split`` (data.sdclr_splits) of CIFAR or its JPEG copy."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        train, test = load_cifar(cfg.root or cfg.cache_dir, cfg.dataset, cfg.download)
+        return sdclr.assemble(cfg, cfg.dataset, train, test, DISPLAY_NAMES[cfg.dataset])
+    if cfg.dataset != "folder":
+        raise ValueError(
+            "data.sdclr_splits works with data.dataset cifar10, cifar100 or folder (the JPEG "
+            f"copy with train/ and test/), not {cfg.dataset!r}"
+        )
+    root = folder_root(cfg)
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise FileNotFoundError(f"data.sdclr_splits: {root} needs train/ and test/ folders")
+    train, dataset = sdclr.load_jpeg_train(cfg, root / "train")
+    test = _load_folder(cfg, root / "test", train.classes)
+    return sdclr.assemble(cfg, dataset, train, test, root.name)
+
+
 def build_data(cfg: DataConfig, seed: int = 0) -> LongTailData:
     """Load the source named by ``cfg`` and split it by the long-tailed protocol.
 
     ``seed`` draws the images (test/val hold-outs, long-tailed and few-shot subsets);
     ``cfg.split`` draws which classes are frequent.
     """
+    if cfg.sdclr_splits:
+        return _build_sdclr(cfg)
+    if cfg.dataset == "splitfile":
+        return splitfiles.build(cfg, seed)
     train, test, name = load_source(cfg, seed)
     if test is None:
         return _unlabeled(cfg, train, name)
@@ -245,7 +231,7 @@ def build_data(cfg: DataConfig, seed: int = 0) -> LongTailData:
     few_idx = longtail.few_shot_subset(pool.labels.numpy(), cfg.few_shot_fraction, seed)
     pretrain = _split(train, pre_idx)
     class_counts = longtail.counts_per_class(pretrain.labels.numpy(), num_classes)
-    mean, std = _channel_stats(pretrain.images)
+    mean, std = channel_stats(pretrain.images)
     notes = [*train.report, *test.report, *notes]
     notes.append(f"{name} long-tailed subset: {len(pretrain):,} images, {how}")
     return LongTailData(
@@ -257,7 +243,7 @@ def build_data(cfg: DataConfig, seed: int = 0) -> LongTailData:
         val=_split(train, held),
         test=_split(test),
         class_counts=class_counts,
-        groups=longtail.frequency_groups(class_counts),
+        groups=longtail.group_classes(class_counts, cfg.groups, cfg.group_thresholds),
         mean=mean,
         std=std,
         labeled=True,

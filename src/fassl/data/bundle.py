@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The paper's class groups by training frequency, and the column order of every results
+# table and chart: All, then the groups, then the std of the per-group accuracies.
+GROUPS = ("frequent", "medium", "rare")
+COLUMNS = ("all", *GROUPS, "std")
+
 
 @dataclass
 class Split:

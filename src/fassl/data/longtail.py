@@ -160,3 +160,37 @@ def frequency_groups(class_counts: Sequence[int]) -> dict[str, list[int]]:
         "medium": sorted(order[third : 2 * third]),
         "rare": sorted(order[:third]),
     }
+
+
+def count_groups(
+    class_counts: Sequence[int], frequent_above: int, rare_below: int
+) -> dict[str, list[int]]:
+    """Groups by absolute count (SDCLR's ImageNet-100-LT rule with 100 and 20).
+
+    frequent: n > ``frequent_above``; rare: n < ``rare_below``; medium: the rest. A group
+    may be empty, unlike with the thirds rule.
+    """
+    if not 0 <= rare_below <= frequent_above:
+        raise ValueError(
+            f"need 0 <= rare_below <= frequent_above, got {rare_below}, {frequent_above}"
+        )
+    groups: dict[str, list[int]] = {"frequent": [], "medium": [], "rare": []}
+    for c, n in enumerate(class_counts):
+        name = "frequent" if n > frequent_above else "rare" if n < rare_below else "medium"
+        groups[name].append(c)
+    return groups
+
+
+GROUP_RULES = ("thirds", "counts")
+
+
+def group_classes(
+    class_counts: Sequence[int], rule: str = "thirds", thresholds: Sequence[int] = (100, 20)
+) -> dict[str, list[int]]:
+    """Frequent / Medium / Rare class ids by ``rule`` (data.groups, data.group_thresholds)."""
+    if rule == "thirds":
+        return frequency_groups(class_counts)
+    if rule == "counts":
+        frequent_above, rare_below = thresholds
+        return count_groups(class_counts, frequent_above, rare_below)
+    raise ValueError(f"unknown group rule {rule!r}; expected one of {list(GROUP_RULES)}")

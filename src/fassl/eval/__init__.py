@@ -1,11 +1,6 @@
 """Evaluation: frozen features, linear probes, kNN and the paper's group metrics."""
 
-from fassl.eval.evaluate import (
-    evaluate,
-    format_results_table,
-    raw_pixel_reference,
-    write_results,
-)
+from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.eval.knn import knn_predict
 from fassl.eval.metrics import group_metrics, per_class_accuracy
 from fassl.eval.probe import ProbeResult, linear_probe_fast, linear_probe_sdclr
@@ -15,12 +10,10 @@ __all__ = [
     "ProbeResult",
     "evaluate",
     "extract_features",
-    "format_results_table",
     "group_metrics",
     "knn_predict",
     "linear_probe_fast",
     "linear_probe_sdclr",
     "per_class_accuracy",
     "raw_pixel_reference",
-    "write_results",
 ]

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -198,81 +193,3 @@ def raw_pixel_reference(data: LongTailData, cfg: ProbeConfig, seed: int = 0) -> 
     results = _fast_probes(feats, data, cfg, seed, torch.device("cpu"), progress=False)
     results["meta"] = meta
     return results
-
-
-def _json_safe(value: Any) -> Any:
-    """nan/inf -> null (strict JSON has no NaN), tensors -> lists, recursively."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_results(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write ``results`` as JSON atomically: a temp file in the same folder, then os.replace,
-    so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-_COLUMNS = ("all", "frequent", "medium", "rare", "std")
-_ROW_ORDER = ("standard", "few_shot", "knn")
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{float(value):.2f}"
-
-
-def _rows(results: dict[str, Any], label: str = "") -> list[str]:
-    rows = []
-    suffix = f" ({label})" if label else ""
-    if "skipped" in results:
-        return [f"| all{suffix} | skipped: {results['skipped']} |" + " |" * len(_COLUMNS)]
-    for setting in _ROW_ORDER:
-        entry = results.get(setting)
-        if entry is None:
-            continue
-        if "skipped" in entry:
-            rows.append(
-                f"| {setting}{suffix} | skipped: {entry['skipped']} |" + " |" * len(_COLUMNS)
-            )
-            continue
-        variant = f"k={entry['k']}" if setting == "knn" else entry.get("variant", "")
-        cells = [_fmt(entry.get(col)) for col in _COLUMNS]
-        rows.append(f"| {setting}{suffix} | {variant} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def format_results_table(results: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
-    """Markdown table: setting | variant | All | Frequent | Medium | Rare | Std.
-
-    ``reference`` maps a name (e.g. "raw pixels") to another results dict, whose rows
-    follow with the name in the setting column; a bare results dict is named "reference".
-    """
-    lines = [
-        "| setting | variant | All | Frequent | Medium | Rare | Std |",
-        "|---|---|---|---|---|---|---|",
-        *_rows(results),
-    ]
-    if reference:
-        if "meta" in reference or any(s in reference for s in _ROW_ORDER):
-            reference = {"reference": reference}
-        for name, ref in reference.items():
-            lines.extend(_rows(ref, name))
-    return "\n".join(lines) + "\n"

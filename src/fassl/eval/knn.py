@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fassl.data.bundle import LongTailData
+from fassl.data.bundle import LongTailData, Split
 from fassl.eval.metrics import per_class_accuracy
 from fassl.features import extract_features
 from fassl.runtime import Runtime
@@ -57,26 +57,51 @@ def knn_predict(
 
 
 def knn_val_accuracy(
-    backbone: torch.nn.Module, data: LongTailData, k: int, rt: Runtime
+    backbone: torch.nn.Module,
+    data: LongTailData,
+    k: int,
+    rt: Runtime,
+    bank: Split | None = None,
 ) -> float | None:
     """Mean per-class kNN accuracy (%) of ``backbone`` on the validation images, with at
-    most 10,000 images of the probe pool as the bank; None without labels or splits."""
+    most 10,000 images of the probe pool as the bank (``knn_bank``, or ``bank`` when the
+    caller drew it already); None without labels or splits."""
     if not data.labeled or len(data.val) == 0 or len(data.pool) == 0:
         return None
-    g = torch.Generator().manual_seed(0)
-    keep = torch.randperm(len(data.pool), generator=g)[:10_000]
-    train = data.pool.subset(keep)
+    train = bank if bank is not None else knn_bank(data)
     f_train = extract_features(backbone, train.images, data.mean, data.std, rt)
     f_val = extract_features(backbone, data.val.images, data.mean, data.std, rt)
     pred = knn_predict(f_train, train.labels, f_val, k, num_classes=data.num_classes)
     return float(per_class_accuracy(pred, data.val.labels, data.num_classes).nanmean())
 
 
+def knn_bank(data: LongTailData) -> Split:
+    """The kNN bank: a fixed draw of at most 10,000 probe-pool images."""
+    g = torch.Generator().manual_seed(0)
+    keep = torch.randperm(len(data.pool), generator=g)[:10_000]
+    return data.pool.subset(keep)
+
+
 def knn_monitor(data: LongTailData, k: int) -> Callable[[Any], dict[str, float]]:
-    """A training monitor: ``knn_val_acc`` of the trainer's method's backbone."""
+    """A training monitor: ``knn_val_acc`` of the trainer's method's backbone.
+
+    The bank is drawn once, and the accuracy is kept per (method, optimizer step): a
+    second call before the weights change (e.g. the same epoch monitored twice) extracts
+    no features again.
+    """
+    bank: list[Split] = []
+    cache: dict[tuple[int, int], float | None] = {}
 
     def monitor(trainer: Any) -> dict[str, float]:
-        acc = knn_val_accuracy(trainer.method.backbone, data, k, trainer.rt)
+        key = (id(trainer.method), int(getattr(trainer, "global_step", -1)))
+        if key[1] < 0 or key not in cache:
+            if not bank and data.labeled and len(data.pool):
+                bank.append(knn_bank(data))
+            cache.clear()
+            cache[key] = knn_val_accuracy(
+                trainer.method.backbone, data, k, trainer.rt, bank[0] if bank else None
+            )
+        acc = cache[key]
         if acc is None:
             return {}
         tqdm.write(f"[{trainer.stage}] epoch {trainer.epoch + 1}: kNN val accuracy {acc:.2f}%")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-GROUP_NAMES = ("frequent", "medium", "rare")
+from fassl.data.bundle import GROUPS as GROUP_NAMES
 
 
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 from torch import nn
 
+from fassl.config import Config
 from fassl.models import Encoder
+
+# What ``Method.export_state`` writes and later stages read: name -> tensor.
+State: TypeAlias = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -35,6 +40,12 @@ class Method(nn.Module):
         super().__init__()
         self.encoder = encoder
 
+    @classmethod
+    def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> Method:
+        """The method around ``encoder`` with its settings from ``cfg``; ``init`` is the
+        exported state the encoder was initialised from (``source`` names it)."""
+        raise NotImplementedError
+
     @property
     def backbone(self) -> nn.Module:
         """The network whose features are evaluated."""
@@ -55,7 +66,18 @@ class Method(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Hook after the optimizer step (EMA teachers follow here)."""
 
-    def export_state(self) -> dict[str, torch.Tensor]:
+    def dataset_log_phi(
+        self, embed: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    ) -> torch.Tensor | None:
+        """log phi of every training image, for methods that re-weight images (stage 2
+        of FASSL); None for the others."""
+        return None
+
+    def upgrade_state(self, state: State) -> State:
+        """A training checkpoint's state in this version's key names (for resume)."""
+        return state
+
+    def export_state(self) -> State:
         """What later stages and evaluation need: ``backbone.*``, ``projector.*`` and
         for prototype methods ``prototypes``; plain BatchNorm keys."""
         return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
+from fassl.config import Config
 from fassl.losses import nt_xent
-from fassl.methods.base import EpochContext, Method
+from fassl.methods.base import EpochContext, Method, State
 from fassl.models import Encoder
 from fassl.models.pruning import (
     add_pruned_batchnorms,
@@ -36,6 +37,10 @@ class SDCLR(Method):
             # Saved with every checkpoint; all-ones until the first epoch prunes.
             self.register_buffer(f"mask_{i}", torch.ones_like(params[name], dtype=torch.bool))
         self.update_masks()
+
+    @classmethod
+    def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> SDCLR:
+        return cls(encoder, cfg.sdclr.temperature, cfg.sdclr.prune_ratio)
 
     def masks(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"mask_{i}") for i, name in enumerate(self.conv_names)}
@@ -62,7 +67,7 @@ class SDCLR(Method):
         loss = nt_xent(z1, z2, self.temperature)
         return loss, {"loss": loss.detach()}
 
-    def export_state(self) -> dict[str, torch.Tensor]:
+    def export_state(self) -> State:
         return {
             k: v.detach().clone() for k, v in dense_state_dict(self.encoder.state_dict()).items()
         }

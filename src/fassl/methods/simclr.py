@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fassl.config import Config
 from fassl.losses import nt_xent
-from fassl.methods.base import Method, two_view_forward
+from fassl.methods.base import Method, State, two_view_forward
 from fassl.models import Encoder
 
 
@@ -15,6 +16,10 @@ class SimCLR(Method):
     def __init__(self, encoder: Encoder, temperature: float) -> None:
         super().__init__(encoder)
         self.temperature = temperature
+
+    @classmethod
+    def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> SimCLR:
+        return cls(encoder, cfg.simclr.temperature)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
         _, (z1, z2) = two_view_forward(self.encoder, view1, view2)

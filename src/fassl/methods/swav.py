@@ -10,35 +10,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fassl.config import Config, SwAVConfig
 from fassl.losses import sinkhorn, swav_loss
-from fassl.methods.base import EpochContext, Method, two_view_forward
+from fassl.methods.base import EpochContext, Method, State, two_view_forward
 from fassl.models import Encoder
+from fassl.prototypes import normalize_
 
 
 class SwAV(Method):
     name = "swav"
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        dim: int,
-        num_prototypes: int,
-        temperature: float,
-        epsilon: float,
-        sinkhorn_iters: int,
-        queue_length: int,
-        queue_start_epoch: int,
-        freeze_prototypes_steps: int,
-    ) -> None:
+    def __init__(self, encoder: Encoder, dim: int, cfg: SwAVConfig) -> None:
         super().__init__(encoder)
-        self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
-        self.temperature, self.epsilon, self.sinkhorn_iters = temperature, epsilon, sinkhorn_iters
-        self.queue_start_epoch = queue_start_epoch
-        self.freeze_prototypes_steps = freeze_prototypes_steps
+        if cfg.num_prototypes < 1:
+            raise ValueError(f"swav.num_prototypes must be at least 1, got {cfg.num_prototypes}")
+        self.prototypes = nn.Linear(dim, cfg.num_prototypes, bias=False)
+        self.temperature, self.epsilon = cfg.temperature, cfg.epsilon
+        self.sinkhorn_iters = cfg.sinkhorn_iters
+        self.queue_start_epoch = cfg.queue_start_epoch
+        self.freeze_prototypes_steps = cfg.freeze_prototypes_steps
         # Two queues (one per view) of past normalised features; zero rows are unfilled.
-        self.register_buffer("queue", torch.zeros(2, queue_length, dim))
+        self.register_buffer("queue", torch.zeros(2, cfg.queue_length, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.use_queue = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> SwAV:
+        return cls(encoder, cfg.model.proj_dim, cfg.swav)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         self.use_queue = self.queue.shape[1] > 0 and ctx.epoch >= self.queue_start_epoch
@@ -62,9 +60,7 @@ class SwAV(Method):
             return sinkhorn(scores.detach(), self.epsilon, self.sinkhorn_iters)[:n]
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
-        with torch.no_grad():
-            w = self.prototypes.weight
-            w.copy_(nn.functional.normalize(w, dim=1))
+        normalize_(self.prototypes.weight)
         _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
         z1, z2 = (
             nn.functional.normalize(z1.float(), dim=1),

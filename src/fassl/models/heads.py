@@ -1,4 +1,4 @@
-"""Projection heads, predictors and the prototype matrix."""
+"""Projection heads and predictors."""
 
 from __future__ import annotations
 
@@ -28,11 +28,3 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone(x)
         return features, self.projector(features)
-
-
-def init_prototypes(
-    num_prototypes: int, dim: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random unit-norm prototype rows (K x D): P of Eq. 1 before training."""
-    p = torch.randn(num_prototypes, dim, generator=generator)
-    return nn.functional.normalize(p, dim=1)

@@ -6,19 +6,27 @@ import csv
 import math
 from pathlib import Path
 
-COLUMNS = ("all", "rare", "medium", "frequent", "std")  # the order of the paper's Tables 1-2
+from fassl.data.bundle import COLUMNS, GROUPS
 
+
+# The paper's linear-probe numbers on CIFAR-10-LT (docs/method.md), for side-by-side rows.
+def _paper_row(all_: float, rare: float, medium: float, frequent: float, std: float) -> dict:
+    """A row of the paper's Tables 1-2, which list All, Rare, Medium, Frequent, Std."""
+    return {"all": all_, "frequent": frequent, "medium": medium, "rare": rare, "std": std}
+
+
+_NAN = math.nan
 # The paper's linear-probe numbers on CIFAR-10-LT (docs/method.md), for side-by-side rows.
 PAPER_CIFAR10_LT = {
     "standard": {
-        "simclr": (75.37, 69.33, 73.33, 83.45, 5.94),
-        "byol": (75.66, 75.43, 69.83, 81.70, 4.85),
-        "sdclr": (80.49, 75.10, 78.07, 88.30, 5.66),
-        "fassl": (80.69, 78.80, 76.73, 86.55, 4.23),
+        "simclr": _paper_row(75.37, 69.33, 73.33, 83.45, 5.94),
+        "byol": _paper_row(75.66, 75.43, 69.83, 81.70, 4.85),
+        "sdclr": _paper_row(80.49, 75.10, 78.07, 88.30, 5.66),
+        "fassl": _paper_row(80.69, 78.80, 76.73, 86.55, 4.23),
     },
     "few_shot": {
-        "sdclr": (67.23, 56.63, math.nan, math.nan, math.nan),
-        "fassl": (68.54, 62.43, math.nan, math.nan, math.nan),
+        "sdclr": _paper_row(67.23, 56.63, _NAN, _NAN, _NAN),
+        "fassl": _paper_row(68.54, 62.43, _NAN, _NAN, _NAN),
     },
 }
 
@@ -55,7 +63,7 @@ def markdown_tables(summary: dict, paper: dict | None = None) -> str:
         lines = [
             f"### {setting.replace('_', '-')} probe",
             "",
-            "| method | seeds | All | Rare | Medium | Frequent | Std |",
+            "| method | seeds | All | Frequent | Medium | Rare | Std |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, cols in methods.items():
@@ -64,7 +72,7 @@ def markdown_tables(summary: dict, paper: dict | None = None) -> str:
             lines.append(f"| {name} | {n} | {cells} |")
             ref = (paper or {}).get(setting, {}).get(name)
             if ref:
-                cells = " | ".join("—" if math.isnan(v) else f"{v:.2f}" for v in ref)
+                cells = " | ".join("—" if math.isnan(ref[c]) else f"{ref[c]:.2f}" for c in COLUMNS)
                 lines.append(f"| *{name} (paper)* | | {cells} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -90,7 +98,7 @@ def bar_chart(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = ("frequent", "medium", "rare", "all")
+    groups = ("all", *GROUPS)
     fig, axes = plt.subplots(1, len(summary), figsize=(6 * len(summary), 4), squeeze=False)
     for ax, (setting, methods) in zip(axes[0], summary.items(), strict=True):
         names = list(methods)
@@ -116,15 +124,18 @@ def bar_chart(summary: dict, path: Path) -> None:
 
 
 def weight_analysis_tables(found: dict[tuple[str, str], list[dict]]) -> str:
-    """Markdown from weight analyses keyed by (stage, arm), one payload per seed: per
+    """Markdown from weight analyses keyed by (stage, arm) (stage: ``prototypes`` after
+    stage 1, ``rebalance`` after stage 2), one payload per seed: per
     weight variant, the top-5% share of Medium and Rare images and their enrichment
     (share / base share), and the prototypes' nearest-image groups, mean ± spread over
     seeds. Stage 1 is shared by the FASSL arms of a seed, so it is shown for one arm
     (``fassl`` when present); stage 2 has one table per arm. Empty when none exist."""
-    stage1 = [arm for stage, arm in found if stage == "stage1"]
+    stage1 = [arm for stage, arm in found if stage == "prototypes"]
     keep = ["fassl"] if "fassl" in stage1 else stage1[:1]
-    sections = [(("stage1", arm), "after stage 1") for arm in keep] + [
-        (("stage2", arm), f"after stage 2, {arm}") for stage, arm in found if stage == "stage2"
+    sections = [(("prototypes", arm), "after stage 1") for arm in keep] + [
+        (("rebalance", arm), f"after stage 2, {arm}")
+        for stage, arm in found
+        if stage == "rebalance"
     ]
     parts = []
     for key, title in sections:
@@ -152,8 +163,7 @@ def weight_analysis_tables(found: dict[tuple[str, str], list[dict]]) -> str:
             ]
             lines.append(f"| {w} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
         shares = [
-            mean_spread([p["prototype_nearest_image_groups"][g] for p in payloads])
-            for g in ("frequent", "medium", "rare")
+            mean_spread([p["prototype_nearest_image_groups"][g] for p in payloads]) for g in GROUPS
         ]
         lines += [
             "",

@@ -1,0 +1,50 @@
+"""Archives of image folders (.tar, .tar.gz, .tgz, .zip), unpacked once into the cache."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _unpack(archive: Path, dest: Path) -> None:
+    """Unpack refusing links and paths that would leave ``dest``."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                target = (dest / name).resolve()
+                if not target.is_relative_to(dest.resolve()):
+                    raise ValueError(f"{archive}: member {name!r} leaves the extraction folder")
+            zf.extractall(dest)
+        return
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")  # no links or paths outside dest
+
+
+def extract_archive(archive: Path, cache_dir: Path) -> Path:
+    """Unpack an archive of an image folder once into the cache; return the folder.
+
+    The archive is unpacked into a temporary folder that is renamed when complete, so an
+    interrupted extraction is redone rather than half used. An archive holding a single
+    top-level folder yields that folder.
+    """
+    stat = archive.stat()
+    target = cache_dir / "extracted" / f"{archive.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    if not target.is_dir():
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            _unpack(archive, tmp)
+        except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"cannot unpack {archive}: {err}") from err
+        tmp.rename(target)
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target

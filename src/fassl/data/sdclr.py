@@ -1,0 +1,183 @@
+"""SDCLR's published CIFAR splits: fixed index files instead of drawn subsets.
+
+A splits folder (data.sdclr_splits) holds, for CIFAR-10, ``trainIdxList.npy`` (probe
+pool), ``valIdxList.npy`` (validation), ``split{k}_D_i.npy`` (long-tailed pre-training
+set) and ``split{k}_S_b.npy`` (few-shot set); for CIFAR-100 the same names with a
+``cifar100_`` prefix. All index the ORIGINAL training order (data_batch_1..5). In the
+JPEG copy (train/<class>/<k>.jpg), original index i is the file of class labels[i] whose
+number k counts the earlier indices of that class; labels come from
+``{cifar10,cifar100}_train_labels.npy`` in the splits folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fassl.config import DataConfig
+from fassl.data import longtail
+from fassl.data.bundle import LongTailData, Split
+from fassl.data.filelist import FileList, channel_stats, decode_list
+from fassl.data.sources import IMAGE_EXTENSIONS, ImageSet
+
+PREFIX = {"cifar10": "", "cifar100": "cifar100_"}
+DATASET_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
+
+
+@dataclass(frozen=True)
+class SplitPaths:
+    """The four index files of one split."""
+
+    pretrain: Path
+    pool: Path
+    val: Path
+    few_shot: Path
+
+
+def labels_file(folder: Path, dataset: str) -> Path:
+    return folder / f"{dataset}_train_labels.npy"
+
+
+def split_paths(folder: str | Path, dataset: str, split: int) -> SplitPaths:
+    """Split ``split``'s files in ``folder``; a missing file is an error naming it."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.sdclr_splits: folder not found: {folder}")
+    prefix = PREFIX[dataset]
+    found = sorted(p.name for p in folder.glob(f"{prefix}split*_D_i.npy"))
+    if split < 1:
+        raise ValueError(
+            f"data.split={split}: with data.sdclr_splits, data.split names the split file "
+            f"(1, 2, ...); {folder} holds {found or 'no split files'}"
+        )
+    paths = SplitPaths(
+        pretrain=folder / f"{prefix}split{split}_D_i.npy",
+        pool=folder / f"{prefix}trainIdxList.npy",
+        val=folder / f"{prefix}valIdxList.npy",
+        few_shot=folder / f"{prefix}split{split}_S_b.npy",
+    )
+    for path in vars(paths).values():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"data.sdclr_splits: {path} not found ({dataset}, data.split={split}; "
+                f"split files there: {found or 'none'})"
+            )
+    return paths
+
+
+def read_indices(path: Path, n: int) -> np.ndarray:
+    """A 1-D array of distinct indices into a training set of ``n`` images."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a numpy index file ({err})") from err
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"{path}: expected a 1-D integer array, got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{path}: indices must lie in [0, {n}), got {arr.min()}..{arr.max()}")
+    if len(np.unique(arr)) != len(arr):
+        raise ValueError(f"{path}: repeated indices")
+    return arr
+
+
+def _numbered_files(folder: Path) -> dict[int, str]:
+    """Image files of a class folder by their integer stem (0000.jpg -> 0)."""
+    table = {}
+    for name in os.listdir(folder):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in IMAGE_EXTENSIONS and stem.isdigit():
+            table[int(stem)] = name
+    return table
+
+
+def jpeg_train_files(train_dir: Path, labels: np.ndarray, classes: list[str]) -> list[str]:
+    """Relative path of each original training index: train/<class>/<k>.<ext>."""
+    tables = [_numbered_files(train_dir / c) for c in classes]
+    seen = np.zeros(len(classes), dtype=np.int64)
+    files = []
+    for i, c in enumerate(labels.tolist()):
+        k = int(seen[c])
+        seen[c] += 1
+        if k not in tables[c]:
+            raise FileNotFoundError(
+                f"{train_dir / classes[c]}: no image numbered {k} for original training "
+                f"index {i} (class {classes[c]}, its image number {k} counting from 0)"
+            )
+        files.append(f"{classes[c]}/{tables[c][k]}")
+    return files
+
+
+def load_jpeg_train(cfg: DataConfig, train_dir: Path) -> tuple[ImageSet, str]:
+    """The JPEG copy's training images in the original CIFAR order, and the dataset name."""
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and d.name[0] != ".")
+    dataset = DATASET_BY_CLASSES.get(len(classes))
+    if dataset is None:
+        raise ValueError(
+            f"data.sdclr_splits: {train_dir} has {len(classes)} class folders; SDCLR's "
+            "splits are for CIFAR-10 (10) and CIFAR-100 (100)"
+        )
+    path = labels_file(Path(cfg.sdclr_splits).expanduser(), dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data.sdclr_splits: {path} not found; the JPEG copy needs the original training "
+            "labels in order to map SDCLR's indices to its files"
+        )
+    labels = read_labels(path, len(classes))
+    files = FileList(train_dir, jpeg_train_files(train_dir, labels, classes), labels, classes)
+    return decode_list(files, cfg.image_size, cfg.cache_dir, "sdclr-jpeg"), dataset
+
+
+def read_labels(path: Path, num_classes: int) -> np.ndarray:
+    labels = np.load(path, allow_pickle=False)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.size == 0:
+        raise ValueError(f"{path}: expected a 1-D integer label array")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"{path}: labels must lie in [0, {num_classes})")
+    return labels.astype(np.int64)
+
+
+def _check_labels(cfg: DataConfig, dataset: str, train: ImageSet) -> None:
+    """Where a labels file is at hand, the source's order must be the original one."""
+    path = labels_file(Path(cfg.sdclr_splits).expanduser(), dataset)
+    if path.is_file() and not np.array_equal(read_labels(path, len(train.classes)), train.labels):
+        raise ValueError(f"{path}: these labels differ from the training set's, in order")
+
+
+def _split(data: ImageSet, idx: np.ndarray) -> Split:
+    images = torch.from_numpy(np.ascontiguousarray(data.images[idx]))
+    return Split(images, torch.from_numpy(data.labels[idx]))
+
+
+def assemble(
+    cfg: DataConfig, dataset: str, train: ImageSet, test: ImageSet, name: str
+) -> LongTailData:
+    """LongTailData of split ``cfg.split``: D_i, the pool, validation and S_b, in file order."""
+    _check_labels(cfg, dataset, train)
+    paths = split_paths(cfg.sdclr_splits, dataset, cfg.split)
+    idx = {key: read_indices(path, len(train)) for key, path in vars(paths).items()}
+    parts = {key: _split(train, rows) for key, rows in idx.items()}
+    num_classes = len(train.classes)
+    class_counts = longtail.counts_per_class(parts["pretrain"].labels.numpy(), num_classes)
+    mean, std = channel_stats(parts["pretrain"].images)
+    line = (
+        f"{name} SDCLR split {cfg.split}: {len(idx['pretrain']):,} pre-training images from "
+        f"{paths.pretrain}; pool {len(idx['pool']):,} ({paths.pool.name}), validation "
+        f"{len(idx['val']):,} ({paths.val.name}), few-shot {len(idx['few_shot']):,} "
+        f"({paths.few_shot.name})"
+    )
+    return LongTailData(
+        name=name,
+        classes=list(train.classes),
+        test=Split(torch.from_numpy(test.images), torch.from_numpy(test.labels)),
+        class_counts=class_counts,
+        groups=longtail.group_classes(class_counts, cfg.groups, cfg.group_thresholds),
+        mean=mean,
+        std=std,
+        notes=[*train.report, *test.report, line],
+        **parts,
+    )

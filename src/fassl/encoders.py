@@ -1,0 +1,130 @@
+"""The one encoder loader: a path -> encoder, prototypes and metadata.
+
+Accepts every file the project writes: a stage's or a run's ``encoder.safetensors``
+(``backbone.*``, ``projector.*``, ``prototypes``) and a training checkpoint
+``checkpoints/last.safetensors`` (``model/encoder.*``, SDCLR's pruned-branch BatchNorms
+dropped). The architecture comes from the file's own metadata, checked before any
+tensor is allocated, so a file from another model fails with a message, not an
+out-of-memory crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fassl.models import Encoder, build_backbone, mlp_head
+from fassl.models.pruning import dense_state_dict
+from fassl.models.state import load_state_checked, sub_state
+from fassl.train.checkpoint import CheckpointError, load_checkpoint, split_prefixed
+
+ARCHS = ("resnet18", "resnet50")
+MAX_WIDTH = 1024  # the paper's widths are 64 (ResNet-18/50); anything this large is corrupt
+
+
+@dataclass
+class LoadedEncoder:
+    """An encoder (backbone + projector) as trained, its prototypes and its metadata."""
+
+    encoder: Encoder
+    prototypes: torch.Tensor | None
+    meta: dict[str, Any]
+    source: str
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def feature(self, name: str) -> nn.Module:
+        """The z of Eq. 1 as a module: ``projection`` (the head's output) or ``backbone``."""
+        return ProjectedFeature(self.encoder, name)
+
+
+class ProjectedFeature(nn.Module):
+    """An encoder seen through one of its two outputs."""
+
+    def __init__(self, encoder: Encoder, feature: str) -> None:
+        super().__init__()
+        if feature not in ("projection", "backbone"):
+            raise ValueError(f"feature must be projection or backbone, got {feature!r}")
+        self.encoder, self.feature = encoder, feature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backbone_out, projection = self.encoder(x)
+        return projection if self.feature == "projection" else backbone_out
+
+
+def _model_spec(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The checked ``model`` entry of a file's metadata."""
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path} does not say which model it holds (no 'model' metadata)")
+    arch, width = model.get("arch"), model.get("width")
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r} (expected one of {ARCHS})")
+    if not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise CheckpointError(f"{path}: model width {width!r} is not in [1, {MAX_WIDTH}]")
+    for key in ("proj_hidden", "proj_dim"):
+        value = model.get(key)  # absent: read from the weights (older exports)
+        if value is not None and (not isinstance(value, int) or not 1 <= value <= 65536):
+            raise CheckpointError(f"{path}: model.{key} {value!r} is not a sensible size")
+    if not isinstance(model.get("cifar_stem"), bool):
+        raise CheckpointError(f"{path}: model.cifar_stem is missing or not a boolean")
+    return model
+
+
+def _encoder_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``backbone.*`` and ``projector.*`` of an export or a training checkpoint."""
+    state = {k: v for k, v in tensors.items() if k.split(".")[0] in ("backbone", "projector")}
+    if state:
+        return state
+    return sub_state(dense_state_dict(split_prefixed(tensors, "model")), "encoder")
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}): the "
+            "run diverged; use an earlier checkpoint or train again with a lower lr"
+        )
+
+
+def _rows(state: dict[str, torch.Tensor], key: str, path: Path) -> int:
+    if key not in state:
+        raise CheckpointError(f"{path} holds no projection head ({key} is missing)")
+    return int(state[key].shape[0])
+
+
+def load_encoder(path: str | Path) -> LoadedEncoder:
+    """The encoder in ``path`` (an export or a training checkpoint), on the CPU."""
+    path = Path(path)
+    tensors, meta = load_checkpoint(path)
+    model = _model_spec(meta, path)
+    state = _encoder_state(tensors)
+    if not state:
+        raise CheckpointError(f"{path} holds no encoder weights")
+    stem = state.get("backbone.stem.0.weight")
+    if stem is None or stem.shape[0] != model["width"]:
+        found = None if stem is None else stem.shape[0]
+        raise CheckpointError(
+            f"{path}: its weights have width {found}, its metadata says {model['width']}"
+        )
+    _check_finite(state, path)
+    backbone = build_backbone(model["arch"], model["width"], model["cifar_stem"])
+    hidden = model.get("proj_hidden") or _rows(state, "projector.0.weight", path)
+    out_dim = model.get("proj_dim") or _rows(state, "projector.3.weight", path)
+    encoder = Encoder(backbone, mlp_head(backbone.out_dim, hidden, out_dim))
+    load_state_checked(encoder, state, str(path))
+    prototypes = tensors.get("prototypes", tensors.get("model/prototypes"))
+    return LoadedEncoder(encoder, prototypes, meta, str(path))
+
+
+def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone stored in ``path`` and the file's metadata."""
+    loaded = load_encoder(path)
+    return loaded.backbone, loaded.meta

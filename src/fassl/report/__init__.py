@@ -1,0 +1,31 @@
+"""Reports: results.json and report.md of a run, analyses, comparison tables and charts."""
+
+from fassl.report.comparison import (
+    PAPER_CIFAR10_LT,
+    bar_chart,
+    markdown_tables,
+    summarize,
+    weight_analysis_tables,
+    write_csv,
+)
+from fassl.report.results import (
+    analysis_markdown,
+    enrichment_table,
+    results_table,
+    run_report,
+    write_json,
+)
+
+__all__ = [
+    "PAPER_CIFAR10_LT",
+    "analysis_markdown",
+    "bar_chart",
+    "enrichment_table",
+    "markdown_tables",
+    "results_table",
+    "run_report",
+    "summarize",
+    "weight_analysis_tables",
+    "write_csv",
+    "write_json",
+]

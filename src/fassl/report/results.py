@@ -1,0 +1,132 @@
+"""Every file a run writes for people and programs: JSON results and markdown tables.
+
+One writer for results.json / analysis_*.json (atomic, strict JSON) and one formatter per
+table; the pipeline, ``fassl eval`` and ``fassl compare`` only decide what to write
+where. Columns follow ``fassl.data.bundle.COLUMNS`` (All, Frequent, Medium, Rare, Std).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fassl.data.bundle import COLUMNS, GROUPS
+
+
+def _json_safe(value: Any) -> Any:
+    """nan/inf -> null (strict JSON has no NaN), tensors -> lists, recursively."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``results`` as JSON atomically: a temp file in the same folder, then os.replace,
+    so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_ROW_ORDER = ("standard", "few_shot", "knn")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{float(value):.2f}"
+
+
+def _rows(results: dict[str, Any], label: str = "") -> list[str]:
+    rows = []
+    suffix = f" ({label})" if label else ""
+    if "skipped" in results:
+        return [f"| all{suffix} | skipped: {results['skipped']} |" + " |" * len(COLUMNS)]
+    for setting in _ROW_ORDER:
+        entry = results.get(setting)
+        if entry is None:
+            continue
+        if "skipped" in entry:
+            rows.append(
+                f"| {setting}{suffix} | skipped: {entry['skipped']} |" + " |" * len(COLUMNS)
+            )
+            continue
+        variant = f"k={entry['k']}" if setting == "knn" else entry.get("variant", "")
+        cells = [_fmt(entry.get(col)) for col in COLUMNS]
+        rows.append(f"| {setting}{suffix} | {variant} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def results_table(results: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
+    """Markdown table: setting | variant | All | Frequent | Medium | Rare | Std.
+
+    ``reference`` maps a name (e.g. "raw pixels") to another results dict, whose rows
+    follow with the name in the setting column; a bare results dict is named "reference".
+    """
+    lines = [
+        "| setting | variant | All | Frequent | Medium | Rare | Std |",
+        "|---|---|---|---|---|---|---|",
+        *_rows(results),
+    ]
+    if reference:
+        if "meta" in reference or any(s in reference for s in _ROW_ORDER):
+            reference = {"reference": reference}
+        for name, ref in reference.items():
+            lines.extend(_rows(ref, name))
+    return "\n".join(lines) + "\n"
+
+
+def enrichment_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown: per weight, mean log phi and top-share per group."""
+    lines = [
+        "| weight | mean log phi F / M / R | share in top: F / M / R | base share F / M / R |"
+        " Rare enrichment |",
+        "|---|---|---|---|---|",
+    ]
+    for weight, d in diagnostics.items():
+        m, t, b = d["mean_log_phi"], d["top_share"], d["base_share"]
+        lines.append(
+            f"| {weight} | {' / '.join(f'{m[g]:+.4g}' for g in GROUPS)} | "
+            f"{' / '.join(f'{t[g]:.3f}' for g in GROUPS)} | "
+            f"{' / '.join(f'{b[g]:.3f}' for g in GROUPS)} | {d['enrichment']['rare']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def analysis_markdown(stage: str, diagnostics: dict, shares: dict[str, float]) -> str:
+    """analysis_<stage>.md: the weight enrichment table and the prototypes' groups."""
+    return (
+        f"## Weight enrichment after {stage} (top 5% of weights)\n\n"
+        f"{enrichment_table(diagnostics)}\n\nPrototypes whose nearest image is Frequent / "
+        f"Medium / Rare: {shares['frequent']:.2f} / {shares['medium']:.2f} / {shares['rare']:.2f}\n"
+    )
+
+
+def run_report(
+    title: str, notes: list[str], results: dict[str, Any] | None, reference: dict | None = None
+) -> str:
+    """report.md of a run: title, data notes and the results table (None: no labels)."""
+    text = f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+    if results is not None:
+        text += results_table(results, reference) + "\n"
+    return text
