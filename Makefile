@@ -19,8 +19,9 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 
+# Step and full-epoch throughput, MFU and memory of the loop (benchmarks/results/).
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_train.py
+	$(VENV)/bin/fassl bench --method simclr,sdclr --width 32
 
 clean:
 	rm -rf $(VENV) runs

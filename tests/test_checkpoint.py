@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -57,3 +59,55 @@ def test_optimizer_state_roundtrip():
     assert opt2.param_groups[0]["lr"] == 0.1
     for p in net.parameters():
         assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[p]["momentum_buffer"])
+
+
+def test_bad_metadata_and_nan_weights_are_named(tmp_path):
+    from fassl.train.checkpoint import FORMAT
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"a": torch.zeros(1)}, str(bad), metadata={"format": FORMAT, "meta": "{oops"})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors.*not valid JSON"):
+        load_checkpoint(bad)
+    listed = tmp_path / "list.safetensors"
+    save_file({"a": torch.zeros(1)}, str(listed), metadata={"format": FORMAT, "meta": "[1]"})
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_checkpoint(listed)
+    nan = tmp_path / "nan.safetensors"
+    save_checkpoint(nan, {"w": torch.tensor([1.0, float("inf")]), "i": torch.ones(2)}, {})
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: 1 tensors hold NaN"):
+        load_checkpoint(nan)
+
+
+def test_stale_temporaries_removed_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from fassl.train.checkpoint import remove_stale_temporaries
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = tmp_path / f".last.safetensors.tmp-{done.stdout.strip()}"
+    mine = tmp_path / f".last.safetensors.tmp-{os.getpid()}"  # this process is not saving
+    alive = tmp_path / ".last.safetensors.tmp-1"  # pid 1 always runs
+    other = tmp_path / "last.safetensors"
+    for path in (dead, mine, alive, other):
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([dead, mine])
+    assert alive.exists() and other.exists() and not dead.exists()
+
+
+def test_truncate_metrics_keeps_rows_before_the_step(tmp_path):
+    from fassl.train.logger import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "kind": "step"} for s in (0, 5, 9, 10, 14)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    path.write_text(text + '{"step": 15, "ki')  # torn last line of a killed write
+    assert truncate_metrics(path, 10) == 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 5, 9]
+    assert truncate_metrics(path, 10) == 0

@@ -1,5 +1,7 @@
 """The command line: errors name the key or file and exit with status 2."""
 
+import pytest
+
 from fassl.cli import main
 from fassl.methods import build_method
 from fassl.train.checkpoint import save_checkpoint
@@ -40,3 +42,23 @@ def test_eval_of_another_architecture(capsys, tmp_path):
     code = main(["eval", str(path), "--config", "demo", f"out_dir={tmp_path / 'e'}"])
     err = capsys.readouterr().err
     assert code == 2 and "encoder.safetensors" in err and "width 8" in err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    # only expected errors become a message: anything else propagates with its traceback
+    import fassl.pipeline
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(fassl.pipeline, "run_pretrain", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["pretrain", "demo", f"out_dir={tmp_path}"])
+
+
+def test_os_errors_name_the_path(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["tables", str(blocker / "sub")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(blocker / "sub") in err and "Traceback" not in err

@@ -54,7 +54,8 @@ def test_prototypes_unchanged_through_stage2(tmp_path):
 
 
 def test_pipeline_resumes_within_and_between_stages(tmp_path, monkeypatch):
-    pipeline(tmp_path / "full")
+    every_epoch = "train.checkpoint_every_s=0"
+    pipeline(tmp_path / "full", every_epoch)
 
     original = Trainer.save
 
@@ -65,7 +66,7 @@ def test_pipeline_resumes_within_and_between_stages(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "save", die_in_stage2)
     with pytest.raises(KeyboardInterrupt):
-        pipeline(tmp_path / "killed")
+        pipeline(tmp_path / "killed", every_epoch)
     monkeypatch.setattr(Trainer, "save", original)
     killed = tmp_path / "killed"
     assert (killed / "prototypes" / EXPORT).is_file()
@@ -73,7 +74,7 @@ def test_pipeline_resumes_within_and_between_stages(tmp_path, monkeypatch):
     assert (killed / "rebalance" / LAST).is_file()
     teacher_time = (killed / "teacher" / EXPORT).stat().st_mtime_ns
 
-    pipeline(killed)  # the same command again
+    pipeline(killed, every_epoch)  # the same command again
     assert (killed / "teacher" / EXPORT).stat().st_mtime_ns == teacher_time  # not retrained
     a, _ = load_checkpoint(tmp_path / "full" / "rebalance" / EXPORT)
     b, _ = load_checkpoint(killed / "rebalance" / EXPORT)

@@ -29,7 +29,7 @@ def test_batch_indices_are_seeded_disjoint_batches():
 
 @pytest.mark.parametrize("name", ["sdclr", "byol", "swav"])
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, name):
-    overrides = ("optim.epochs=3",)
+    overrides = ("optim.epochs=3", "train.checkpoint_every_s=0")
     full = make_trainer(tiny_config(tmp_path / "full", *overrides), name)
     full.fit()
 
@@ -68,7 +68,7 @@ def test_checkpoint_every_epoch_holds_mask(tmp_path):
 
 
 def test_nan_loss_keeps_last_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, "optim.epochs=3")
+    cfg = tiny_config(tmp_path, "optim.epochs=3", "train.checkpoint_every_s=0")
     t = make_trainer(cfg)
     original = type(t.method).forward
     calls = {"n": 0}
@@ -114,3 +114,135 @@ def test_backbone_loads_from_training_checkpoint(tmp_path, name):
     for k, v in backbone.state_dict().items():
         own = {kk.replace(".dense.", "."): vv for kk, vv in t.method.backbone.state_dict().items()}
         assert torch.equal(v, own[k]), k
+
+
+@pytest.mark.parametrize(("every_s", "saved"), [("0", [0, 1, 2]), ("3600", [2])])
+def test_checkpoints_by_wall_clock(tmp_path, monkeypatch, every_s, saved):
+    cfg = tiny_config(tmp_path, "optim.epochs=3", f"train.checkpoint_every_s={every_s}")
+    epochs: list[int] = []
+    original_save = Trainer.save
+
+    def record(self, epoch):
+        epochs.append(epoch)
+        original_save(self, epoch)
+
+    monkeypatch.setattr(Trainer, "save", record)
+    make_trainer(cfg).fit()
+    assert epochs == saved  # an hour never passes here: only the final checkpoint
+    assert load_checkpoint(tmp_path / LAST)[1]["epoch"] == 2
+
+
+def test_device_values_read_only_every_log_every_steps(tmp_path, monkeypatch):
+    # 42 images / batch 8 = 5 steps per epoch; global steps 0-9. With log_every=4 the
+    # loop reads at steps 0, 4 (epoch end), 8 and 9 (epoch end): 4 reads, not 10.
+    import fassl.train.loop as loop
+
+    reads = []
+    original = loop.read_scalars
+    monkeypatch.setattr(loop, "read_scalars", lambda v: reads.append(len(v)) or original(v))
+    make_trainer(tiny_config(tmp_path, "train.log_every=4")).fit()
+    assert len(reads) == 4
+
+
+def test_nan_is_caught_within_log_every_steps(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, "optim.epochs=3", "train.log_every=3")
+    t = make_trainer(cfg)
+    original = type(t.method).forward
+    calls = {"n": 0}
+
+    def nan_at_step_7(self, v1, v2):  # global step 6: epoch 2, step 2
+        loss, logs = original(self, v1, v2)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 7 else loss), logs
+
+    monkeypatch.setattr(type(t.method), "forward", nan_at_step_7)
+    with pytest.raises(NonFiniteLoss, match="at epoch 2, step 2; there is no last good"):
+        t.fit()
+    assert calls["n"] == 7  # global step 6 is a log step (6 % 3 == 0): caught at once
+
+
+def test_embed_is_memoised_per_optimizer_step(tmp_path):
+    t = make_trainer(tiny_config(tmp_path))
+    calls = []
+
+    def feature(x):
+        calls.append(x.shape[0])
+        return t.method.backbone(x)
+
+    a = t.embed(feature)
+    assert t.embed(feature) is a and len(calls) == 1  # 42 images: one batch
+    assert t.embed(t.method.backbone) is not a  # another function: its own extraction
+    t.train_step(torch.arange(8), 0)
+    b = t.embed(feature)
+    assert len(calls) == 2 and not torch.equal(a, b)  # the weights moved
+    with torch.no_grad():
+        direct = t.method.eval().backbone((t.images.float() / 255 - 0.5) / 0.25).flatten(1)
+    assert torch.allclose(b, direct, atol=1e-5)
+
+
+def test_knn_monitor_extracts_once_per_step(tmp_path, monkeypatch):
+    import fassl.eval.knn as knn
+
+    data = tiny_data()
+    t = make_trainer(tiny_config(tmp_path), data=data)
+    extracted = []
+    original = knn.extract_features
+    monkeypatch.setattr(
+        knn,
+        "extract_features",
+        lambda net, images, *a: extracted.append(len(images)) or original(net, images, *a),
+    )
+    monitor = knn_monitor(data, 5)
+    first = monitor(t)
+    assert monitor(t) == first and extracted == [72, 12]  # bank (3 x 24 pool images) and val, once
+    t.train_step(torch.arange(8), 0)
+    monitor(t)
+    assert extracted == [72, 12, 72, 12]
+
+
+class LazyImages:
+    """A tensor-like image collection that is not a tensor (a streaming decoder)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self._images = images
+        self.shape = images.shape
+        self.dtype = images.dtype
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        assert isinstance(index, torch.Tensor) and index.device.type == "cpu"
+        return self._images[index].clone()
+
+
+def test_lazy_images_train_like_a_tensor(tmp_path):
+    eager = make_trainer(tiny_config(tmp_path / "a"))
+    eager.fit()
+    data = tiny_data()
+    data.pretrain.images = LazyImages(data.pretrain.images)  # type: ignore[assignment]
+    lazy = make_trainer(tiny_config(tmp_path / "b"), data=data)
+    assert lazy.images is data.pretrain.images  # not moved or copied whole
+    lazy.fit()
+    for k, v in eager.method.state_dict().items():
+        assert torch.equal(v, lazy.method.state_dict()[k]), k
+
+
+def test_compile_failure_warns_once_and_trains_eagerly(tmp_path, monkeypatch):
+    eager = make_trainer(tiny_config(tmp_path / "eager"))
+    eager.fit()
+
+    def broken_compile(model):
+        def call(*args):
+            raise RuntimeError("backend exploded")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    t = make_trainer(tiny_config(tmp_path / "compiled", "train.compile=compile"))
+    assert t.forward.active
+    with pytest.warns(RuntimeWarning, match="backend exploded") as record:
+        t.fit()
+    assert len(record) == 1 and not t.forward.active
+    for k, v in eager.method.state_dict().items():
+        assert torch.equal(v, t.method.state_dict()[k]), k

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from fassl.config import Config, ConfigError, load_config
+from fassl.errors import debug_enabled, describe, expected_errors
+from fassl.validation import check_paths
 
 RECIPES = Path(__file__).parent / "configs"
+PIPELINE_STAGES = ("teacher", "prototypes", "rebalance")  # fassl.runsettings, without torch
 
 
 def resolve_recipe(name: str) -> Path:
@@ -25,14 +29,14 @@ def resolve_recipe(name: str) -> Path:
 
 def _config(args: argparse.Namespace) -> Config:
     path = resolve_recipe(args.config) if args.config else None
-    return load_config(path, args.overrides)
+    return check_paths(load_config(path, args.overrides))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from fassl.pipeline import run_pretrain
 
     cfg = _config(args)
-    run_pretrain(cfg)
+    run_pretrain(cfg, restart=args.restart)
     print(f"outputs in {cfg.out_dir}: results.json, report.md, encoder.safetensors")
 
 
@@ -40,17 +44,54 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from fassl.pipeline import run_pipeline
 
     cfg = _config(args)
-    run_pipeline(cfg)
-    print(f"outputs in {cfg.out_dir}: results.json, report.md, analysis_*.md")
+    run_pipeline(cfg, restart=args.restart or "")
+    print(f"outputs in {cfg.out_dir}: {_outputs(Path(cfg.out_dir))}")
+
+
+def _outputs(out: Path) -> str:
+    """The files a run wrote for people to read, as found in ``out`` (nothing assumed)."""
+    kinds = (".json", ".md", ".png")
+    names = sorted(p.name for p in out.iterdir() if p.is_file() and p.suffix in kinds)
+    names += sorted(f"{p.parent.name}/" for p in out.glob("rarity_*/rarity.csv"))
+    return ", ".join(names)
+
+
+def find_run_config(checkpoint: Path) -> Path | None:
+    """The ``config.yaml`` of the run a checkpoint belongs to: beside it (an export) or one
+    or two folders up (``checkpoints/last.safetensors``, a stage of a pipeline)."""
+    folder = checkpoint.absolute().parent
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / "config.yaml").is_file():
+            return candidate / "config.yaml"
+    return None
+
+
+def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
+    """--config when given, else the run's own config; never a guessed dataset."""
+    if args.config:
+        return _config(args)
+    if not ckpt.is_file():
+        raise FileNotFoundError(2, "checkpoint not found", str(ckpt))
+    found = find_run_config(ckpt)
+    if found is None:
+        raise ConfigError(
+            f"no config.yaml beside {ckpt} or in the two folders above it: pass the run's "
+            "config with --config (a path or a packaged recipe name) so that the probes use "
+            "the data the encoder was trained for"
+        )
+    print(f"using the run's config {found}")
+    return check_paths(load_config(found, args.overrides))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from fassl.data.build import build_data
+    from fassl.encoders import load_encoder
     from fassl.pipeline import evaluate_export
     from fassl.runtime import runtime_for
 
-    cfg = _config(args)
     ckpt = Path(args.checkpoint)
+    cfg = _eval_config(args, ckpt)
+    load_encoder(ckpt)  # a file that does not load fails before the data is read
     out = (
         Path(cfg.out_dir)
         if any(o.startswith("out_dir=") for o in args.overrides)
@@ -67,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fassl.pipeline import run_pipeline
 
     cfg = load_config(RECIPES / "demo.yaml", [f"out_dir={args.out}", *args.overrides])
-    run_pipeline(cfg, with_pixels=True)
+    run_pipeline(cfg, with_pixels=True, restart=args.restart or "")
     print((Path(cfg.out_dir) / "report.md").read_text())
     print(f"report in {Path(cfg.out_dir) / 'report.md'}")
 
@@ -81,14 +122,24 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     from fassl.compare import collect_runs, write_comparison
+    from fassl.sweep import GRID_FILE, write_sweep
 
     out = Path(args.out_dir)
+    if (out / GRID_FILE).is_file():  # a sweep (compare.grid): Table 3-5 layout
+        write_sweep(out)
+        return
     runs = collect_runs(out)
     if not runs:
         raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}")
     write_comparison(
         out, runs, out.name, [f"{len(runs)} finished runs found in {out}"], cifar10=args.paper
     )
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fassl.bench import run_bench, settings_from_args
+
+    run_bench(settings_from_args(args), "fassl bench " + " ".join(sys.argv[2:]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,16 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("config", help="YAML recipe (path or packaged name)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.3")
 
+    def with_restart(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--restart",
+            choices=PIPELINE_STAGES,
+            help="train this stage again, and the stages after it, in an existing out_dir",
+        )
+
     p = sub.add_parser("pretrain", help="train one method, then run the probes")
     with_config(p)
+    p.add_argument("--restart", action="store_true", help="train again in an existing out_dir")
     p.set_defaults(func=cmd_pretrain)
     p = sub.add_parser("pipeline", help="FASSL: SDCLR teacher, prototypes, student, probes")
     with_config(p)
+    with_restart(p)
     p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("compare", help="train several methods over seeds; write tables")
     with_config(p)
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("tables", help="comparison tables from the finished runs of a compare")
+    p = sub.add_parser(
+        "tables", help="comparison (or sweep) tables from the finished runs of a compare"
+    )
     p.add_argument("out_dir", help="a compare out_dir")
     p.add_argument("--paper", action="store_true", help="add the paper's CIFAR-10-LT rows")
     p.set_defaults(func=cmd_tables)
@@ -125,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits (minutes)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("overrides", nargs="*")
+    with_restart(p)
     p.set_defaults(func=cmd_demo)
+    from fassl.tools.commands import add_tool_commands
+
+    add_tool_commands(sub)
+    from fassl.bench import add_arguments as bench_arguments
+
+    p = sub.add_parser("bench", help="training throughput, MFU and memory of the loop")
+    bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -138,21 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
-    from fassl.models.state import IncompatibleCheckpoint
-    from fassl.train.checkpoint import CheckpointError
-    from fassl.train.loop import NonFiniteLoss
-
     try:
         args.func(args)
-    except (
-        ConfigError,
-        CheckpointError,
-        IncompatibleCheckpoint,
-        NonFiniteLoss,
-        FileNotFoundError,
-        NotADirectoryError,
-    ) as err:
-        print(f"fassl: error: {err}", file=sys.stderr)
+    except Exception as err:  # the one error boundary: expected errors become a message
+        if not isinstance(err, expected_errors()):
+            raise  # a bug: keep the traceback
+        if debug_enabled():
+            traceback.print_exc()
+        print(f"fassl: error: {describe(err)}", file=sys.stderr)
         return 2
     return 0
 

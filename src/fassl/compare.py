@@ -11,20 +11,14 @@ import copy
 import json
 from pathlib import Path
 
+from fassl import report
 from fassl.config import FASSL_ARMS, Config, to_yaml
 from fassl.data.build import build_data
 from fassl.pipeline import run_pipeline, run_pretrain
-from fassl.report import (
-    PAPER_CIFAR10_LT,
-    bar_chart,
-    markdown_tables,
-    summarize,
-    weight_analysis_tables,
-    write_csv,
-)
 from fassl.reweight import REWEIGHTERS
 from fassl.runtime import runtime_for
 from fassl.train.loop import EXPORT
+from fassl.validation import check_paths
 
 
 def baseline_epochs(cfg: Config) -> int:
@@ -62,11 +56,16 @@ def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
 
 
 def run_comparison(cfg: Config) -> dict:
+    if cfg.compare.grid:  # a sweep: one comparison per grid point (fassl.sweep)
+        from fassl.sweep import run_sweep
+
+        return run_sweep(cfg)
     out = Path(cfg.out_dir)
+    check_paths(cfg)
+    rt = runtime_for(cfg.train)
+    data = build_data(cfg.data, cfg.seed)  # a bad data folder fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    rt = runtime_for(cfg.train)
-    data = build_data(cfg.data, cfg.seed)
     # fassl first, so that its ablation can reuse its stages.
     order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")
     runs = []
@@ -128,15 +127,15 @@ def write_comparison(
 ) -> dict:
     """comparison.md / .csv / .png / .json from a list of finished runs, and weights.md
     from the FASSL arms' weight analyses when there are any."""
-    summary = summarize(runs)
+    summary = report.summarize(runs)
     header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
     (out / "comparison.md").write_text(
-        header + markdown_tables(summary, PAPER_CIFAR10_LT if cifar10 else None)
+        header + report.markdown_tables(summary, report.PAPER_CIFAR10_LT if cifar10 else None)
     )
-    write_csv(summary, out / "comparison.csv")
-    bar_chart(summary, out / "comparison.png")
+    report.write_csv(summary, out / "comparison.csv")
+    report.bar_chart(summary, out / "comparison.png")
     (out / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2))
-    weights = weight_analysis_tables(collect_analyses(out))
+    weights = report.weight_analysis_tables(collect_analyses(out))
     if weights:
         (out / "weights.md").write_text(f"# Weight analyses in {out}\n\n{weights}")
     print((out / "comparison.md").read_text())

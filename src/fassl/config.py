@@ -15,10 +15,19 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fassl.errors import FasslError
 from fassl.reweight import REWEIGHTERS
 
 # The registered methods (fassl.methods.METHODS checks that it lists the same).
-METHOD_NAMES = ("simclr", "sdclr", "byol", "swav", "fassl_prototypes", "fassl_rebalance")
+METHOD_NAMES = (
+    "simclr",
+    "sdclr",
+    "byol",
+    "swav",
+    "fassl_prototypes",
+    "fassl_rebalance",
+    "supervised",
+)
 # log phi of stage 2: Eq. 3 and its label-free variants (none = phi 1), one registry.
 WEIGHTS = tuple(REWEIGHTERS)
 # Comparison arms of FASSL: the configured weight, the phi = 1 ablation, and one arm
@@ -26,7 +35,7 @@ WEIGHTS = tuple(REWEIGHTERS)
 FASSL_ARMS = ("fassl", "fassl_phi1", *(f"fassl_{w}" for w in WEIGHTS if w != "none"))
 
 
-class ConfigError(ValueError):
+class ConfigError(FasslError, ValueError):
     """A config file or override that does not fit the schema."""
 
 
@@ -241,6 +250,10 @@ class CompareConfig:
     # Epochs of each baseline; 0 = the pipeline's three stages together (equal compute:
     # the same number of images through the network as FASSL).
     baseline_epochs: int = 0
+    # A sweep: dotted config key -> values, e.g. {prototypes.num_prototypes: [64, 128]}
+    # (YAML flow mapping: a space after the colon). Every combination is compared in
+    # out_dir/grid/<key=value>/; stages a key leaves unchanged are trained once (fassl.sweep).
+    grid: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,20 +303,6 @@ def _get(cfg: Config, dotted: str) -> Any:
     return value
 
 
-def _validate_data(data: DataConfig) -> None:
-    """Ranges of the data keys that their types do not fix."""
-    many_few = data.group_thresholds
-    if len(many_few) != 2 or not 0 <= many_few[1] <= many_few[0]:
-        raise ConfigError(
-            "config key 'data.group_thresholds' must be [frequent_above, rare_below] with "
-            f"0 <= rare_below <= frequent_above, got {list(many_few)}"
-        )
-    if data.max_memory_gb <= 0:
-        raise ConfigError(f"config key 'data.max_memory_gb' must be > 0, got {data.max_memory_gb}")
-    if data.workers < 0:
-        raise ConfigError(f"config key 'data.workers' must be >= 0, got {data.workers}")
-
-
 def validate(cfg: Config) -> Config:
     """Check values that a type alone cannot (choices, ranges); raise ConfigError."""
     for key, choices in _CHOICES.items():
@@ -318,26 +317,13 @@ def validate(cfg: Config) -> Config:
     for name in cfg.compare.methods:
         if name not in (*METHOD_NAMES, *FASSL_ARMS):
             raise ConfigError(f"config key 'compare.methods': unknown method {name!r}")
-    if cfg.data.imbalance < 1:
-        raise ConfigError(f"config key 'data.imbalance' must be >= 1, got {cfg.data.imbalance}")
-    _validate_data(cfg.data)
-    if not 0 <= cfg.sdclr.prune_ratio < 1:
-        raise ConfigError(
-            f"config key 'sdclr.prune_ratio' must be in [0, 1), got {cfg.sdclr.prune_ratio}"
-        )
-    if cfg.rebalance.strength < 0:
-        raise ConfigError(
-            f"config key 'rebalance.strength' must be >= 0, got {cfg.rebalance.strength}"
-        )
-    if cfg.train.log_every < 1:
-        raise ConfigError(f"config key 'train.log_every' must be >= 1, got {cfg.train.log_every}")
-    if cfg.train.checkpoint_every_s < 0:
-        raise ConfigError(
-            "config key 'train.checkpoint_every_s' must be >= 0 (0 = every epoch), got "
-            f"{cfg.train.checkpoint_every_s}"
-        )
-    if cfg.optim.batch_size < 2:
-        raise ConfigError("config key 'optim.batch_size' must be at least 2")
+    # ranges of numeric keys: one table in fassl.validation
+    from fassl.validation import range_problems, structure_problems
+
+    problems = [*range_problems(cfg), *structure_problems(cfg)]
+    if problems:
+        also = f"\n(also: {'; '.join(problems[1:])})" if problems[1:] else ""
+        raise ConfigError(problems[0] + also)
     return cfg
 
 
@@ -357,7 +343,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
     if overrides:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        try:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        except Exception as err:  # YAML syntax errors come in several types
+            raise ConfigError(
+                f"an override is not valid YAML (a mapping needs a space after each colon, "
+                f"e.g. compare.grid={{prototypes.num_prototypes: [64, 128]}}): {err}"
+            ) from err
     try:
         merged = OmegaConf.merge(schema, *layers)
         cfg = OmegaConf.to_object(merged)

@@ -11,17 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from fassl import report
-from fassl.analysis.prototypes import prototype_group_shares, save_retrieval_grid
+from fassl.analysis.prototypes import GridLabels, prototype_group_shares, save_retrieval_grid
 from fassl.analysis.weights import all_weight_diagnostics, weight_enrichment
-from fassl.config import Config, to_yaml
+from fassl.config import Config
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
 from fassl.encoders import load_encoder
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
-from fassl.prototypes import nearest_images
+from fassl.runsettings import RUN, pipeline_stages, prepare_pipeline, prepare_run, start_run
 from fassl.runtime import Runtime, runtime_for
-from fassl.stages import STAGE_METHODS, run_pipeline_stage, run_stage
+from fassl.stages import STAGE_METHODS, check_data, run_pipeline_stage, run_stage
+from fassl.tools.rare import label_free_analysis
 from fassl.train.loop import Trainer
 
 RAW_PIXELS = "raw pixels (linear)"
@@ -70,8 +71,11 @@ def prototype_analysis(
     (out_dir / f"analysis_{stage}.md").write_text(report.analysis_markdown(stage, diag, shares))
     save_retrieval_grid(
         data.pretrain.images,
-        nearest_images(feats, prototypes),
+        feats,
+        prototypes,
         str(out_dir / f"retrieval_{stage}.png"),
+        f"Prototypes after stage {stage}",
+        GridLabels(labels, data.classes, groups),
     )
     return payload
 
@@ -96,13 +100,17 @@ def run_pipeline(
     with_pixels: bool = False,
     data: LongTailData | None = None,
     rt: Runtime | None = None,
+    restart: str = "",
 ) -> dict:
-    """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes."""
+    """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes.
+
+    ``restart``: a stage to train again, with the stages after it (``--restart``)."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    restarted = prepare_pipeline(cfg, restart)  # stages trained with other settings: error
     rt = rt or runtime_for(cfg.train)
     data = data or build_data(cfg.data, cfg.seed)
+    check_data(cfg, data, pipeline_stages(cfg))
+    start_run(cfg, restarted)  # clears the restarted stages, writes config.yaml
     p = cfg.pipeline
     labeled = data.labeled and bool(data.groups)
     if p.prototypes_checkpoint:
@@ -114,18 +122,27 @@ def run_pipeline(
         prototypes = run_pipeline_stage(cfg, data, rt, "prototypes", teacher)
     if labeled:
         prototype_analysis(prototypes, cfg, data, rt, out, "prototypes")
+    else:
+        label_free_analysis(prototypes, cfg, data, rt, out, "prototypes")
     monitors = [stage2_monitor(data)] if labeled else []
     student = run_pipeline_stage(cfg, data, rt, "rebalance", prototypes, monitors)
     if labeled:
         prototype_analysis(student, cfg, data, rt, out, "rebalance")
+    else:
+        label_free_analysis(student, cfg, data, rt, out, "rebalance")
     return evaluate_export(student, data, cfg, rt, out, "FASSL pipeline", with_pixels)
 
 
-def run_pretrain(cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None) -> dict:
+def run_pretrain(
+    cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None, restart: bool = False
+) -> dict:
     """One method trained from scratch (or from ``train.init_from``), then probed."""
     out = Path(cfg.out_dir)
+    restarted = prepare_run(cfg, restart)
     rt = rt or runtime_for(cfg.train)
     data = data or build_data(cfg.data, cfg.seed)
+    check_data(cfg, data, [RUN])
+    start_run(cfg, restarted)
     init = Path(cfg.train.init_from) if cfg.train.init_from else None
     export = run_stage(cfg, data, rt, cfg.method, cfg.optim, out, init)
     if cfg.method == STAGE_METHODS["prototypes"] and data.labeled and data.groups:

@@ -3,31 +3,77 @@
 FASSL's stages are named ``teacher`` (SDCLR), ``prototypes`` (stage 1, Eq. 1-2) and
 ``rebalance`` (stage 2, Eq. 3-4) everywhere: sub-folders of a pipeline run, the
 ``pipeline.<stage>`` optimizer keys, ``analysis_<stage>.*`` files.
+
+A stage folder records the settings it was trained with (``settings.json``, see
+``fassl.runsettings``); running into it again with other settings is an error naming the
+changed keys unless the stage is restarted, so a finished stage is never silently reused
+under a config it was not trained with.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
-from fassl.config import Config, OptimConfig, to_yaml
+from fassl.config import Config, ConfigError, OptimConfig, to_yaml
 from fassl.data.bundle import LongTailData
 from fassl.encoders import load_backbone
+from fassl.errors import printable
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
+from fassl.runsettings import RUN, STAGE_METHODS, check_stage, optim_key, record_settings
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
 from fassl.train.loop import EXPORT, Trainer, export_encoder
 
-# stage -> the method it trains
-STAGE_METHODS = {
-    "teacher": "sdclr",
-    "prototypes": "fassl_prototypes",
-    "rebalance": "fassl_rebalance",
-}
+__all__ = [
+    "STAGE_METHODS",
+    "check_batch_size",
+    "check_data",
+    "load_backbone",
+    "run_pipeline_stage",
+    "run_stage",
+]
 
-__all__ = ["STAGE_METHODS", "load_backbone", "run_pipeline_stage", "run_stage"]
+
+def check_batch_size(cfg: Config, data: LongTailData, optim_cfg: OptimConfig) -> None:
+    """A batch larger than the pre-training set would train zero steps an epoch."""
+    n, batch = len(data.pretrain), optim_cfg.batch_size
+    if batch > n:
+        raise ConfigError(
+            f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) is larger than the "
+            f"{n:,} pre-training images of {data.name}; lower it to at most {n}"
+        )
+
+
+def _unsplit_classes(data: LongTailData) -> list[str]:
+    """Classes without a test image: too few images to split, so they are never measured."""
+    if not data.labeled or not data.classes:
+        return []
+    counts = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
+    return [data.classes[c] for c, n in enumerate(counts) if n == 0]
+
+
+def check_data(cfg: Config, data: LongTailData, stages: list[str]) -> None:
+    """Before training: the batch of every stage in ``stages`` (pipeline stage names, or
+    ``run`` for cfg.optim) fits the data; warn about classes too small to split.
+
+    The warning goes to stderr and into the run's notes (report.md).
+    """
+    unsplit = _unsplit_classes(data)
+    if unsplit:
+        line = printable(
+            f"warning: {len(unsplit)} classes of {data.name} have too few images to split "
+            f"and no test image (their accuracy is not measured): {unsplit[:10]}"
+        )
+        print(f"fassl: {line}", file=sys.stderr)
+        if line not in data.notes:
+            data.notes.append(line)
+    for stage in stages:
+        optim_cfg = cfg.optim if stage == RUN else getattr(cfg.pipeline, stage)
+        check_batch_size(cfg, data, optim_cfg)
 
 
 def run_stage(
@@ -46,11 +92,14 @@ def run_stage(
     """
     run_dir = Path(run_dir)
     export = run_dir / EXPORT
+    settings = check_stage(cfg, method_name, optim_cfg, run_dir)
     if export.is_file():
         print(f"[{run_dir.name}] already done: {export}")
         return export
+    check_batch_size(cfg, data, optim_cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    record_settings(run_dir, settings)
     init = None
     if init_path is not None:
         init, _ = load_checkpoint(Path(init_path))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fassl.data.bundle import GROUPS
-from fassl.prototypes import nearest_images
+from fassl.prototypes import cosine_scores, nearest_images, occupancy
 
 
 def prototype_group_shares(
@@ -20,22 +22,97 @@ def prototype_group_shares(
     return {g: torch.isin(cls, torch.tensor(groups[g])).float().mean().item() for g in GROUPS}
 
 
+@dataclass
+class GridLabels:
+    """Labels of the images in a retrieval grid (evaluation only): captions and groups."""
+
+    labels: torch.Tensor  # (N,) class ids, -1 unknown
+    classes: list[str]
+    groups: dict[str, list[int]]
+
+    def group_of(self, image: int) -> str:
+        label = int(self.labels[image])
+        return next((g for g in GROUPS if label in self.groups.get(g, [])), "")
+
+    def caption(self, image: int) -> str:
+        """``class (Group)`` of an image."""
+        label = int(self.labels[image])
+        if not 0 <= label < len(self.classes):
+            return ""
+        group = self.group_of(image)
+        return f"{self.classes[label]} ({group.capitalize()})" if group else self.classes[label]
+
+
+def retrieval_rows(features: torch.Tensor, prototypes: torch.Tensor, per_row: int) -> torch.Tensor:
+    """(K, m) the m = min(per_row, N) images most similar to each prototype, most similar
+    first: distinct images within a row (a row is shorter when the data has fewer)."""
+    scores = cosine_scores(features.float().cpu(), prototypes.float().cpu())
+    m = min(per_row, scores.shape[0])
+    return scores.topk(m, dim=0).indices.T
+
+
+def grid_order(
+    rows: torch.Tensor, counts: torch.Tensor, labels: GridLabels | None, max_rows: int
+) -> list[tuple[int, str]]:
+    """(prototype, group) of the rows to draw: grouped Frequent, Medium, Rare (by the class
+    of each prototype's nearest image), each group's most occupied prototypes first, at
+    most ``max_rows`` shared evenly among the groups present."""
+    group = [labels.group_of(int(r[0])) if labels else "" for r in rows]
+    names = [g for g in (*GROUPS, "") if g in group]
+    by_group = {
+        g: sorted((k for k in range(len(rows)) if group[k] == g), key=lambda k: -int(counts[k]))
+        for g in names
+    }
+    picked: dict[str, list[int]] = {g: [] for g in names}
+    taken = 0
+    for turn in range(len(rows)):
+        for g in names:
+            if turn < len(by_group[g]) and taken < max_rows:
+                picked[g].append(by_group[g][turn])
+                taken += 1
+    return [(k, g) for g in names for k in picked[g]]
+
+
 def save_retrieval_grid(
-    images: torch.Tensor, index: torch.Tensor, path: str, columns: int = 16
+    images: torch.Tensor,
+    features: torch.Tensor,
+    prototypes: torch.Tensor,
+    path: str,
+    title: str = "Prototypes",
+    labels: GridLabels | None = None,
+    per_row: int = 8,
+    max_rows: int = 24,
 ) -> None:
-    """Save the retrieved images (uint8 N,3,H,W) of ``index`` as one PNG grid."""
+    """The paper's Figure 4: one row per prototype with its nearest images (uint8
+    N,3,H,W), captioned with class and grouped by class group where labels exist."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    picked = images[index.cpu()].permute(0, 2, 3, 1).numpy()
-    rows = (len(picked) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img in zip(axes.flat, picked, strict=False):
-        ax.imshow(img)
-    fig.tight_layout(pad=0.1)
+    rows = retrieval_rows(features, prototypes, per_row)
+    counts = occupancy(features.float().cpu(), prototypes.float().cpu())
+    order = grid_order(rows, counts, labels, max_rows)
+    cols = rows.shape[1]
+    size = (cols * 1.05 + 1.2, len(order) * 1.15 + 0.8)
+    fig, axes = plt.subplots(len(order), cols, figsize=size, squeeze=False, layout="constrained")
+    for (k, group), axrow in zip(order, axes, strict=True):
+        picked = images[rows[k]].permute(0, 2, 3, 1).numpy()
+        for ax, img, i in zip(axrow, picked, rows[k].tolist(), strict=True):
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if labels is not None:
+                ax.set_title(labels.caption(i), fontsize=6, pad=1)
+        head = f"prototype {k}" + (f"\n{group.capitalize()}" if group else "")
+        axrow[0].set_ylabel(
+            f"{head}\noccupancy {int(counts[k])}", fontsize=7, rotation=0, ha="right"
+        )
+    how = "grouped by the class group of each prototype's nearest image" if labels else "unlabeled"
+    fig.suptitle(
+        f"{title}: the {cols} nearest images of {len(order)} of {len(rows)} prototypes\n"
+        f"(rows {how}; occupancy = images whose nearest prototype it is, largest first)",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -7,6 +7,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from fassl.errors import DataError, printable
+
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
@@ -21,7 +23,10 @@ def _unpack(archive: Path, dest: Path) -> None:
             for name in zf.namelist():
                 target = (dest / name).resolve()
                 if not target.is_relative_to(dest.resolve()):
-                    raise ValueError(f"{archive}: member {name!r} leaves the extraction folder")
+                    raise DataError(
+                        printable(f"{archive}: member {name!r} leaves the extraction folder")
+                        + "; refusing to unpack it"
+                    )
             zf.extractall(dest)
         return
     with tarfile.open(archive) as tar:
@@ -44,7 +49,14 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
         try:
             _unpack(archive, tmp)
         except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
-            raise ValueError(f"cannot unpack {archive}: {err}") from err
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(
+                printable(f"cannot unpack {archive}: {err}")
+                + " (archives with links or paths leaving the archive are refused)"
+            ) from err
+        except DataError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         tmp.rename(target)
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else target

@@ -24,6 +24,7 @@ from fassl.data.sources import (
     load_labeled_folder,
     load_unlabeled_folder,
 )
+from fassl.errors import DataError
 
 FOLDER_TEST_FRACTION = 0.2  # a folder without train/ and test/ keeps 20% per class as test
 DIGITS_TEST_FRACTION = 0.3
@@ -74,7 +75,7 @@ def _carve_test(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, I
 def folder_root(cfg: DataConfig) -> Path:
     """data.root as a folder: an archive is unpacked once into the cache."""
     if not cfg.root:
-        raise ValueError(f"data.root must name the image folder for dataset={cfg.dataset}")
+        raise DataError(f"data.root must name the image folder for dataset={cfg.dataset}")
     root = Path(cfg.root).expanduser().absolute()
     if is_archive(root):
         root = extract_archive(root, cache.cache_root(cfg.cache_dir))
@@ -94,7 +95,7 @@ def load_source(cfg: DataConfig, seed: int = 0) -> tuple[ImageSet, ImageSet | No
         train, test = _carve_test(load_digits(cfg.image_size), DIGITS_TEST_FRACTION, seed)
         return train, test, DISPLAY_NAMES["digits"]
     if cfg.dataset != "folder":
-        raise ValueError(f"unknown dataset {cfg.dataset!r}")
+        raise DataError(f"unknown dataset {cfg.dataset!r}")
     root = folder_root(cfg)
     name = root.name
     if not cfg.labeled:
@@ -132,7 +133,7 @@ def _longtail_counts(
     num_classes = len(available)
     n_max = cfg.max_per_class or default_max
     if n_max > min(available):
-        raise ValueError(
+        raise DataError(
             f"data.max_per_class={n_max} exceeds the smallest class ({min(available)} images)"
         )
     by_rank = longtail.longtail_counts(n_max, num_classes, cfg.imbalance)
@@ -159,7 +160,7 @@ def _pretrain_index(
         default = min(FULL_DEFAULT_MAX, min(available))
         counts, n_max = _longtail_counts(cfg, available, default)
     else:
-        raise ValueError(f"unknown data.longtail {cfg.longtail!r}")
+        raise DataError(f"unknown data.longtail {cfg.longtail!r}")
     picked = source[longtail.longtail_subset(train.labels[source], counts, seed)]
     split = "label order" if cfg.split == -1 else f"split {cfg.split}"
     where = "probe pool" if cfg.longtail == "pool" else "full train set"
@@ -194,7 +195,7 @@ def _build_sdclr(cfg: DataConfig) -> LongTailData:
         train, test = load_cifar(cfg.root or cfg.cache_dir, cfg.dataset, cfg.download)
         return sdclr.assemble(cfg, cfg.dataset, train, test, DISPLAY_NAMES[cfg.dataset])
     if cfg.dataset != "folder":
-        raise ValueError(
+        raise DataError(
             "data.sdclr_splits works with data.dataset cifar10, cifar100 or folder (the JPEG "
             f"copy with train/ and test/), not {cfg.dataset!r}"
         )
@@ -223,7 +224,7 @@ def build_data(cfg: DataConfig, seed: int = 0) -> LongTailData:
     train_counts = longtail.counts_per_class(train.labels, num_classes)
     missing = [train.classes[c] for c, n in enumerate(train_counts) if n == 0]
     if missing:
-        raise ValueError(f"{name}: classes without train images: {missing}")
+        raise DataError(f"{name}: classes without train images: {missing}")
     per_class, notes = _val_per_class(cfg, train_counts)
     keep, held = longtail.holdout_split(train.labels, per_class, seed)
     pre_idx, how = _pretrain_index(cfg, train, keep, seed)

@@ -21,6 +21,7 @@ from fassl.data import cache
 from fassl.data.bundle import Split
 from fassl.data.sources import ImageSet, _decode_to_set
 from fassl.data.streaming import StreamingImages
+from fassl.errors import DataError
 
 STATS_SAMPLE = 2048  # images of a streamed split that its channel statistics are drawn from
 
@@ -71,7 +72,7 @@ def decode_list(files: FileList, image_size: int, cache_dir: str, kind: str) -> 
     )
     if len(data) != len(files):
         skipped = [line for line in data.report if line.startswith("skipped")]
-        raise ValueError(f"{kind}: every listed image must decode; {'; '.join(skipped)}")
+        raise DataError(f"{kind}: every listed image must decode; {'; '.join(skipped)}")
     cache.save(cache_dir, key, data)
     return data
 

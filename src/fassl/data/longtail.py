@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fassl.errors import DataError
+
 # Distinct random streams so that e.g. the validation hold-out and the few-shot subset
 # drawn with the same seed are not the same shuffle.
 _HOLDOUT, _LONGTAIL, _FEW_SHOT, _STRATIFIED = 1, 2, 3, 4
@@ -25,9 +27,9 @@ def longtail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]
     Rank 0 is the most frequent class; rho = n_max / n_min = ``imbalance``.
     """
     if n_max < 1 or num_classes < 1:
-        raise ValueError(f"need n_max >= 1 and num_classes >= 1, got {n_max}, {num_classes}")
+        raise DataError(f"need n_max >= 1 and num_classes >= 1, got {n_max}, {num_classes}")
     if imbalance < 1:
-        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+        raise DataError(f"imbalance must be >= 1, got {imbalance}")
     if num_classes == 1:
         return [n_max]
     return [int(n_max * imbalance ** (-r / (num_classes - 1))) for r in range(num_classes)]
@@ -43,14 +45,14 @@ def class_rank_permutation(num_classes: int, split: int) -> list[int]:
     if split == -1:
         return list(range(num_classes))
     if split < 0:
-        raise ValueError(f"split must be >= 0 or -1 (label order), got {split}")
+        raise DataError(f"split must be >= 0 or -1 (label order), got {split}")
     return [int(c) for c in np.random.default_rng(split).permutation(num_classes)]
 
 
 def _as_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     arr = np.asarray(labels, dtype=np.int64)
     if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
+        raise DataError(f"labels must be 1-D, got shape {arr.shape}")
     return arr
 
 
@@ -80,7 +82,7 @@ def holdout_split(
     shuffles = _class_shuffles(labels, seed, _HOLDOUT)
     for c, idx in shuffles.items():
         if len(idx) <= per_class:
-            raise ValueError(
+            raise DataError(
                 f"class {c} has {len(idx)} images; cannot hold out {per_class} and keep any"
             )
     held = _take_first(shuffles, dict.fromkeys(shuffles, per_class))
@@ -101,11 +103,11 @@ def longtail_subset(
     for c, n in enumerate(counts_by_class):
         have = len(shuffles.get(c, ()))
         if n > have:
-            raise ValueError(f"class {c} needs {n} images but has only {have}")
+            raise DataError(f"class {c} needs {n} images but has only {have}")
         counts[c] = n
     extra = set(shuffles) - set(counts)
     if extra:
-        raise ValueError(f"labels contain classes without a count: {sorted(extra)}")
+        raise DataError(f"labels contain classes without a count: {sorted(extra)}")
     return _take_first(shuffles, counts).astype(np.int64)
 
 
@@ -115,7 +117,7 @@ def few_shot_subset(labels: Sequence[int] | np.ndarray, fraction: float, seed: i
     Nested across fractions for a fixed seed (CIFAR-10 pool of 45k at 1%: 45 per class).
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise DataError(f"fraction must be in (0, 1], got {fraction}")
     labels = _as_labels(labels)
     shuffles = _class_shuffles(labels, seed, _FEW_SHOT)
     counts = {c: max(1, round(fraction * len(idx))) for c, idx in shuffles.items()}
@@ -131,7 +133,7 @@ def stratified_split(
     keeps at least one image.
     """
     if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        raise DataError(f"fraction must be in [0, 1), got {fraction}")
     labels = _as_labels(labels)
     shuffles = _class_shuffles(labels, seed, _STRATIFIED)
     counts = {c: min(round(fraction * len(idx)), len(idx) - 1) for c, idx in shuffles.items()}
@@ -171,7 +173,7 @@ def count_groups(
     may be empty, unlike with the thirds rule.
     """
     if not 0 <= rare_below <= frequent_above:
-        raise ValueError(
+        raise DataError(
             f"need 0 <= rare_below <= frequent_above, got {rare_below}, {frequent_above}"
         )
     groups: dict[str, list[int]] = {"frequent": [], "medium": [], "rare": []}
@@ -193,4 +195,4 @@ def group_classes(
     if rule == "counts":
         frequent_above, rare_below = thresholds
         return count_groups(class_counts, frequent_above, rare_below)
-    raise ValueError(f"unknown group rule {rule!r}; expected one of {list(GROUP_RULES)}")
+    raise DataError(f"unknown group rule {rule!r}; expected one of {list(GROUP_RULES)}")

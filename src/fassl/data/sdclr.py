@@ -23,6 +23,7 @@ from fassl.data import longtail
 from fassl.data.bundle import LongTailData, Split
 from fassl.data.filelist import FileList, channel_stats, decode_list
 from fassl.data.sources import IMAGE_EXTENSIONS, ImageSet
+from fassl.errors import DataError
 
 PREFIX = {"cifar10": "", "cifar100": "cifar100_"}
 DATASET_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
@@ -50,7 +51,7 @@ def split_paths(folder: str | Path, dataset: str, split: int) -> SplitPaths:
     prefix = PREFIX[dataset]
     found = sorted(p.name for p in folder.glob(f"{prefix}split*_D_i.npy"))
     if split < 1:
-        raise ValueError(
+        raise DataError(
             f"data.split={split}: with data.sdclr_splits, data.split names the split file "
             f"(1, 2, ...); {folder} holds {found or 'no split files'}"
         )
@@ -74,14 +75,14 @@ def read_indices(path: Path, n: int) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a numpy index file ({err})") from err
+        raise DataError(f"{path}: not a numpy index file ({err})") from err
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ValueError(f"{path}: expected a 1-D integer array, got {arr.dtype} {arr.shape}")
+        raise DataError(f"{path}: expected a 1-D integer array, got {arr.dtype} {arr.shape}")
     arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(f"{path}: indices must lie in [0, {n}), got {arr.min()}..{arr.max()}")
+        raise DataError(f"{path}: indices must lie in [0, {n}), got {arr.min()}..{arr.max()}")
     if len(np.unique(arr)) != len(arr):
-        raise ValueError(f"{path}: repeated indices")
+        raise DataError(f"{path}: repeated indices")
     return arr
 
 
@@ -117,7 +118,7 @@ def load_jpeg_train(cfg: DataConfig, train_dir: Path) -> tuple[ImageSet, str]:
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and d.name[0] != ".")
     dataset = DATASET_BY_CLASSES.get(len(classes))
     if dataset is None:
-        raise ValueError(
+        raise DataError(
             f"data.sdclr_splits: {train_dir} has {len(classes)} class folders; SDCLR's "
             "splits are for CIFAR-10 (10) and CIFAR-100 (100)"
         )
@@ -135,9 +136,9 @@ def load_jpeg_train(cfg: DataConfig, train_dir: Path) -> tuple[ImageSet, str]:
 def read_labels(path: Path, num_classes: int) -> np.ndarray:
     labels = np.load(path, allow_pickle=False)
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.size == 0:
-        raise ValueError(f"{path}: expected a 1-D integer label array")
+        raise DataError(f"{path}: expected a 1-D integer label array")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"{path}: labels must lie in [0, {num_classes})")
+        raise DataError(f"{path}: labels must lie in [0, {num_classes})")
     return labels.astype(np.int64)
 
 
@@ -145,7 +146,7 @@ def _check_labels(cfg: DataConfig, dataset: str, train: ImageSet) -> None:
     """Where a labels file is at hand, the source's order must be the original one."""
     path = labels_file(Path(cfg.sdclr_splits).expanduser(), dataset)
     if path.is_file() and not np.array_equal(read_labels(path, len(train.classes)), train.labels):
-        raise ValueError(f"{path}: these labels differ from the training set's, in order")
+        raise DataError(f"{path}: these labels differ from the training set's, in order")
 
 
 def _split(data: ImageSet, idx: np.ndarray) -> Split:

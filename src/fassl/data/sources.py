@@ -12,15 +12,18 @@ import pickle
 import shutil
 import tarfile
 import urllib.request
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from fassl.data.decode import _conversion_lines, _decode_images, _plural
+from fassl.data.decode import _decode as _decode  # re-exported: the streaming decoder's
+from fassl.data.walk import FolderScan, scan_folder
+from fassl.data.walk import list_files as list_files  # re-exported: the cache lists folders
+from fassl.errors import DataError, printable
 
 try:  # numpy >= 2 moved the array-reconstruction helpers
     from numpy._core import multiarray as _multiarray
@@ -39,6 +42,9 @@ class ImageSet:
     labels: np.ndarray
     classes: list[str]
     report: list[str] = field(default_factory=list)
+    # Each image's file relative to the folder it was loaded from, where there is one
+    # (folder loaders; empty for CIFAR, digits and cached sets).
+    paths: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -107,12 +113,22 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
+class UnreadableBatch(DataError, pickle.UnpicklingError):
+    """A CIFAR file that is not a plain pickle of numpy arrays (corrupt, or tampered with)."""
+
+
 def _read_pickle(path: Path) -> dict[str, Any]:
     """A CIFAR batch as a dict with str keys (the files are Python 2 pickles)."""
     with open(path, "rb") as f:
-        obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        try:
+            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+            raise UnreadableBatch(
+                f"{printable(path)} is not a readable CIFAR batch ({err}); replace it with "
+                "the file from the official archive"
+            ) from err
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a CIFAR batch (a dict)")
+        raise DataError(f"{printable(path)} does not hold a CIFAR batch (a dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -194,26 +210,6 @@ def load_cifar(root: str | Path, name: str, download: bool = False) -> tuple[Ima
 # --------------------------------------------------------------------------- folders
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def list_files(root: str | Path) -> list[str]:
-    """Every non-hidden file below ``root`` (hidden folders skipped) as a sorted relative path.
-
-    Plain strings rather than Path objects: listing and sorting 60k files stays well
-    under a second, which matters because every cached load lists the folder again.
-    """
-    root = os.fspath(root)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        base = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        prefix = "" if base == "." else base + "/"
-        found.extend(prefix + f for f in filenames if not _is_hidden(f))
-    return sorted(found)
-
-
 def _is_image(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
@@ -224,123 +220,14 @@ def _class_of(path: str) -> str | None:
     return head if sep else None
 
 
-def _conversion(img: Image.Image) -> str | None:
-    """Which conversion to RGB an image needs, as a name for the report (None: RGB)."""
-    mode = img.mode
-    if mode == "RGB":
-        return None
-    if mode in ("L", "1", "LA"):
-        return "grayscale"
-    if mode in ("RGBA", "RGBa", "RGBX"):
-        return "RGBA"
-    if mode in ("P", "PA"):
-        return "palette"
-    if mode.startswith("I") or mode == "F" or mode.startswith("RGB;16"):
-        return "16-bit"
-    if mode == "CMYK":
-        return "CMYK"
-    return mode
-
-
-def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
-    """16-bit / 32-bit / float images to 8 bits by scaling, not clipping like convert()."""
-    arr = np.asarray(img)
-    if arr.dtype.kind == "f":
-        arr = arr / max(float(arr.max()), 1.0)  # float images: [0, 1], or [0, max]
-    else:
-        arr = arr.astype(np.float64) / (65535.0 if arr.max() > 255 else 255.0)
-    arr8 = np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)
-    if arr8.ndim == 2:
-        arr8 = np.repeat(arr8[:, :, None], 3, axis=2)
-    return Image.fromarray(arr8[:, :, :3], "RGB")
-
-
-def _to_rgb(img: Image.Image, kind: str | None) -> Image.Image:
-    if kind is None:
-        return img
-    if kind == "16-bit":
-        return _high_depth_to_rgb(img)
-    if kind == "palette" and (img.mode == "PA" or "transparency" in img.info):
-        img = img.convert("RGBA")  # a transparent palette entry must not become a colour
-    return img.convert("RGB")
-
-
-def _fit(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic, antialiased) and centre-crop a square."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-@dataclass
-class _Decoded:
-    """Outcome of decoding one file: the pixels, or why it was skipped."""
-
-    pixels: np.ndarray | None
-    conversion: str | None = None
-    resized: bool = False
-    error: str = ""
-
-
-def _decode(path: Path, size: int) -> _Decoded:
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":  # let libjpeg decode big photos at 1/2..1/8 scale
-                img.draft(None, (size, size))  # never below size on either side
-            img.load()  # truncated or corrupt data fails here, not later
-            kind = _conversion(img)
-            rgb = _to_rgb(img, kind)
-            resized = rgb.size != (size, size)
-            if resized:
-                rgb = _fit(rgb, size)
-            pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        return _Decoded(None, error=f"{type(err).__name__}: {err}")
-    return _Decoded(pixels, kind, resized)
-
-
-def _decode_chunk(paths: Sequence[Path], size: int) -> list[_Decoded]:
-    return [_decode(p, size) for p in paths]
-
-
-def _decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[_Decoded]:
-    """Decode in chunks on a thread pool (PIL releases the GIL while decoding large images)."""
-    if not paths:
-        return []
-    workers = workers or min(4, os.cpu_count() or 1)
-    chunk = 256
-    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    if workers == 1 or len(chunks) == 1:
-        return [d for c in chunks for d in _decode_chunk(c, size)]
-    with ThreadPoolExecutor(workers) as pool:
-        return [d for part in pool.map(_decode_chunk, chunks, [size] * len(chunks)) for d in part]
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-def _conversion_lines(decoded: Iterable[_Decoded], size: int) -> list[str]:
-    kinds = Counter(d.conversion for d in decoded if d.pixels is not None and d.conversion)
-    resized = sum(1 for d in decoded if d.pixels is not None and d.resized)
-    lines = [f"converted {_plural(n, f'{k} image')} to RGB" for k, n in sorted(kinds.items())]
-    if resized:
-        lines.append(
-            f"resized {_plural(resized, 'image')} to {size}x{size} (shorter side, then centre crop)"
-        )
-    return lines
-
-
 def _skipped_line(skipped: list[tuple[str, str]], root: Path) -> list[str]:
     if not skipped:
         return []
     named = "; ".join(f"{p} ({why})" for p, why in skipped[:MAX_NAMED_FILES])
     more = len(skipped) - MAX_NAMED_FILES
     tail = f"; and {more:,} more" if more > 0 else ""
-    return [f"skipped {_plural(len(skipped), 'unreadable image file')} in {root}: {named}{tail}"]
+    line = f"skipped {_plural(len(skipped), 'unreadable image file')} in {root}: {named}{tail}"
+    return [printable(line)]
 
 
 def _check_folder(root: Path) -> Path:
@@ -362,21 +249,25 @@ def _decode_to_set(
 ) -> ImageSet:
     """Decode ``files`` (relative to root), drop unreadable ones, assemble the ImageSet."""
     if not files:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}")
+        raise DataError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {printable(root)}"
+        )
     decoded = _decode_images([root / f for f in files], size)
     ok = [i for i, d in enumerate(decoded) if d.pixels is not None]
     skipped = [(files[i], d.error) for i, d in enumerate(decoded) if d.pixels is None]
     if not ok:
-        raise ValueError(
-            f"none of the {len(files):,} image files in {root} could be decoded "
-            f"(first: {skipped[0][0]}: {skipped[0][1]})"
+        raise DataError(
+            printable(
+                f"none of the {len(files):,} image files in {root} could be decoded "
+                f"(first: {skipped[0][0]}: {skipped[0][1]})"
+            )
         )
     images = np.empty((len(ok), 3, size, size), dtype=np.uint8)
     for row, i in enumerate(ok):
         images[row] = decoded[i].pixels
     label_arr = np.asarray([labels[i] for i in ok], dtype=np.int64)
     lines = report + _conversion_lines(decoded, size) + _skipped_line(skipped, root)
-    return ImageSet(images, label_arr, classes, lines)
+    return ImageSet(images, label_arr, classes, lines, [files[i] for i in ok])
 
 
 def _split_images(files: list[str]) -> tuple[list[str], int]:
@@ -387,15 +278,32 @@ def _split_images(files: list[str]) -> tuple[list[str], int]:
 def _ignored_line(n: int, root: Path) -> list[str]:
     if not n:
         return []
-    return [f"ignored {_plural(n, 'non-image file')} in {root} (by extension)"]
+    return [f"ignored {_plural(n, 'non-image file')} in {printable(root)} (by extension)"]
+
+
+def _scan(root: Path) -> tuple[list[str], list[str]]:
+    """(image files, report lines) of a folder: links skipped, non-images ignored."""
+    scan: FolderScan = scan_folder(root)
+    files, other = _split_images(scan.files)
+    return files, scan.report(root) + _ignored_line(other, root)
 
 
 def load_unlabeled_folder(root: str | Path, image_size: int) -> ImageSet:
     """Every image found recursively below ``root``; labels are -1, no classes."""
     root = _check_folder(Path(root))
-    files, other = _split_images(list_files(root))
-    report = _ignored_line(other, root)
+    files, report = _scan(root)
     return _decode_to_set(root, files, [-1] * len(files), [], image_size, report)
+
+
+def _check_no_empty_class(data: ImageSet, root: Path) -> None:
+    """A class folder whose every file failed to decode would train a class without images."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    empty = [data.classes[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(
+            printable(f"{root}: no readable image in the class folders {empty[:5]}")
+            + " (every file there failed to decode); fix or remove those folders"
+        )
 
 
 def load_labeled_folder(
@@ -407,26 +315,36 @@ def load_labeled_folder(
     a sub-folder not in it is an error, a class without a sub-folder simply has no images.
     """
     root = _check_folder(Path(root))
-    files, other = _split_images(list_files(root))
+    files, report = _scan(root)
     class_files = [f for f in files if _class_of(f) is not None]
     found = sorted({f.partition("/")[0] for f in class_files})
     loose = len(files) - len(class_files)
     if not found:
         hint = " (images lie directly in it: set data.labeled=false)" if loose else ""
-        raise ValueError(f"labeled image folder {root} has no class sub-folders with images{hint}")
+        raise DataError(
+            printable(f"labeled image folder {root} has no class sub-folders with images{hint}")
+        )
+    fixed = classes is not None
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{root}: class folders {unknown} are not among {list(classes)}")
+        raise DataError(
+            printable(f"{root}: class folders {unknown} are not among the train classes")
+            + f" {list(classes)[:10]}; the test folder must use the train folder's classes"
+        )
     index = {name: i for i, name in enumerate(classes)}
-    report = _ignored_line(other, root)
     if loose:
         report.append(
-            f"ignored {_plural(loose, 'image')} directly in {root}, outside class folders"
+            printable(
+                f"ignored {_plural(loose, 'image')} directly in {root}, outside class folders"
+            )
         )
     labels = [index[f.partition("/")[0]] for f in class_files]
-    return _decode_to_set(root, class_files, labels, list(classes), image_size, report)
+    data = _decode_to_set(root, class_files, labels, list(classes), image_size, report)
+    if not fixed:
+        _check_no_empty_class(data, root)
+    return data
 
 
 # --------------------------------------------------------------------------- digits

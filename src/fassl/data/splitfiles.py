@@ -20,6 +20,7 @@ from fassl.data.archives import extract_archive, is_archive
 from fassl.data.bundle import LongTailData, Split
 from fassl.data.filelist import FileList, channel_stats, to_split
 from fassl.data.streaming import default_workers, streamed_splits
+from fassl.errors import DataError
 
 SPLITS = ("pretrain", "pool", "few_shot", "val", "test")
 REQUIRED = ("pretrain", "test")
@@ -45,7 +46,7 @@ def read_list(path: Path) -> Listed:
                 continue
             parts = line.rsplit(None, 1)
             if len(parts) != 2 or not parts[1].isdigit():
-                raise ValueError(
+                raise DataError(
                     f"{path}:{number}: expected 'relative/path label' with an integer "
                     f"label >= 0, got {line!r}"
                 )
@@ -53,7 +54,7 @@ def read_list(path: Path) -> Listed:
             listed.labels.append(int(parts[1]))
             listed.lines.append(number)
     if not listed.paths:
-        raise ValueError(f"{path}: no entries")
+        raise DataError(f"{path}: no entries")
     return listed
 
 
@@ -83,9 +84,7 @@ def list_path(cfg: DataConfig, split: str) -> Path | None:
     value = getattr(cfg.split_files, split)
     if not value:
         if split in REQUIRED:
-            raise ValueError(
-                f"data.split_files.{split} must name a list file for dataset=splitfile"
-            )
+            raise DataError(f"data.split_files.{split} must name a list file for dataset=splitfile")
         return None
     path = Path(value).expanduser()
     if not path.is_absolute():
@@ -97,7 +96,7 @@ def list_path(cfg: DataConfig, split: str) -> Path | None:
 
 def _root(cfg: DataConfig) -> Path:
     if not cfg.root:
-        raise ValueError("data.root must name the image folder for dataset=splitfile")
+        raise DataError("data.root must name the image folder for dataset=splitfile")
     root = Path(cfg.root).expanduser().absolute()
     if is_archive(root):
         root = extract_archive(root, cache.cache_root(cfg.cache_dir))

@@ -21,6 +21,7 @@ import numpy as np
 from fassl.config import DataConfig
 from fassl.data.filelist import FileList, decode_list
 from fassl.data.sources import IMAGE_EXTENSIONS, ImageSet
+from fassl.errors import DataError
 
 DISPLAY_NAME = "Tiny-ImageNet"
 
@@ -39,7 +40,7 @@ def read_wnids(root: Path) -> list[str]:
     path = _required(root, "wnids.txt")
     wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(set(wnids)) != len(wnids) or not wnids:
-        raise ValueError(f"{path}: expected distinct wnids, one a line")
+        raise DataError(f"{path}: expected distinct wnids, one a line")
     return sorted(wnids)
 
 
@@ -81,7 +82,7 @@ def val_list(root: Path, wnids: list[str], classes: list[str]) -> FileList:
             continue
         parts = line.split("\t")
         if len(parts) < 2 or parts[1].strip() not in index:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{number}: expected 'file<TAB>wnid<TAB>...' with a wnid of "
                 f"wnids.txt, got {line!r}"
             )

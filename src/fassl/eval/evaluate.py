@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,6 +71,31 @@ def _probe_entry(
     }
 
 
+def _each_setting(
+    data: LongTailData,
+    cfg: ProbeConfig,
+    progress: bool,
+    probe: Callable[[str, Split], ProbeResult],
+) -> dict[str, Any]:
+    """``probe(setting, train split)`` for every configured setting, as results entries."""
+    out: dict[str, Any] = {}
+    for setting in cfg.settings:
+        train = _train_split(data, setting)
+        if len(train) == 0:
+            split_name = "pool" if setting == "standard" else "few_shot"
+            out[setting] = {"skipped": f"the {split_name} split is empty"}
+            continue
+        start = time.perf_counter()
+        result = probe(setting, train)
+        out[setting] = _probe_entry(result, data.test, data, len(train))
+        _log(
+            progress,
+            f"{setting} {result.variant} probe: all {out[setting]['all']:.2f} "
+            f"(best epoch {result.best_epoch}, {time.perf_counter() - start:.1f}s)",
+        )
+    return out
+
+
 def _fast_probes(
     feats: dict[str, torch.Tensor],
     data: LongTailData,
@@ -79,32 +105,62 @@ def _fast_probes(
     progress: bool,
 ) -> dict[str, Any]:
     """The fast variant for every configured setting, on features per split name."""
-    out: dict[str, Any] = {}
-    for setting in cfg.settings:
-        split_name = "pool" if setting == "standard" else "few_shot"
-        train = _train_split(data, setting)
-        if len(train) == 0:
-            out[setting] = {"skipped": f"the {split_name} split is empty"}
-            continue
-        start = time.perf_counter()
-        result = linear_probe_fast(
-            LabeledFeatures(feats[split_name], train.labels),
+    settings = FastProbeSettings(
+        cfg.fast_epochs, cfg.fast_lr, cfg.fast_weight_decay, cfg.fast_batch_size
+    )
+
+    def probe(setting: str, train: Split) -> ProbeResult:
+        return linear_probe_fast(
+            LabeledFeatures(feats["pool" if setting == "standard" else "few_shot"], train.labels),
             LabeledFeatures(feats["val"], data.val.labels),
             LabeledFeatures(feats["test"], data.test.labels),
             data.num_classes,
-            FastProbeSettings(
-                cfg.fast_epochs, cfg.fast_lr, cfg.fast_weight_decay, cfg.fast_batch_size
-            ),
+            settings,
             seed,
             device,
         )
-        out[setting] = _probe_entry(result, data.test, data, len(train))
-        _log(
-            progress,
-            f"{setting} fast probe: all {out[setting]['all']:.2f} "
-            f"(best epoch {result.best_epoch}, {time.perf_counter() - start:.1f}s)",
+
+    return _each_setting(data, cfg, progress, probe)
+
+
+def _sdclr_probes(
+    backbone: nn.Module,
+    data: LongTailData,
+    cfg: ProbeConfig,
+    seed: int,
+    rt: Runtime,
+    progress: bool,
+) -> dict[str, Any]:
+    """SDCLR's augmented probe for every configured setting."""
+
+    def probe(setting: str, train: Split) -> ProbeResult:
+        epochs = cfg.standard_epochs if setting == "standard" else cfg.few_shot_epochs
+        splits = ProbeSplits(train, data.val, data.test, data.mean, data.std, data.num_classes)
+        schedule = SDCLRProbeSchedule(
+            epochs, milestones_for(setting, epochs), cfg.sdclr_lr, cfg.sdclr_batch_size
         )
-    return out
+        return linear_probe_sdclr(backbone, splits, schedule, seed, rt)
+
+    return _each_setting(data, cfg, progress, probe)
+
+
+def _knn_entry(
+    feats: dict[str, torch.Tensor], data: LongTailData, k: int, device: torch.device
+) -> dict[str, Any]:
+    """Weighted kNN from the probe pool to the test split, with group metrics."""
+    pred = knn_predict(
+        feats["pool"].to(device),
+        data.pool.labels.to(device),
+        feats["test"],
+        k,
+        KNN_TEMPERATURE,
+        data.num_classes,
+    ).cpu()
+    return {
+        "k": k,
+        "temperature": KNN_TEMPERATURE,
+        **group_metrics(pred, data.test.labels, data.groups, data.num_classes),
+    }
 
 
 def evaluate(
@@ -120,12 +176,9 @@ def evaluate(
     Returns the content of results.json: one entry per setting, ``knn`` (pool -> test)
     and ``meta``. Features for the fast variant and kNN are extracted once per split.
     """
-    device = rt.device
-    results: dict[str, Any] = {}
     meta = _meta(data)
     if not data.labeled:
         return {"meta": meta, "skipped": SKIPPED_UNLABELED}
-
     needed = ["pool", "test"]
     if cfg.variant == "fast":
         needed.append("val")
@@ -137,44 +190,12 @@ def evaluate(
         split: Split = getattr(data, name)
         feats[name] = extract_features(backbone, split.images, data.mean, data.std, rt)
     _log(progress, f"features of {', '.join(needed)} in {time.perf_counter() - start:.1f}s")
-
     if cfg.variant == "fast":
-        results.update(_fast_probes(feats, data, cfg, seed, device, progress))
+        results = _fast_probes(feats, data, cfg, seed, rt.device, progress)
     else:
-        for setting in cfg.settings:
-            train = _train_split(data, setting)
-            if len(train) == 0:
-                results[setting] = {"skipped": f"the {setting} training split is empty"}
-                continue
-            epochs = cfg.standard_epochs if setting == "standard" else cfg.few_shot_epochs
-            start = time.perf_counter()
-            splits = ProbeSplits(train, data.val, data.test, data.mean, data.std, data.num_classes)
-            schedule = SDCLRProbeSchedule(
-                epochs, milestones_for(setting, epochs), cfg.sdclr_lr, cfg.sdclr_batch_size
-            )
-            result = linear_probe_sdclr(backbone, splits, schedule, seed, rt)
-            results[setting] = _probe_entry(result, data.test, data, len(train))
-            _log(
-                progress,
-                f"{setting} sdclr probe: all {results[setting]['all']:.2f} "
-                f"(best epoch {result.best_epoch}, "
-                f"{time.perf_counter() - start:.1f}s)",
-            )
-
+        results = _sdclr_probes(backbone, data, cfg, seed, rt, progress)
     if len(data.pool) > 0:
-        pred = knn_predict(
-            feats["pool"].to(device),
-            data.pool.labels.to(device),
-            feats["test"],
-            cfg.knn_k,
-            KNN_TEMPERATURE,
-            data.num_classes,
-        ).cpu()
-        results["knn"] = {
-            "k": cfg.knn_k,
-            "temperature": KNN_TEMPERATURE,
-            **group_metrics(pred, data.test.labels, data.groups, data.num_classes),
-        }
+        results["knn"] = _knn_entry(feats, data, cfg.knn_k, rt.device)
         _log(progress, f"knn (k={cfg.knn_k}): all {results['knn']['all']:.2f}")
     results["meta"] = meta
     return results

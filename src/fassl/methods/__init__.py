@@ -12,6 +12,7 @@ from fassl.methods.byol import BYOL
 from fassl.methods.fassl import PrototypeLearning, RebalancedBYOL
 from fassl.methods.sdclr import SDCLR
 from fassl.methods.simclr import SimCLR
+from fassl.methods.supervised import Supervised
 from fassl.methods.swav import SwAV
 from fassl.models import Encoder, build_backbone, mlp_head
 from fassl.models.state import load_state_checked
@@ -19,7 +20,8 @@ from fassl.models.state import load_state_checked
 __all__ = ["METHODS", "EpochContext", "Method", "State", "build_encoder", "build_method"]
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SimCLR, SDCLR, BYOL, SwAV, PrototypeLearning, RebalancedBYOL)
+    cls.name: cls
+    for cls in (SimCLR, SDCLR, BYOL, SwAV, PrototypeLearning, RebalancedBYOL, Supervised)
 }
 assert tuple(METHODS) == METHOD_NAMES, "fassl.config.METHOD_NAMES must list every method"
 

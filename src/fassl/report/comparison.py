@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fassl.data.bundle import COLUMNS, GROUPS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 # The paper's linear-probe numbers on CIFAR-10-LT (docs/method.md), for side-by-side rows.
@@ -15,18 +19,24 @@ def _paper_row(all_: float, rare: float, medium: float, frequent: float, std: fl
     return {"all": all_, "frequent": frequent, "medium": medium, "rare": rare, "std": std}
 
 
-_NAN = math.nan
-# The paper's linear-probe numbers on CIFAR-10-LT (docs/method.md), for side-by-side rows.
+# The paper's linear-probe numbers on CIFAR-10-LT (Tables 1 and 2 of the paper), for
+# side-by-side rows; BYOL is the paper's BYOL-from-scratch row.
 PAPER_CIFAR10_LT = {
     "standard": {
         "simclr": _paper_row(75.37, 69.33, 73.33, 83.45, 5.94),
         "byol": _paper_row(75.66, 75.43, 69.83, 81.70, 4.85),
+        "swav": _paper_row(76.60, 73.30, 71.10, 85.40, 6.29),
         "sdclr": _paper_row(80.49, 75.10, 78.07, 88.30, 5.66),
         "fassl": _paper_row(80.69, 78.80, 76.73, 86.55, 4.23),
+        "supervised": _paper_row(80.76, 75.43, 80.93, 85.93, 4.95),
     },
     "few_shot": {
-        "sdclr": _paper_row(67.23, 56.63, _NAN, _NAN, _NAN),
-        "fassl": _paper_row(68.54, 62.43, _NAN, _NAN, _NAN),
+        "byol": _paper_row(62.33, 50.40, 60.53, 76.05, 10.55),
+        "simclr": _paper_row(62.98, 56.67, 62.97, 69.30, 5.16),
+        "swav": _paper_row(65.16, 52.90, 61.97, 80.60, 11.53),
+        "sdclr": _paper_row(67.23, 56.63, 61.87, 83.20, 11.49),
+        "fassl": _paper_row(68.54, 62.43, 61.93, 81.25, 8.99),
+        "supervised": _paper_row(69.82, 65.07, 66.47, 77.93, 5.76),
     },
 }
 
@@ -91,19 +101,21 @@ def write_csv(summary: dict, path: Path) -> None:
                 w.writerow([setting, name, n] + [f"{v:.4f}" for c in COLUMNS for v in cols[c][:2]])
 
 
-def bar_chart(summary: dict, path: Path) -> None:
-    """Grouped bars: Frequent / Medium / Rare / All accuracy per method, one panel a setting."""
+def bar_figure(summary: dict) -> Figure:
+    """Grouped bars: All / Frequent / Medium / Rare accuracy per method, one panel a
+    setting; one legend for all panels, below the axes so that it covers no bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = ("all", *GROUPS)
-    fig, axes = plt.subplots(1, len(summary), figsize=(6 * len(summary), 4), squeeze=False)
+    groups = ("all", *GROUPS)  # the COLUMNS order, Std aside (it is not an accuracy)
+    fig, axes = plt.subplots(1, len(summary), figsize=(6 * len(summary), 4.6), squeeze=False)
+    names: list[str] = []
     for ax, (setting, methods) in zip(axes[0], summary.items(), strict=True):
-        names = list(methods)
-        width = 0.8 / max(1, len(names))
-        for i, name in enumerate(names):
+        names = list(dict.fromkeys([*names, *methods]))
+        width = 0.8 / max(1, len(methods))
+        for i, name in enumerate(methods):
             xs = [j + i * width for j in range(len(groups))]
             ax.bar(
                 xs,
@@ -112,13 +124,24 @@ def bar_chart(summary: dict, path: Path) -> None:
                 yerr=[methods[name][g][1] for g in groups],
                 label=name,
                 capsize=2,
+                color=f"C{names.index(name)}",
             )
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
         ax.set_xticklabels([g.capitalize() for g in groups])
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{setting.replace('_', '-')} linear probe")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(names))]
+    rows = (len(names) + 5) // 6
+    fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
+    return fig
+
+
+def bar_chart(summary: dict, path: Path) -> None:
+    """``bar_figure`` saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = bar_figure(summary)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -7,11 +7,18 @@ views into a loss (``fassl.methods.base.Method``).
 Determinism: the data order and the augmentation of epoch ``e`` depend only on
 (seed, e, rank), so a run resumed from the checkpoint of epoch ``e - 1`` continues
 exactly as the uninterrupted run would have.
+
+Speed: a step never waits for the device. The loss and the logged scalars stay on the
+device and are read (together with the finite-loss check) every ``train.log_every``
+steps and at the end of each epoch, in one transfer; checkpoints are written by wall
+clock (``train.checkpoint_every_s``) and at the end; features of the training set are
+extracted once per optimizer step whoever asks (``Trainer.embed``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +32,9 @@ from fassl import distributed as dist
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data.augment import TwoViewAugment
 from fassl.data.bundle import LongTailData
-from fassl.features import eval_mode, extract_features
+from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method
+from fassl.methods.supervised import labels_for
 from fassl.models.state import load_state_checked
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import (
@@ -34,14 +42,17 @@ from fassl.train.checkpoint import (
     load_optimizer_state,
     optimizer_state,
     prefixed,
+    remove_stale_temporaries,
     save_checkpoint,
     split_prefixed,
 )
+from fassl.train.compile import CompiledForward, wants_compile
 from fassl.train.logger import MetricLogger
 from fassl.train.optim import build_optimizer, lr_at, set_lr
 
 LAST = "checkpoints/last.safetensors"
 EXPORT = "encoder.safetensors"
+EMBED_BATCH = 1024
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -71,6 +82,20 @@ def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tenso
     return perm[:, rank]
 
 
+def read_scalars(values: list[torch.Tensor]) -> list[float]:
+    """Device scalars as floats in one transfer: the only place a step waits for the device."""
+    if not values:
+        return []
+    device = values[0].device
+    return torch.stack([v.detach().float().reshape(()).to(device) for v in values]).tolist()
+
+
+def training_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 tensors go to the device whole (CIFAR-size sets are small); a lazy,
+    tensor-like collection (a streaming decoder) stays on the host, indexed per batch."""
+    return images.to(device) if isinstance(images, torch.Tensor) else images
+
+
 class Trainer:
     """Trains one method on one dataset into ``run_dir``; resumes what is there."""
 
@@ -89,6 +114,10 @@ class Trainer:
         self.run_dir, self.rt, self.stage = Path(run_dir), runtime, stage
         self.device = runtime.device
         self.memory_format = runtime.memory_format
+        # Labels go only to a method that declares ``needs_labels`` (the supervised
+        # reference); it sizes its classifier here, before the optimizer is built.
+        labels = labels_for(method, data)
+        self.labels = None if labels is None else labels.to(self.device)
         method.to(self.device, memory_format=self.memory_format)
         self.model: nn.Module = method
         if dist.world_size() > 1:
@@ -97,8 +126,12 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 method, device_ids=ids, broadcast_buffers=False
             )
+        self.forward = CompiledForward(self.model, wants_compile(cfg.train.compile, self.device))
         self.optimizer = build_optimizer(method, optim_cfg)
-        self.images = data.pretrain.images.to(self.device)  # uint8: small enough to keep
+        self.images = training_images(data.pretrain.images, self.device)
+        self.images_on_device = (
+            isinstance(self.images, torch.Tensor) and self.images.device == self.device
+        )
         self.augment = TwoViewAugment(cfg.augment, data.image_size, data.mean, data.std).to(
             self.device
         )
@@ -110,6 +143,12 @@ class Trainer:
         # every ``train.knn_every`` epochs and the last one; they see ``self.epoch``.
         self.monitors = monitors or []
         self.epoch = 0
+        self.global_step = 0  # optimizer steps taken, counting those before a resume
+        self.lr = optim_cfg.lr
+        self.saved_epoch: int | None = None
+        self.epoch_ends: list[float] = []  # perf_counter after each epoch (benchmarks)
+        self._last_save = time.monotonic()
+        self._embed_memo: tuple[tuple, torch.Tensor] | None = None
         self.logger = MetricLogger(self.run_dir, enabled=dist.is_main())
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -124,6 +163,7 @@ class Trainer:
         }
 
     def save(self, epoch: int) -> None:
+        self._last_save, self.saved_epoch = time.monotonic(), epoch
         if not dist.is_main():
             return
         opt_tensors, groups = optimizer_state(self.optimizer)
@@ -131,8 +171,15 @@ class Trainer:
         tensors = prefixed(self.method.state_dict(), "model") | prefixed(opt_tensors, "optim")
         save_checkpoint(self.run_dir / LAST, tensors, meta)
 
+    def checkpoint_due(self, last: bool) -> bool:
+        """After the last epoch always; otherwise once ``train.checkpoint_every_s``
+        seconds have passed since the previous checkpoint (0: after every epoch)."""
+        every = self.cfg.train.checkpoint_every_s
+        return last or every <= 0 or time.monotonic() - self._last_save >= every
+
     def try_resume(self) -> None:
         path = self.run_dir / LAST
+        remove_stale_temporaries(path.parent)  # of saves killed before their rename
         if not path.is_file():
             return
         tensors, meta = load_checkpoint(path)
@@ -146,12 +193,18 @@ class Trainer:
             self.optimizer, split_prefixed(tensors, "optim"), meta["optimizer_groups"]
         )
         self.start_epoch = int(meta["epoch"]) + 1
+        self.saved_epoch = int(meta["epoch"])
+        self.global_step = self.start_epoch * self.steps_per_epoch
+        self.logger.resume_at(self.global_step)  # drop rows logged after the checkpoint
         if dist.is_main():
             print(f"[{self.stage}] resuming from {path} after epoch {meta['epoch'] + 1}")
 
     # ---- helpers for methods and monitors ----------------------------------------------
     def views(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.images[index.to(self.device)]
+        if self.images_on_device:
+            batch = self.images[index.to(self.device, non_blocking=True)]
+        else:
+            batch = torch.as_tensor(self.images[index.cpu()]).to(self.device, non_blocking=True)
         with torch.no_grad():
             v1, v2 = self.augment(batch)
         return (
@@ -161,87 +214,146 @@ class Trainer:
 
     def embed(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Features of all training images (no augmentation) through ``fn``, in eval mode,
-        on the device."""
-        d = self.data
+        on the device.
+
+        Memoised by (``fn``, optimizer step): a stage-2 bank made at an epoch's start and
+        a monitor at the previous epoch's end see the same weights and share one
+        extraction. The result is shared: callers must not modify it in place.
+        """
+        key = (fn, self.global_step)
+        if self._embed_memo is not None and self._embed_memo[0] == key:
+            return self._embed_memo[1]
+        self._embed_memo = None  # free the previous features before extracting new ones
+        feats = self._extract(fn)
+        self._embed_memo = (key, feats)
+        return feats
+
+    @torch.no_grad()
+    def _extract(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        d, n = self.data, len(self.images)
+        chunks = []
         with eval_mode(self.method):
-            feats = extract_features(
-                fn, self.images, d.mean, d.std, self.rt, 1024, self.memory_format
-            )
-        return feats.to(self.device)
+            for start in range(0, n, EMBED_BATCH):
+                stop = min(n, start + EMBED_BATCH)
+                if isinstance(self.images, torch.Tensor):
+                    rows = self.images[start:stop]
+                else:
+                    rows = torch.as_tensor(self.images[torch.arange(start, stop)])
+                x = prepare_batch(rows, d.mean, d.std, self.device, self.memory_format)
+                chunks.append(backbone_forward(fn, x, self.rt))
+        return torch.cat(chunks)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.rt.autocast()
 
     # ---- the loop ------------------------------------------------------------------------
+    def train_step(
+        self, index: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on the images ``index`` at global step ``step``. Returns the
+        detached loss and the method's logged scalars, still on the device: nothing here
+        waits for the device."""
+        o = self.optim_cfg
+        self.lr = lr_at(step, self.total_steps, self.warmup_steps, o.lr, o.min_lr_ratio)
+        set_lr(self.optimizer, self.lr)
+        v1, v2 = self.views(index)
+        extra = () if self.labels is None else (self.labels[index.to(self.device)],)
+        with self.autocast():
+            loss, logs = self.forward(v1, v2, *extra)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.on_after_backward(step)
+        self.optimizer.step()
+        self.method.on_step_end(step, self.total_steps)
+        self.global_step = step + 1
+        return loss.detach(), logs
+
     def fit(self) -> Method:
         self.try_resume()
-        cfg, method = self.cfg, self.method
-        epochs = self.optim_cfg.epochs
         bar = tqdm(
             total=self.total_steps,
             initial=self.start_epoch * self.steps_per_epoch,
             desc=self.stage,
-            disable=not (cfg.train.progress and dist.is_main()),
+            disable=not (self.cfg.train.progress and dist.is_main()),
             dynamic_ncols=True,
             mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs stay readable
         )
         self.model.train()
-        for epoch in range(self.start_epoch, epochs):
+        self._last_save = time.monotonic()
+        for epoch in range(self.start_epoch, self.optim_cfg.epochs):
             self.epoch = epoch
-            torch.manual_seed(epoch_seed(cfg.seed, epoch) + dist.rank())
-            method.on_epoch_start(EpochContext(epoch, epochs, self.embed))
-            index = batch_indices(len(self.images), self.optim_cfg.batch_size, cfg.seed, epoch)
-            t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=self.device)
-            for i, idx in enumerate(index):
-                step = epoch * self.steps_per_epoch + i
-                lr = lr_at(
-                    step,
-                    self.total_steps,
-                    self.warmup_steps,
-                    self.optim_cfg.lr,
-                    self.optim_cfg.min_lr_ratio,
-                )
-                set_lr(self.optimizer, lr)
-                v1, v2 = self.views(idx)
-                with self.autocast():
-                    loss, logs = self.model(v1, v2)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"[{self.stage}] loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                        f"the last good checkpoint {self.run_dir / LAST} is kept. Lower "
-                        f"optim.lr or try train.precision=fp32, then run again to resume."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                method.on_after_backward(step)
-                self.optimizer.step()
-                method.on_step_end(step, self.total_steps)
-                seen += idx.numel() * dist.world_size()
-                loss_sum += loss.detach()
-                rate = seen / (time.perf_counter() - t0)
-                if step % cfg.train.log_every == 0 or i == len(index) - 1:
-                    row = {k: float(v) for k, v in logs.items()}
-                    self.logger.log(self.stage, step, row | {"lr": lr, "img_per_s": rate})
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.0f}", refresh=False)
-                bar.update(1)
-            summary = {
-                "epoch": epoch + 1,
-                "loss": float(loss_sum) / len(index),
-                "img_per_s": seen / (time.perf_counter() - t0),
-            }
-            every = cfg.train.knn_every
-            last = epoch + 1 == epochs
-            if dist.is_main() and (last or (every and (epoch + 1) % every == 0)):
-                for monitor in self.monitors:
-                    summary |= monitor(self)
-            self.logger.log(
-                self.stage, (epoch + 1) * self.steps_per_epoch - 1, summary, kind="epoch"
-            )
-            self.save(epoch)
-            dist.barrier()
+            summary = self._train_epoch(epoch, bar)
+            self._end_epoch(epoch, summary)
         bar.close()
         self.logger.close()
-        return method
+        return self.method
+
+    def _train_epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
+        cfg = self.cfg
+        torch.manual_seed(epoch_seed(cfg.seed, epoch) + dist.rank())
+        self.method.on_epoch_start(EpochContext(epoch, self.optim_cfg.epochs, self.embed))
+        index = batch_indices(len(self.images), self.optim_cfg.batch_size, cfg.seed, epoch)
+        if self.images_on_device:
+            index = index.to(self.device, non_blocking=True)
+        t0, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=self.device)
+        window: list[tuple[int, torch.Tensor]] = []  # losses not yet checked
+        values: list[float] = []
+        for i, idx in enumerate(index):
+            step = epoch * self.steps_per_epoch + i
+            loss, logs = self.train_step(idx, step)
+            loss_sum += loss
+            window.append((i, loss))
+            seen += idx.numel() * dist.world_size()
+            last = i == len(index) - 1
+            if step % cfg.train.log_every == 0 or last:
+                values = self._flush(window, [*logs.values(), loss_sum], epoch)
+                row = dict(zip(logs, values, strict=False))
+                rate = seen / (time.perf_counter() - t0)
+                self.logger.log(self.stage, step, row | {"lr": self.lr, "img_per_s": rate})
+                bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+        return {
+            "epoch": epoch + 1,
+            "loss": values[-1] / len(index),
+            "img_per_s": seen / (time.perf_counter() - t0),
+        }
+
+    def _flush(
+        self, window: list[tuple[int, torch.Tensor]], values: list[torch.Tensor], epoch: int
+    ) -> list[float]:
+        """Read the unchecked losses and ``values`` in one transfer; raise NonFiniteLoss at
+        the first non-finite loss of the window (so within ``train.log_every`` steps)."""
+        read = read_scalars([loss for _, loss in window] + values)
+        for (i, _), value in zip(window, read, strict=False):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(self._non_finite_message(value, epoch, i))
+        checked = len(window)
+        window.clear()
+        return read[checked:]
+
+    def _non_finite_message(self, value: float, epoch: int, i: int) -> str:
+        path = self.run_dir / LAST
+        if self.saved_epoch is not None:
+            kept = f"the last good checkpoint {path} (after epoch {self.saved_epoch + 1}) is kept"
+        else:
+            kept = "there is no last good checkpoint yet (see train.checkpoint_every_s)"
+        return (
+            f"[{self.stage}] loss is {value} at epoch {epoch + 1}, step {i + 1}; {kept}. "
+            "Lower optim.lr or try train.precision=fp32, then run again to resume."
+        )
+
+    def _end_epoch(self, epoch: int, summary: dict[str, float]) -> None:
+        every = self.cfg.train.knn_every
+        last = epoch + 1 == self.optim_cfg.epochs
+        if dist.is_main() and (last or (every and (epoch + 1) % every == 0)):
+            for monitor in self.monitors:
+                summary |= monitor(self)
+        self.logger.log(self.stage, (epoch + 1) * self.steps_per_epoch - 1, summary, kind="epoch")
+        if self.checkpoint_due(last):
+            self.save(epoch)
+        dist.barrier()
+        self.epoch_ends.append(time.perf_counter())
 
 
 def export_encoder(method: Method, cfg: Config, path: Path, extra: dict | None = None) -> None:

@@ -1,0 +1,105 @@
+"""Inputs of ``fassl bench``: a synthetic CIFAR-10-LT-sized dataset, and the per-image
+pipeline (torchvision transforms in DataLoader workers) it is compared with."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fassl.data.bundle import LongTailData, Split
+from fassl.train.loop import Trainer
+
+CIFAR10_LT_IMAGES = 11_165
+
+
+def synthetic_data(n: int, size: int, classes: int = 10, seed: int = 0) -> LongTailData:
+    """Random uint8 images with CIFAR-10-LT's shape: ``n`` long-tailed (rho 100) images to
+    pre-train on, a balanced kNN bank and a validation set scaled like CIFAR's 10k / 5k."""
+    g = torch.Generator().manual_seed(seed)
+    share = torch.tensor([100.0 ** (-i / (classes - 1)) for i in range(classes)])
+    counts = (share / share.sum() * n).round().clamp(min=1).long()
+    counts[0] += n - int(counts.sum())
+
+    def split(per_class: list[int]) -> Split:
+        total = sum(per_class)
+        images = torch.randint(0, 256, (total, 3, size, size), dtype=torch.uint8, generator=g)
+        labels = torch.repeat_interleave(torch.arange(classes), torch.tensor(per_class))
+        return Split(images, labels)
+
+    scale = n / CIFAR10_LT_IMAGES
+    per = max(1, round(1000 * scale)), max(1, round(500 * scale))
+    thirds = [list(range(0, 3)), list(range(3, 7)), list(range(7, classes))]
+    return LongTailData(
+        name="synthetic",
+        classes=[f"c{i}" for i in range(classes)],
+        pretrain=split(counts.tolist()),
+        pool=split([per[0]] * classes),
+        few_shot=split([1] * classes),
+        val=split([per[1]] * classes),
+        test=split([1] * classes),
+        class_counts=counts.tolist(),
+        groups=dict(zip(("frequent", "medium", "rare"), thirds, strict=True)),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+
+
+def per_image_baseline(trainer: Trainer, steps: int) -> float | None:
+    """Images/s when torchvision transforms make the two views image by image in
+    DataLoader workers and the same model trains on them; None without torchvision."""
+    try:
+        from torchvision import transforms as T
+    except ImportError:
+        print("per-image baseline skipped: torchvision cannot be imported here")
+        return None
+    a, d = trainer.cfg.augment, trainer.data
+    size = d.image_size
+    aug = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(a.crop_scale_min, 1.0)),
+            T.RandomHorizontalFlip(a.flip_p),
+            T.RandomApply(
+                [T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue)], a.jitter_p
+            ),
+            T.RandomGrayscale(a.grayscale_p),
+            T.ConvertImageDtype(torch.float32),
+            T.Normalize(d.mean, d.std),
+        ]
+    )
+    images = d.pretrain.images
+
+    class TwoViews(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return aug(images[i]), aug(images[i])
+
+    batch = trainer.optim_cfg.batch_size
+    workers = min(8, torch.multiprocessing.cpu_count())
+    loader = torch.utils.data.DataLoader(
+        TwoViews(), batch, shuffle=True, num_workers=workers, drop_last=True
+    )
+    fmt, done, t0 = trainer.memory_format, 0, 0.0
+    for v1, v2 in loader:
+        if done == 2:  # two warm-up steps
+            _sync(trainer.device)
+            t0 = time.perf_counter()
+        v1 = v1.to(trainer.device, non_blocking=True).contiguous(memory_format=fmt)
+        v2 = v2.to(trainer.device, non_blocking=True).contiguous(memory_format=fmt)
+        with trainer.autocast():
+            loss, _ = trainer.forward(v1, v2)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        done += 1
+        if done == 2 + steps:
+            break
+    _sync(trainer.device)
+    return (done - 2) * batch / (time.perf_counter() - t0) if done > 2 else None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,129 @@
+"""Decoding one image file to a uint8 (3, size, size) array, and the report lines about it.
+
+Any mode PIL reads becomes 8-bit RGB (16-bit and float images scaled, not clipped); any
+size becomes ``size`` x ``size`` (shorter side resized bicubically, then centre-cropped).
+A file that cannot be decoded is returned with the reason, never raised, so one bad file
+does not stop a folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _conversion(img: Image.Image) -> str | None:
+    """Which conversion to RGB an image needs, as a name for the report (None: RGB)."""
+    mode = img.mode
+    if mode == "RGB":
+        return None
+    if mode in ("L", "1", "LA"):
+        return "grayscale"
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return "RGBA"
+    if mode in ("P", "PA"):
+        return "palette"
+    if mode.startswith("I") or mode == "F" or mode.startswith("RGB;16"):
+        return "16-bit"
+    if mode == "CMYK":
+        return "CMYK"
+    return mode
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit / float images to 8 bits by scaling, not clipping like convert()."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        arr = arr / max(float(arr.max()), 1.0)  # float images: [0, 1], or [0, max]
+    else:
+        arr = arr.astype(np.float64) / (65535.0 if arr.max() > 255 else 255.0)
+    arr8 = np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)
+    if arr8.ndim == 2:
+        arr8 = np.repeat(arr8[:, :, None], 3, axis=2)
+    return Image.fromarray(arr8[:, :, :3], "RGB")
+
+
+def _to_rgb(img: Image.Image, kind: str | None) -> Image.Image:
+    if kind is None:
+        return img
+    if kind == "16-bit":
+        return _high_depth_to_rgb(img)
+    if kind == "palette" and (img.mode == "PA" or "transparency" in img.info):
+        img = img.convert("RGBA")  # a transparent palette entry must not become a colour
+    return img.convert("RGB")
+
+
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (bicubic, antialiased) and centre-crop a square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+@dataclass
+class _Decoded:
+    """Outcome of decoding one file: the pixels, or why it was skipped."""
+
+    pixels: np.ndarray | None
+    conversion: str | None = None
+    resized: bool = False
+    error: str = ""
+
+
+def _decode(path: Path, size: int) -> _Decoded:
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":  # let libjpeg decode big photos at 1/2..1/8 scale
+                img.draft(None, (size, size))  # never below size on either side
+            img.load()  # truncated or corrupt data fails here, not later
+            kind = _conversion(img)
+            rgb = _to_rgb(img, kind)
+            resized = rgb.size != (size, size)
+            if resized:
+                rgb = _fit(rgb, size)
+            pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return _Decoded(None, error=f"{type(err).__name__}: {err}")
+    return _Decoded(pixels, kind, resized)
+
+
+def _decode_chunk(paths: Sequence[Path], size: int) -> list[_Decoded]:
+    return [_decode(p, size) for p in paths]
+
+
+def _decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[_Decoded]:
+    """Decode in chunks on a thread pool (PIL releases the GIL while decoding large images)."""
+    if not paths:
+        return []
+    workers = workers or min(4, os.cpu_count() or 1)
+    chunk = 256
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    if workers == 1 or len(chunks) == 1:
+        return [d for c in chunks for d in _decode_chunk(c, size)]
+    with ThreadPoolExecutor(workers) as pool:
+        return [d for part in pool.map(_decode_chunk, chunks, [size] * len(chunks)) for d in part]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _conversion_lines(decoded: Iterable[_Decoded], size: int) -> list[str]:
+    kinds = Counter(d.conversion for d in decoded if d.pixels is not None and d.conversion)
+    resized = sum(1 for d in decoded if d.pixels is not None and d.resized)
+    lines = [f"converted {_plural(n, f'{k} image')} to RGB" for k, n in sorted(kinds.items())]
+    if resized:
+        lines.append(
+            f"resized {_plural(resized, 'image')} to {size}x{size} (shorter side, then centre crop)"
+        )
+    return lines

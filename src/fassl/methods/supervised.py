@@ -1,0 +1,96 @@
+"""The supervised reference: a linear classifier on the backbone, trained on the labels.
+
+The paper's Tables 1-2 list a "Supervised" row next to the self-supervised methods: the
+same backbone trained with labels on the same long-tailed pre-training set, then probed
+like every other method. It is the one method that reads labels during pre-training,
+so it is a reference, never a candidate.
+
+The training loop hands labels only to a method whose class sets ``needs_labels``
+(``labels_for`` below): it sizes the classifier for the dataset's classes before the
+optimizer is built, and ``forward`` gets the batch's labels as a third argument.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fassl.config import Config, ConfigError
+from fassl.data.bundle import LongTailData
+from fassl.methods.base import Method, State
+from fassl.models import Encoder
+
+
+class Supervised(Method):
+    """Cross-entropy of a linear classifier on the backbone features of both views.
+
+    Both views, averaged: each image is seen under the same two augmentations the
+    self-supervised methods see, so at equal epochs the backbone gets the same number of
+    images through it (equal compute) and the same augmentation. One cross-entropy over
+    the concatenated views is exactly the mean of the two per-view cross-entropies (the
+    views have the same size). The projection head is not used: it is frozen (so no
+    optimizer or DistributedDataParallel tracks it) and exported as initialised.
+    """
+
+    name = "supervised"
+    needs_labels = True
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__(encoder)
+        encoder.projector.requires_grad_(False)
+        self.classifier: nn.Linear | None = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, encoder: Encoder, init: State | None, source: str
+    ) -> Supervised:
+        return cls(encoder)
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Create the classifier for ``num_classes`` classes (on the backbone's device)."""
+        if self.classifier is not None:
+            if self.classifier.out_features != num_classes:
+                raise ValueError(
+                    f"the classifier has {self.classifier.out_features} classes, "
+                    f"the data {num_classes}"
+                )
+            return
+        out_dim = int(self.encoder.backbone.out_dim)
+        device = next(self.encoder.backbone.parameters()).device
+        self.classifier = nn.Linear(out_dim, num_classes).to(device)
+
+    def forward(  # type: ignore[override]
+        self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if labels is None or self.classifier is None:
+            raise ValueError(
+                "the supervised method needs the batch's labels and a classifier sized by "
+                "labels_for(method, data) (the training loop does both)"
+            )
+        targets = torch.cat([labels, labels])
+        logits = self.classifier(self.encoder.backbone(torch.cat([view1, view2]))).float()
+        loss = F.cross_entropy(logits, targets)
+        accuracy = (logits.detach().argmax(1) == targets).float().mean()
+        return loss, {"loss": loss.detach(), "train_acc": accuracy}
+
+
+def labels_for(method: nn.Module, data: LongTailData) -> torch.Tensor | None:
+    """The pre-training labels for a method that sets ``needs_labels`` (after sizing its
+    classifier); None for every other method, which sees the two views only.
+
+    Raises ConfigError when the pre-training set has no labels: a supervised reference
+    cannot be trained on an unlabeled collection.
+    """
+    if not getattr(method, "needs_labels", False):
+        return None
+    labels = data.pretrain.labels
+    if not data.labeled or len(labels) == 0 or bool((labels < 0).any()):
+        raise ConfigError(
+            f"method {getattr(method, 'name', '?')!r} trains on the labels of the "
+            f"pre-training set, but {data.name!r} has none (data.labeled=false or unknown "
+            "labels): use a labeled dataset or a self-supervised method"
+        )
+    if isinstance(method, Supervised):
+        method.set_num_classes(data.num_classes)
+    return labels

@@ -1,0 +1,241 @@
+"""The settings a stage was trained with, recorded in its folder and checked on a rerun.
+
+A rerun into an existing run folder resumes or reuses what is there. That is only right
+when the config still describes what was trained, so every stage folder holds
+``settings.json``: the flattened config keys that change what the stage learns. A rerun
+whose keys differ is a ``RunConflict`` naming them, unless the stage is restarted
+(``--restart``), which removes its training outputs and those of the stages after it.
+
+Keys that change only where or how fast a stage runs, or what happens after training
+(``NEUTRAL``), are not recorded. A pipeline stage records its own keys and those of the
+stages it starts from; a folder from before this record existed is used as found.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fassl.config import Config, ConfigError, OptimConfig, to_dict, to_yaml
+from fassl.errors import RunConflict
+
+SETTINGS = "settings.json"
+# pipeline stage -> the method it trains, in the pipeline's order
+STAGE_METHODS = {
+    "teacher": "sdclr",
+    "prototypes": "fassl_prototypes",
+    "rebalance": "fassl_rebalance",
+}
+PIPELINE_STAGES = tuple(STAGE_METHODS)
+RUN = "run"  # the single stage of ``fassl pretrain``, for --restart
+# keys (or key prefixes ending in ".") that never change what a stage learns
+NEUTRAL = (
+    "out_dir",
+    "probe.",
+    "compare.",
+    "train.progress",
+    "train.log_every",
+    "train.checkpoint_every_s",
+    "train.device",
+    "train.compile",
+    "train.memory_format",
+    "data.cache_dir",
+    "data.workers",
+    "data.max_memory_gb",
+    "data.download",
+)
+# config sections of each method's own settings
+METHOD_SECTIONS = {
+    "simclr": ("simclr",),
+    "sdclr": ("sdclr",),
+    "byol": ("byol",),
+    "swav": ("swav",),
+    "fassl_prototypes": ("prototypes",),
+    "fassl_rebalance": ("prototypes", "rebalance"),
+}
+_ALL_SECTIONS = {s for sections in METHOD_SECTIONS.values() for s in sections}
+# training outputs of a stage folder, removed by a restart (reports are rewritten anyway)
+OUTPUTS = ("encoder.safetensors", "checkpoints", "metrics.jsonl", "tb", SETTINGS)
+LAST = "checkpoints/last.safetensors"
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def optim_key(cfg: Config, optim_cfg: OptimConfig) -> str:
+    """Which config section ``optim_cfg`` is: ``optim`` or ``pipeline.<stage>``."""
+    for stage in PIPELINE_STAGES:
+        if getattr(cfg.pipeline, stage) is optim_cfg:
+            return f"pipeline.{stage}"
+    return "optim"
+
+
+def _chain(cfg: Config, stage: str) -> tuple[list[str], list[str]]:
+    """(the pipeline stages whose keys shape ``stage``, the given checkpoint keys)."""
+    chain = list(PIPELINE_STAGES[: PIPELINE_STAGES.index(stage) + 1])
+    if cfg.pipeline.prototypes_checkpoint and stage == "rebalance":
+        return ["rebalance"], ["pipeline.prototypes_checkpoint"]
+    if cfg.pipeline.teacher_checkpoint and stage != "teacher":
+        return chain[1:], ["pipeline.teacher_checkpoint"]
+    return chain, []
+
+
+def _relevant(key: str, sections: set[str], pipeline: tuple[str, ...]) -> bool:
+    if any(key == n or (n.endswith(".") and key.startswith(n)) for n in NEUTRAL):
+        return False
+    head = key.partition(".")[0]
+    if head in _ALL_SECTIONS:
+        return head in sections
+    if head in ("pipeline", "optim", "method") or key == "train.init_from":
+        return any(key == p or key.startswith(p + ".") for p in pipeline)
+    return True
+
+
+def settings_for(cfg: Config, method: str, optim_cfg: OptimConfig) -> dict[str, Any]:
+    """The flattened keys that change what training ``method`` with ``optim_cfg`` learns."""
+    section = optim_key(cfg, optim_cfg)
+    tree = to_dict(cfg)
+    if section == "optim":  # a single-method run (possibly with a copied optimizer)
+        tree |= {"optim": to_dict(optim_cfg), "method": method}
+        sections, keys = set(METHOD_SECTIONS.get(method, ())), ("optim", "method")
+        keys += ("train.init_from",)
+    else:
+        chain, given = _chain(cfg, section.partition(".")[2])
+        sections = {s for st in chain for s in METHOD_SECTIONS[STAGE_METHODS[st]]}
+        keys = (*(f"pipeline.{st}" for st in chain), *given)
+    flat = _flat(tree)
+    return json.loads(json.dumps({k: v for k, v in flat.items() if _relevant(k, sections, keys)}))
+
+
+def _recorded(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunConflict(f"{path} is unreadable ({err}); delete it to use the folder") from err
+    return data if isinstance(data, dict) else None
+
+
+def _has_outputs(run_dir: Path) -> bool:
+    return (run_dir / OUTPUTS[0]).is_file() or (run_dir / LAST).is_file()
+
+
+def _restart_hint(run_dir: Path, section: str) -> str:
+    stage = RUN if section == "optim" else section.partition(".")[2]
+    flag = "--restart" if stage == RUN else f"--restart {stage}"
+    return (
+        f"use another out_dir, put the settings back, or pass {flag} to train "
+        f"{run_dir} again{'' if stage == RUN else ' (and the stages after it)'}"
+    )
+
+
+def _check_last(run_dir: Path, method: str) -> None:
+    """The checkpoint in a folder without a settings record belongs to this stage."""
+    from fassl.train.checkpoint import read_meta
+
+    last = run_dir / LAST
+    if not last.is_file() or (run_dir / OUTPUTS[0]).is_file():
+        return  # nothing to resume, or finished: the checkpoint is not used
+    meta = read_meta(last)
+    if meta.get("method") != method or meta.get("stage") != run_dir.name:
+        raise RunConflict(
+            f"{last} belongs to stage {meta.get('stage')!r} (method {meta.get('method')!r}), "
+            f"not to {run_dir.name!r} ({method}): use another out_dir"
+        )
+
+
+def check_stage(cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path) -> dict:
+    """The stage's settings; RunConflict when ``run_dir`` was trained with others."""
+    settings = settings_for(cfg, method, optim_cfg)
+    recorded = _recorded(run_dir)
+    if not _has_outputs(run_dir):
+        return settings
+    if recorded is None:
+        _check_last(run_dir, method)
+        return settings
+    changed = [k for k in settings if k in recorded and recorded[k] != settings[k]]
+    if changed:
+        shown = ", ".join(f"{k} {recorded[k]!r} -> {settings[k]!r}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise RunConflict(
+            f"{run_dir} was trained with other settings: {shown}{more}\n"
+            + _restart_hint(run_dir, optim_key(cfg, optim_cfg))
+        )
+    return settings
+
+
+def record_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Write ``settings.json``, except into a folder trained before the record existed."""
+    if (run_dir / LAST).is_file() and not (run_dir / SETTINGS).is_file():
+        return
+    text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
+    (run_dir / SETTINGS).write_text(text, encoding="utf-8")
+
+
+def clear_stage(run_dir: Path) -> None:
+    """Remove a stage's training outputs so that it trains from scratch."""
+    removed = []
+    for name in OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        print(f"[{run_dir.name}] restart: removed {', '.join(removed)} in {run_dir}")
+
+
+def pipeline_stages(cfg: Config) -> list[str]:
+    """The stages ``run_pipeline`` trains (a given checkpoint skips those before it)."""
+    if cfg.pipeline.prototypes_checkpoint:
+        return ["rebalance"]
+    if cfg.pipeline.teacher_checkpoint:
+        return ["prototypes", "rebalance"]
+    return list(PIPELINE_STAGES)
+
+
+def prepare_pipeline(cfg: Config, restart: str = "") -> list[Path]:
+    """Before any work: check every stage the pipeline trains except ``restart`` and the
+    stages after it, which are returned (``start_run`` clears them once the data loaded)."""
+    out, stages = Path(cfg.out_dir), pipeline_stages(cfg)
+    if restart and restart not in stages:
+        raise ConfigError(
+            f"--restart {restart}: this pipeline trains only {stages} (a pipeline.*_checkpoint "
+            "is given for the stages before)"
+        )
+    first = stages.index(restart) if restart else len(stages)
+    for stage in stages[:first]:
+        check_stage(cfg, STAGE_METHODS[stage], getattr(cfg.pipeline, stage), out / stage)
+    return [out / stage for stage in stages[first:]]
+
+
+def prepare_run(cfg: Config, restart: bool = False) -> list[Path]:
+    """``prepare_pipeline`` for a single-method run in ``out_dir``."""
+    out = Path(cfg.out_dir)
+    if restart:
+        return [out]
+    check_stage(cfg, cfg.method, cfg.optim, out)
+    return []
+
+
+def start_run(cfg: Config, restarted: list[Path]) -> None:
+    """Once everything is checked: clear the restarted stages, write ``config.yaml``."""
+    for run_dir in restarted:
+        clear_stage(run_dir)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")

@@ -1,0 +1,273 @@
+"""``fassl compare`` over a grid of config values (the paper's Tables 3-5).
+
+``compare.grid`` maps dotted config keys to lists of values. Every combination (a grid
+point) is a comparison of ``compare.methods`` over ``compare.seeds`` in
+``out_dir/grid/<key=value[,key=value]>/<method>/seed<k>/``, each config built by the
+normal loader from ``out_dir/config.yaml`` plus the point's ``key=value`` overrides (so
+an unknown key or a mistyped value fails before anything trains).
+
+What a grid key cannot change is trained once per seed and shared by the points:
+
+- FASSL's SDCLR teacher when no key reaches what the teacher reads (``TEACHER_READS``):
+  a K (``prototypes.*``) or tau (``rebalance.*``) sweep trains one teacher per seed, in
+  ``out_dir/shared/fassl/<group>/seed<k>/teacher/``, given to every point as
+  ``pipeline.teacher_checkpoint``;
+- also FASSL's stage 1 when no key reaches ``PROTOTYPES_READS`` (a tau sweep), given as
+  ``pipeline.prototypes_checkpoint``;
+- a baseline whose settings no key reaches, in ``out_dir/shared/<method>/<group>/``.
+
+``<group>`` names the values of the keys that do reach the shared part (``all`` when
+none does), so a two-key grid shares within each value of the other key. A
+``data.*`` sweep reaches everything: nothing is shared. ``grid/grid.json`` records the
+points and where each method's runs live; ``fassl tables`` rebuilds the sweep tables
+(``sweep.md`` / ``.csv`` / ``.png``) from whatever runs have finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fassl import report
+from fassl.compare import run_config
+from fassl.config import FASSL_ARMS, Config, ConfigError, load_config, to_yaml
+from fassl.data.build import build_data
+from fassl.data.bundle import LongTailData
+from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.report import sweep as sweep_report
+from fassl.runtime import Runtime, runtime_for
+from fassl.stages import run_pipeline_stage
+
+GRID_FILE = "grid/grid.json"
+# Config sections (dotted prefixes) each shareable part reads; a grid key under none of
+# them leaves that part unchanged. Whole sections: sharing errs on the side of retraining.
+TEACHER_READS = (
+    "seed",
+    "data",
+    "augment",
+    "model",
+    "train",
+    "sdclr",
+    "pipeline.teacher",
+    "pipeline.teacher_checkpoint",
+)
+PROTOTYPES_READS = (
+    *TEACHER_READS,
+    "prototypes",
+    "pipeline.prototypes",
+    "pipeline.prototypes_checkpoint",
+)
+# A baseline's epochs follow the pipeline's (compare.baseline_epochs=0), hence "pipeline".
+BASELINE_READS = ("seed", "data", "augment", "model", "train", "optim", "probe", "pipeline")
+# The config section of a method whose name is not its section's name.
+METHOD_SECTIONS = {"fassl_prototypes": "prototypes", "fassl_rebalance": "rebalance"}
+# Keys a grid may not sweep: the comparison's own settings, and the runtime (one process
+# runs every point).
+NOT_SWEPT = ("compare", "seed", "out_dir", "method", "train")
+
+
+@dataclass
+class GridPoint:
+    """One combination of the grid's values and where its runs and shared parts live."""
+
+    values: dict[str, Any]
+    cfg: Config  # the point's config; out_dir is out/grid/<label>
+    teacher_group: str | None  # out/shared/fassl/<group>/ when the teacher is shared
+    prototypes_group: str | None  # ... when stage 1 is shared too
+    run_dirs: dict[str, str]  # method -> folder (relative to out) holding seed<k>/
+
+    @property
+    def label(self) -> str:
+        return point_label(self.values)
+
+
+def format_value(value: Any) -> str:
+    """A value as a folder name and a table cell: ``64``, ``0.99``, ``true``."""
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text.replace("/", "_").replace("\\", "_").replace(" ", "")
+
+
+def point_label(values: dict[str, Any]) -> str:
+    return ",".join(f"{k}={format_value(v)}" for k, v in values.items())
+
+
+def reaches(key: str, reads: tuple[str, ...]) -> bool:
+    """Whether the dotted ``key`` lies in (or contains) one of the sections ``reads``."""
+    return any(key == r or key.startswith(r + ".") or r.startswith(key + ".") for r in reads)
+
+
+def share_group(values: dict[str, Any], reads: tuple[str, ...]) -> str | None:
+    """The shared folder's name for a part reading ``reads``: the values of the keys that
+    reach it (``all`` when none does); None when every key reaches it (nothing to share)."""
+    reaching = {k: v for k, v in values.items() if reaches(k, reads)}
+    if len(reaching) == len(values):
+        return None
+    return point_label(reaching) or "all"
+
+
+def check_grid(grid: dict[str, list[Any]]) -> None:
+    for key, values in grid.items():
+        if any(reaches(key, (k,)) for k in NOT_SWEPT):
+            raise ConfigError(
+                f"config key 'compare.grid': {key!r} cannot be swept (not: {list(NOT_SWEPT)}); "
+                "seeds are compare.seeds, methods compare.methods"
+            )
+        if not values:
+            raise ConfigError(f"config key 'compare.grid.{key}': give at least one value")
+
+
+def point_config(base: Path, values: dict[str, Any], out: Path) -> Config:
+    """The config of one grid point: ``base`` (a config.yaml) with ``key=value`` overrides,
+    through the normal loader; errors name the grid key."""
+    overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+    try:
+        cfg = load_config(base, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"config key 'compare.grid' at {point_label(values)}: {err}") from err
+    cfg.compare.grid = {}
+    cfg.out_dir = str(out / "grid" / point_label(values))
+    return cfg
+
+
+def run_dirs(cfg: Config, values: dict[str, Any], label: str) -> dict[str, str]:
+    """Where each method's ``seed<k>/`` folders live, relative to the sweep's out_dir."""
+    dirs = {}
+    for name in cfg.compare.methods:
+        reads = (*BASELINE_READS, METHOD_SECTIONS.get(name, name))
+        group = None if name in FASSL_ARMS else share_group(values, reads)
+        dirs[name] = f"shared/{name}/{group}" if group else f"grid/{label}/{name}"
+    return dirs
+
+
+def plan(cfg: Config, out: Path) -> list[GridPoint]:
+    """Every grid point, validated, with its shared parts (nothing is trained here)."""
+    check_grid(cfg.compare.grid)
+    keys = list(cfg.compare.grid)
+    points = []
+    given = cfg.pipeline
+    for combo in itertools.product(*(cfg.compare.grid[k] for k in keys)):
+        values = dict(zip(keys, combo, strict=True))
+        label = point_label(values)
+        c = point_config(out / "config.yaml", values, out)
+        teacher = None if given.teacher_checkpoint else share_group(values, TEACHER_READS)
+        protos = None if given.prototypes_checkpoint else share_group(values, PROTOTYPES_READS)
+        points.append(GridPoint(values, c, teacher, protos, run_dirs(cfg, values, label)))
+    return points
+
+
+def write_plan(points: list[GridPoint], out: Path) -> None:
+    payload = {
+        "keys": list(points[0].values),
+        "points": [{"label": p.label, "values": p.values, "runs": p.run_dirs} for p in points],
+    }
+    (out / GRID_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (out / GRID_FILE).write_text(json.dumps(payload, indent=2))
+
+
+@dataclass
+class SweepContext:
+    """What every run of a sweep needs besides its point and seed."""
+
+    out: Path
+    data: LongTailData
+    rt: Runtime
+
+
+def shared_stage(point: GridPoint, stage: str, seed: int, ctx: SweepContext) -> Path:
+    """The export of the shared ``stage`` (teacher / prototypes) at ``seed``, trained the
+    first time it is asked for (``run_pipeline_stage`` skips a finished one)."""
+    group = point.teacher_group if stage == "teacher" else point.prototypes_group
+    assert group is not None
+    c = copy.deepcopy(point.cfg)
+    c.seed = seed
+    c.out_dir = str(ctx.out / "shared" / "fassl" / group / f"seed{seed}")
+    init = None
+    if stage == "prototypes":
+        given = c.pipeline.teacher_checkpoint
+        init = Path(given) if given else shared_stage(point, "teacher", seed, ctx)
+    return run_pipeline_stage(c, ctx.data, ctx.rt, stage, init)
+
+
+def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
+    """One method at one seed of one grid point (reused when its results exist)."""
+    cfg = copy.deepcopy(point.cfg)
+    if name in FASSL_ARMS and point.prototypes_group:
+        cfg.pipeline.prototypes_checkpoint = str(shared_stage(point, "prototypes", seed, ctx))
+    elif name in FASSL_ARMS and point.teacher_group:
+        cfg.pipeline.teacher_checkpoint = str(shared_stage(point, "teacher", seed, ctx))
+    c = run_config(cfg, name, seed, Path(point.cfg.out_dir))
+    c.out_dir = str(ctx.out / point.run_dirs[name] / f"seed{seed}")
+    done = Path(c.out_dir) / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if name in FASSL_ARMS:
+        return run_pipeline(c, data=ctx.data, rt=ctx.rt)
+    return run_pretrain(c, data=ctx.data, rt=ctx.rt)
+
+
+def run_sweep(cfg: Config) -> dict:
+    """Every grid point's comparison, then the sweep tables and plot."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    points = plan(cfg, out)
+    write_plan(points, out)
+    rt = runtime_for(cfg.train)
+    datasets: dict[str, LongTailData] = {}
+    # fassl first, so that its ablation arms can reuse its stages.
+    order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")
+    for point in points:
+        key = to_yaml(point.cfg.data)
+        if key not in datasets:
+            datasets[key] = build_data(point.cfg.data, cfg.seed)
+        ctx = SweepContext(out, datasets[key], rt)
+        for seed in cfg.compare.seeds:
+            for name in order:
+                run_arm(point, name, seed, ctx)
+    return write_sweep(out)
+
+
+def collect_point(out: Path, point: dict) -> tuple[list[dict], list[dict]]:
+    """A point's finished runs ({"method", "seed", "results"}) and the stage-1 analyses
+    of its FASSL arm (``fassl`` when it ran, else the first FASSL arm found)."""
+    runs = []
+    for name, folder in point["runs"].items():
+        for path in sorted((out / folder).glob("seed*/results.json")):
+            seed = int(path.parent.name.removeprefix("seed"))
+            runs.append({"method": name, "seed": seed, "results": json.loads(path.read_text())})
+    arms = [a for a in point["runs"] if a in FASSL_ARMS]
+    analyses: list[dict] = []
+    for arm in sorted(arms, key=lambda a: a != "fassl"):
+        files = sorted((out / point["runs"][arm]).glob("seed*/analysis_prototypes.json"))
+        analyses = [json.loads(p.read_text()) for p in files]
+        if analyses:
+            break
+    return runs, analyses
+
+
+def write_sweep(out: Path) -> dict:
+    """sweep.md / sweep.csv / sweep_prototypes.csv / sweep.png from ``grid/grid.json``
+    and the runs finished so far; returns the per-point summaries."""
+    path = Path(out) / GRID_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep in {out}: {path} is missing")
+    grid = json.loads(path.read_text())
+    collected = [collect_point(Path(out), p) for p in grid["points"]]
+    sweep = sweep_report.Sweep(
+        keys=grid["keys"],
+        values=[p["values"] for p in grid["points"]],
+        summaries=[report.summarize(runs) for runs, _ in collected],
+        prototypes=[sweep_report.prototype_shares(analyses) for _, analyses in collected],
+        shared=sorted(
+            {m for p in grid["points"] for m, d in p["runs"].items() if d.startswith("shared/")}
+        ),
+    )
+    (out / "sweep.md").write_text(f"# Sweep in {out}\n\n" + sweep_report.sweep_markdown(sweep))
+    sweep_report.write_sweep_csv(sweep, out / "sweep.csv", out / "sweep_prototypes.csv")
+    sweep_report.sweep_plot(sweep, out / "sweep.png")
+    print((out / "sweep.md").read_text())
+    return {"keys": sweep.keys, "values": sweep.values, "summaries": sweep.summaries}

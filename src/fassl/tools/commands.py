@@ -1,0 +1,148 @@
+"""The ``fassl embed / rare / export / tsne`` sub-commands: argument parsing only.
+
+Each command takes a checkpoint (any encoder file the project writes), reads its run's
+configuration unless ``--config`` names one, applies ``key=value`` overrides, and
+writes into ``--out`` (default: a folder next to the checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fassl.config import Config
+from fassl.tools import ToolError
+
+Command = Callable[[argparse.Namespace], None]
+
+
+def _config(args: argparse.Namespace, checkpoint: Path) -> Config:
+    from fassl.cli import resolve_recipe
+    from fassl.tools.common import tool_config
+
+    recipe = resolve_recipe(args.config) if args.config else None
+    cfg, where = tool_config(checkpoint, recipe, args.overrides)
+    print(f"configuration: {where}")
+    return cfg
+
+
+def _tool_errors(fn: Command) -> Command:
+    """A ToolError ends the command with its message and exit status 2, like other errors."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> None:
+        try:
+            fn(args)
+        except ToolError as err:
+            print(f"fassl: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from err
+
+    return run
+
+
+def _listing(out: Path, names: list[str]) -> str:
+    return f"wrote into {out}: " + ", ".join(names)
+
+
+@_tool_errors
+def cmd_embed(args: argparse.Namespace) -> None:
+    from fassl.runtime import runtime_for
+    from fassl.tools.collection import load_collection
+    from fassl.tools.common import default_out
+    from fassl.tools.embed import EmbedOptions, run_embed
+
+    ckpt = Path(args.checkpoint)
+    cfg = _config(args, ckpt)
+    opts = EmbedOptions(args.feature, args.dtype, args.batch_size, cfg.train.progress)
+    coll = load_collection(args.data, cfg.data, cfg.seed)
+    out = Path(args.out) if args.out else default_out(ckpt, "embed", coll.name)
+    feats = run_embed(ckpt, coll, runtime_for(cfg.train), opts, out)
+    print(f"{feats.shape[0]:,} images x {feats.shape[1]} dimensions ({args.feature})")
+    print(_listing(out, ["embeddings.npy", "index.csv", "embeddings.json"]))
+
+
+@_tool_errors
+def cmd_rare(args: argparse.Namespace) -> None:
+    from fassl.runtime import runtime_for
+    from fassl.tools.collection import load_collection
+    from fassl.tools.common import default_out
+    from fassl.tools.rare import RareOptions, run_rare
+
+    ckpt = Path(args.checkpoint)
+    cfg = _config(args, ckpt)
+    weights = [w.strip() for w in args.weights.split(",") if w.strip()] if args.weights else []
+    opts = RareOptions(weights, args.sheet, args.batch_size, cfg.train.progress, cfg.seed)
+    coll = load_collection(args.data, cfg.data, cfg.seed)
+    out = Path(args.out) if args.out else default_out(ckpt, "rare", coll.name)
+    written = run_rare(ckpt, coll, cfg, runtime_for(cfg.train), opts, out)
+    print(_listing(out, written))
+
+
+@_tool_errors
+def cmd_export(args: argparse.Namespace) -> None:
+    from fassl.tools.export import export_backbone
+
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.parent / "export"
+    paths = export_backbone(ckpt, out)
+    print(_listing(out, [p.name for p in paths]))
+
+
+@_tool_errors
+def cmd_tsne(args: argparse.Namespace) -> None:
+    from fassl.data.build import build_data
+    from fassl.runtime import runtime_for
+    from fassl.tools.tsne import TsneOptions, run_tsne
+
+    # key=value overrides may follow the checkpoints: nargs="+" takes them too
+    ckpts = [Path(a) for a in args.checkpoints if "=" not in a or Path(a).is_file()]
+    args.overrides = [*(a for a in args.checkpoints if Path(a) not in ckpts), *args.overrides]
+    cfg = _config(args, ckpts[0])
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
+    opts = TsneOptions(classes, args.split, args.per_class, args.feature, cfg.seed)
+    opts.progress, opts.batch_size = cfg.train.progress, args.batch_size
+    out = Path(args.out) if args.out else ckpts[0].parent / "tsne.png"
+    data = build_data(cfg.data, cfg.seed)
+    print(f"wrote {run_tsne(ckpts, data, runtime_for(cfg.train), opts, out)}")
+
+
+def _common(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--config", default=None, help="YAML recipe (default: the run's config)")
+    p.add_argument("--out", default=None, help=out_help)
+    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+
+
+def add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """Register embed, rare, export and tsne on the ``fassl`` parser."""
+    data_help = "an image folder, an archive of one, or a built-in dataset (digits, cifar10...)"
+    p = sub.add_parser("embed", help="an embedding of every image: embeddings.npy, index.csv")
+    p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
+    p.add_argument("data", help=data_help)
+    p.add_argument("--feature", choices=("backbone", "projection"), default="backbone")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    _common(p, "output folder (default: <checkpoint folder>/embed-<data>)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("rare", help="rank every image by rarity: rarity.csv and figures")
+    p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
+    p.add_argument("data", help=data_help)
+    p.add_argument("--weights", default="", help="weights to rank by, e.g. knn,cluster_size")
+    p.add_argument("--sheet", type=int, default=32, help="images on each side of the sheet")
+    _common(p, "output folder (default: <checkpoint folder>/rare-<data>)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=cmd_rare)
+    p = sub.add_parser("export", help="the backbone for plain PyTorch: safetensors, TorchScript")
+    p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/export)")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("tsne", help="t-SNE of chosen classes under one or two checkpoints")
+    p.add_argument("checkpoints", nargs="+", help="one or two encoder files")
+    p.add_argument("--classes", default="", help="class names, e.g. cat,dog,truck")
+    p.add_argument("--split", default="test", help="test | pretrain | pool | val")
+    p.add_argument("--per-class", type=int, default=200, help="images drawn per class")
+    p.add_argument("--feature", choices=("backbone", "projection"), default="backbone")
+    _common(p, "output PNG (default: <first checkpoint folder>/tsne.png)")
+    p.set_defaults(func=cmd_tsne, overrides=[])

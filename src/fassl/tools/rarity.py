@@ -1,0 +1,213 @@
+"""``fassl rare``: every image's rarity by the re-balancing weight phi, rarest first.
+
+The score of an image is its log phi (``fassl.reweight``, larger = rarer) among all the
+images of the collection, with the weight the run was trained with (rebalance.weight) or
+others. The prototype variants need the checkpoint's prototypes; ``knn`` (inverse local
+density) needs only features. Labels, where the collection has them, only measure how
+much each class group is enriched among the rarest images; the scores never see them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fassl.analysis.weights import weight_enrichment
+from fassl.config import RebalanceConfig
+from fassl.data.bundle import GROUPS
+from fassl.prototypes import cosine_scores, occupancy
+from fassl.reweight import REWEIGHTERS, KnnWeight, Reweighter, build_reweighter
+from fassl.tools import ToolError
+
+TOP_FRACTIONS = (0.01, 0.05)
+FEATURE_FREE = ("knn",)  # the weights that need no prototypes
+BLOCK_ELEMENTS = 1 << 26  # similarities held at once when scoring (256 MB of float32)
+
+
+class RarityError(ToolError):
+    """A weight that cannot rank this collection with this checkpoint."""
+
+
+@dataclass
+class Ranking:
+    """Scores of every image under each weight (first = the ranking's), and the label-free
+    context: local density and, with prototypes, the nearest prototype of each image."""
+
+    scores: dict[str, torch.Tensor]  # weight -> (N,) log phi
+    density: torch.Tensor  # (N,) mean cosine to the k nearest other images
+    k: int
+    nearest: torch.Tensor | None = None  # (N,) nearest prototype
+    cosine: torch.Tensor | None = None  # (N,) cosine to it
+    occupancy: torch.Tensor | None = None  # (K,) images per prototype
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.scores))
+
+    def order(self, weight: str = "") -> torch.Tensor:
+        return rank_order(self.scores[weight or self.primary])
+
+
+def rank_order(scores: torch.Tensor) -> torch.Tensor:
+    """Image indices from rarest (largest score) to most common; ties keep index order."""
+    return torch.sort(scores.float(), descending=True, stable=True).indices
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """(N,) rank of each image, 1 = rarest."""
+    rank = torch.empty(len(scores), dtype=torch.long)
+    rank[rank_order(scores)] = torch.arange(1, len(scores) + 1)
+    return rank
+
+
+def check_weights(weights: list[str], prototypes: torch.Tensor | None, source: str) -> None:
+    """Refuse weights that cannot rank: unknown, phi = 1, or needing absent prototypes."""
+    for name in weights:
+        if name not in REWEIGHTERS:
+            raise RarityError(f"unknown weight {name!r}: expected one of {list(REWEIGHTERS)}")
+        if name == "none":
+            raise RarityError("weight 'none' gives every image phi = 1: there is nothing to rank")
+        if prototypes is None and name not in FEATURE_FREE:
+            raise RarityError(
+                f"{source} holds no prototypes (it is not a FASSL stage-1 or stage-2 "
+                f"export), so weight {name!r} cannot be computed; this checkpoint supports "
+                f"--weights {','.join(FEATURE_FREE)} only"
+            )
+
+
+def neighbour_count(cfg: RebalanceConfig, n: int) -> tuple[int, list[str]]:
+    """rebalance.knn_k, capped so that every image has that many other images."""
+    if n < 2:
+        raise RarityError(f"ranking needs at least 2 images, got {n}")
+    k = min(cfg.knn_k, n - 1)
+    note = (
+        [] if k == cfg.knn_k else [f"k = {k} neighbours (rebalance.knn_k={cfg.knn_k}, {n} images)"]
+    )
+    return k, note
+
+
+def dataset_log_phi(reweighter: Reweighter, features: torch.Tensor) -> torch.Tensor:
+    """``reweighter.dataset_log_phi()`` computed a block of rows at a time.
+
+    The kNN weight compares every image with every other: in one piece that is an N x N
+    matrix (10 GB for 50k images). Its self-match discount is KnnWeight's own: ask k + 1
+    neighbours, then remove the cosine 1 of the image with itself.
+    """
+    rows = max(1, BLOCK_ELEMENTS // max(1, len(features)))
+    blocks = features.split(rows)
+    if not isinstance(reweighter, KnnWeight):
+        if type(reweighter).dataset_log_phi is not Reweighter.dataset_log_phi:
+            return reweighter.dataset_log_phi()  # a variant with its own rule: as is
+        return torch.cat([reweighter.log_phi(b) for b in blocks])
+    k = reweighter.k
+    wide = KnnWeight(k + 1)
+    wide.fit(reweighter.prototypes, features)
+    log_phi = torch.cat([wide.log_phi(b) for b in blocks])
+    return (log_phi * (k + 1) + 1.0) / k
+
+
+def local_density(features: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) mean cosine of each image to its k nearest other images (itself excluded)."""
+    knn = KnnWeight(k)
+    knn.fit(features.new_zeros(0, features.shape[1]), features)
+    return -dataset_log_phi(knn, features)
+
+
+def weight_scores(
+    name: str, cfg: RebalanceConfig, features: torch.Tensor, prototypes: torch.Tensor | None
+) -> torch.Tensor:
+    """(N,) log phi of every image under weight ``name``, fitted on these images."""
+    reweighter = build_reweighter(name, cfg)
+    protos = prototypes if prototypes is not None else features.new_zeros(0, features.shape[1])
+    reweighter.fit(protos.float(), features.float())
+    return dataset_log_phi(reweighter, features.float()).float().cpu()
+
+
+def rank_images(
+    features: torch.Tensor,
+    prototypes: torch.Tensor | None,
+    weights: list[str],
+    cfg: RebalanceConfig,
+    source: str = "the checkpoint",
+) -> Ranking:
+    """Score every image under each of ``weights``; the first one orders the ranking."""
+    check_weights(weights, prototypes, source)
+    features = features.float().cpu()
+    if prototypes is not None and prototypes.shape[1] != features.shape[1]:
+        raise RarityError(
+            f"{source}: prototypes have {prototypes.shape[1]} dimensions, the features "
+            f"{features.shape[1]}: set prototypes.feature to the feature they were learnt on"
+        )
+    k, notes = neighbour_count(cfg, len(features))
+    cfg = dataclasses.replace(cfg, knn_k=k)
+    scores = {w: weight_scores(w, cfg, features, prototypes) for w in weights}
+    ranking = Ranking(scores, local_density(features, k), k, notes=notes)
+    if prototypes is not None:
+        cos = cosine_scores(features, prototypes.float().cpu())
+        ranking.cosine, ranking.nearest = cos.max(dim=1)
+        ranking.occupancy = occupancy(features, prototypes.float().cpu())
+    return ranking
+
+
+def group_enrichment(
+    ranking: Ranking, labels: torch.Tensor, groups: dict[str, list[int]]
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """weight -> "top1%" / "top5%" -> weight_enrichment's shares, for labelled images."""
+    known = labels >= 0
+    out = {}
+    for weight, score in ranking.scores.items():
+        out[weight] = {
+            f"top{fraction:.0%}": weight_enrichment(score[known], labels[known], groups, fraction)
+            for fraction in TOP_FRACTIONS
+        }
+    return out
+
+
+def groups_markdown(enrichment: dict, n: int) -> str:
+    """rarity_groups.md: per weight and top fraction, each group's share against its base."""
+    lines = [
+        "# Class groups among the rarest images",
+        "",
+        f"Labels used for evaluation only ({n:,} labelled images). Enrichment = share among "
+        "the top-scored images / share among all images; above 1, the ranking favours the "
+        "group.",
+        "",
+        "| weight | top | base share F / M / R | top share F / M / R | enrichment F / M / R |",
+        "|---|---|---|---|---|",
+    ]
+    for weight, tops in enrichment.items():
+        for top, d in tops.items():
+            cells = [
+                " / ".join(f"{d[kind][g]:.3f}" for g in GROUPS)
+                for kind in ("base_share", "top_share", "enrichment")
+            ]
+            lines.append(f"| {weight} | {top} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_rarity_csv(path: Path, ranking: Ranking, paths: list[str], labels: list[str]) -> None:
+    """rarity.csv, rarest first: rank, path, [label], score, local density,
+    [nearest prototype, its cosine], then score and rank under each further weight."""
+    extra = list(ranking.scores)[1:]
+    extra_ranks = {w: ranks(ranking.scores[w]) for w in extra}
+    header = ["rank", "path", *(["label"] if labels else []), "score", "local_density"]
+    if ranking.nearest is not None:
+        header += ["nearest_prototype", "prototype_cosine"]
+    header += [f"{kind}_{w}" for w in extra for kind in ("score", "rank")]
+    primary = ranking.scores[ranking.primary]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for pos, i in enumerate(ranking.order().tolist(), start=1):
+            row = [pos, paths[i], *([labels[i]] if labels else [])]
+            row += [f"{primary[i]:.6g}", f"{ranking.density[i]:.6g}"]
+            if ranking.nearest is not None and ranking.cosine is not None:
+                row += [int(ranking.nearest[i]), f"{ranking.cosine[i]:.6g}"]
+            for name in extra:
+                row += [f"{ranking.scores[name][i]:.6g}", int(extra_ranks[name][i])]
+            w.writerow(row)

@@ -1,0 +1,45 @@
+import json
+import math
+
+from fassl.bench import BenchSettings, run_bench
+from fassl.bench.data import synthetic_data
+from fassl.cli import main
+
+
+def test_synthetic_data_has_the_long_tail_and_size():
+    data = synthetic_data(11_165, 8)
+    counts = data.class_counts
+    assert sum(counts) == 11_165 == len(data.pretrain)
+    assert counts == sorted(counts, reverse=True)
+    assert round(counts[0] / counts[-1]) == 100  # rho of CIFAR-10-LT
+    assert len(data.pool) == 10 * 1000 and len(data.val) == 10 * 500  # CIFAR's bank / val
+
+
+def test_bench_cli_writes_finite_json(tmp_path):
+    argv = [
+        "bench", "--device", "cpu", "--width", "4", "--batch", "8", "--images", "40",
+        "--image-size", "16", "--epochs", "1", "--steps", "2", "--out", str(tmp_path),
+        "--name", "tiny", "model.proj_hidden=16", "model.proj_dim=8", "train.knn_every=1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    (row,) = result["rows"]
+    assert result["torch"] and result["device_name"]
+    for key in ("step_img_s", "epoch_img_s", "full_epoch_img_s", "recipe_epoch_img_s"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["flop_per_image"] > 0 and row["peak_matmul_flop_s"] > 0
+    for key in ("step_mfu", "recipe_epoch_mfu"):
+        assert 0 < row[key] <= 1, key
+    assert row["monitor_s"] > 0  # the kNN monitor ran and was timed
+    assert row["peak_host_rss_gib"] > 0 and row["peak_gpu_gib"] is None
+    assert "| simclr | 4 | 8 |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_flop_count_grows_with_width(tmp_path):
+    # A ResNet's conv FLOP grow about 4x when the width doubles.
+    s = BenchSettings(
+        widths=[4, 8], batch=8, device="cpu", precision="fp32", images=16, image_size=8,
+        epochs=1, steps=1, out=str(tmp_path), overrides=["model.proj_hidden=16"],
+    )  # fmt: skip
+    rows = run_bench(s)["rows"]
+    assert 3.0 < rows[1]["flop_per_image"] / rows[0]["flop_per_image"] < 4.2
