@@ -40,9 +40,10 @@
 # TEACHER_COMPILE (auto) / STAGE_COMPILE (eager): train.compile of the teachers and of
 #   the short runs (compilation of many concurrent processes costs more than it saves).
 # CONT_LR (0.05), CONT_WARMUP (2): SDCLR continued's lr and warm-up (stage 2's).
+# CPU_EPOCHS ("25 5 15"): teacher, stage 1 and stage 2 epochs of phase 4.
 # SPLIT2 (1): try phase 6. PACK_TO: where the tar.gz goes (default $OUT if set, else RUNS).
-# FASSL: the command (default: fassl on PATH, else .venv/bin/fassl, else python3 -m fassl
-#   with src/ on PYTHONPATH). WHEELS: a folder of wheels (e.g. omegaconf) installed into
+# FASSL: the command (default: fassl on PATH, else PY -m fassl with src/ on PYTHONPATH;
+#   PY: .venv/bin/python if there is one, else python3). WHEELS: a folder of wheels (e.g. omegaconf) installed into
 #   /tmp/fassl-site first, for a machine that has torch but not every dependency.
 # TINY=1: width 4, 1-2 epochs, scikit-learn's digits, no budget: the whole script in
 #   minutes on a CPU, to check it end to end. TINY_DATA=real keeps DATA_ROOT/SPLITS.
@@ -55,10 +56,10 @@ die() { echo "reproduce_paper_width: error: $*" >&2; exit 2; }
 
 if [ "$TINY" = 1 ]; then
   T=${TEACHER_EPOCHS:-2} S1=${STAGE1_EPOCHS:-1} S2=${STAGE2_EPOCHS:-1}
-  BUDGET_S=${BUDGET_S:-0} CONT_WARMUP=${CONT_WARMUP:-0}
+  BUDGET_S=${BUDGET_S:-0} CONT_WARMUP=${CONT_WARMUP:-0} CPU_EPOCHS=${CPU_EPOCHS:-$T $S1 $S2}
 else
   T=${TEACHER_EPOCHS:-500} S1=${STAGE1_EPOCHS:-5} S2=${STAGE2_EPOCHS:-20}
-  BUDGET_S=${BUDGET_S:-540} CONT_WARMUP=${CONT_WARMUP:-2}
+  BUDGET_S=${BUDGET_S:-540} CONT_WARMUP=${CONT_WARMUP:-2} CPU_EPOCHS=${CPU_EPOCHS:-25 5 15}
 fi
 SEEDS=${SEEDS:-0 1}
 RESERVE_S=${RESERVE_S:-40}
@@ -74,6 +75,7 @@ PACK_TO=${PACK_TO:-${OUT:-$RUNS}}
 if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 elif [ "$PARALLEL" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}; fi
 PY=${PY:-python3}
+[ -x .venv/bin/python ] && [ "$PY" = python3 ] && PY=.venv/bin/python
 START=$(date +%s)
 
 check_inputs() {  # fail before any GPU time is spent
@@ -98,8 +100,8 @@ find_fassl() {  # the fassl command, its dependencies checked
     export PYTHONPATH=/tmp/fassl-site${PYTHONPATH:+:$PYTHONPATH}
   fi
   if [ -z "${FASSL:-}" ]; then
-    if command -v fassl >/dev/null; then FASSL=fassl
-    elif [ -x .venv/bin/fassl ]; then FASSL=.venv/bin/fassl PY=.venv/bin/python
+    if command -v fassl >/dev/null; then
+      FASSL=fassl
     else
       FASSL="$PY -m fassl"
       export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
@@ -271,8 +273,8 @@ start_mps
 main_experiment "${SPLIT:-1}"
 ARMS_S=$(elapsed)  # teacher + arms trained, fast probes started
 PHASE=cpu_scale_split1
-use_experiment cpu1 cpu_scale_split1 cifar10_lt_cpu 1 25 5 15
-if [ "$TINY" = 1 ]; then use_experiment cpu1 cpu_scale_split1 cifar10_lt_cpu 1 "$T" "$S1" "$S2"; fi
+read -r CPU_T CPU_S1 CPU_S2 <<<"$CPU_EPOCHS"
+use_experiment cpu1 cpu_scale_split1 cifar10_lt_cpu 1 "$CPU_T" "$CPU_S1" "$CPU_S2"
 teacher && wait_for "$TEACHER" && arms
 PHASE=scratch_split1
 use_experiment split1 split1 cifar10_lt_paper_width 1 "$T" "$S1" "$S2"
@@ -308,7 +310,8 @@ done
 cp "$RUNS/logs/runs.tsv" "$REPORT/runs.tsv"
 nvidia-smi >"$REPORT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi on this machine" >"$REPORT/nvidia-smi.txt"
 export RUNS REPORT T S1 S2 SEEDS BUDGET_S PARALLEL TINY MPS_STARTED TEACHER_COMPILE STAGE_COMPILE
-export CONT_LR FASSL
+export CONT_LR FASSL CPU_EPOCHS DATA_ROOT="${DATA_ROOT:-}" SPLITS="${SPLITS:-}"
+export TINY_DATA="${TINY_DATA:-digits}"
 "$PY" - "$@" <<'EOF' || echo "summary.md could not be written" >>"$REPORT/summary.md"
 import json, os, statistics, subprocess, sys, time
 from pathlib import Path
@@ -330,9 +333,13 @@ out = [f"# CIFAR-10-LT at the paper's width: report of {time.strftime('%Y-%m-%d 
        f"- command: scripts/reproduce_paper_width.sh {runs} {' '.join(sys.argv[1:])}",
        f"- TINY={env['TINY']} (1: width 4, digits, a check of the script, not a result)",
        f"- epochs: teacher {t}, stage 1 {s1}, stage 2 {s2}, SDCLR continued {s1 + s2} "
-       f"(lr {env['CONT_LR']}), SimCLR/BYOL from scratch {t + s1 + s2}; CPU-scale: 25 / 5 / 15",
-       f"- seeds of the stage-2 arms: {env['SEEDS']}; teacher seed 0; data split: SDCLR split 1 "
-       "(split 2 where its rows appear)",
+       f"(lr {env['CONT_LR']}), SimCLR/BYOL from scratch {t + s1 + s2}; CPU-scale "
+       f"(teacher / stage 1 / stage 2): {' / '.join(env['CPU_EPOCHS'].split())}",
+       f"- seeds of the stage-2 arms: {env['SEEDS']}; teacher seed 0",
+       "- data: scikit-learn digits, data.split = seed of the class ranking (TINY)"
+       if env["TINY"] == "1" and env["TINY_DATA"] != "real" else
+       f"- data: CIFAR-10 (JPEG copy) {env['DATA_ROOT']}, SDCLR's split 1 from {env['SPLITS']} "
+       "(split 2 in the split2 rows)",
        f"- budget {env['BUDGET_S']} s; concurrent processes: {env['PARALLEL'] == '1'}; "
        f"MPS started by the script: {env.get('MPS_STARTED') == '1'}; train.compile teacher "
        f"{env['TEACHER_COMPILE']}, short runs {env['STAGE_COMPILE']}", "",

@@ -62,3 +62,21 @@ def test_os_errors_name_the_path(capsys, tmp_path):
     code = main(["tables", str(blocker / "sub")])
     err = capsys.readouterr().err
     assert code == 2 and str(blocker / "sub") in err and "Traceback" not in err
+
+
+def test_help_shows_examples_recipes_and_pipeline_keys(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "fassl pipeline cifar10_lt_cpu" in top and "cifar10_lt_gpu" in top
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    text = capsys.readouterr().out
+    assert "example:" in text and "demo" in text
+    assert "pipeline.teacher_checkpoint" in text and "{teacher,prototypes,rebalance}" in text
+    for command in ("pretrain", "eval", "embed", "rare", "export", "tsne", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"fassl {command} " in capsys.readouterr().out

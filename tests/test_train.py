@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fassl.errors import RunConflict
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
 from fassl.runtime import Runtime
@@ -89,7 +90,7 @@ def test_nan_loss_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 def test_resume_refuses_other_stage(tmp_path):
     make_trainer(tiny_config(tmp_path), "simclr", stage="a").fit()
-    with pytest.raises(ValueError, match="another out_dir"):
+    with pytest.raises(RunConflict, match="another out_dir"):
         make_trainer(tiny_config(tmp_path, "optim.epochs=3"), "byol", stage="a").fit()
 
 
@@ -246,3 +247,34 @@ def test_compile_failure_warns_once_and_trains_eagerly(tmp_path, monkeypatch):
     assert len(record) == 1 and not t.forward.active
     for k, v in eager.method.state_dict().items():
         assert torch.equal(v, t.method.state_dict()[k]), k
+
+
+def test_byol_checkpoint_of_the_previous_layout_resumes(tmp_path, monkeypatch):
+    # BYOL's EMA network was saved as ``target.*`` before BYOL and stage 2 shared one
+    # momentum-teacher class (``teacher.*``); such a checkpoint must still resume exactly.
+    from fassl.train.checkpoint import save_checkpoint
+
+    overrides = ("optim.epochs=2", "train.checkpoint_every_s=0")
+    full = make_trainer(tiny_config(tmp_path / "full", *overrides), "byol")
+    full.fit()
+    cfg = tiny_config(tmp_path / "old", *overrides)
+    original_save = Trainer.save
+
+    def save_then_die(self, epoch):
+        original_save(self, epoch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(cfg, "byol").fit()
+    monkeypatch.setattr(Trainer, "save", original_save)
+    tensors, meta = load_checkpoint(tmp_path / "old" / LAST)
+    old = {k.replace("model/teacher.", "model/target."): v for k, v in tensors.items()}
+    assert any(k.startswith("model/target.") for k in old)
+    save_checkpoint(tmp_path / "old" / LAST, old, meta)
+
+    resumed = make_trainer(cfg, "byol")
+    resumed.fit()
+    assert resumed.start_epoch == 1
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

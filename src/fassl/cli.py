@@ -23,8 +23,68 @@ def resolve_recipe(name: str) -> Path:
     packaged = RECIPES / (name if name.endswith(".yaml") else f"{name}.yaml")
     if packaged.is_file():
         return packaged
-    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    known = ", ".join(recipe_names())
     raise ConfigError(f"config file not found: {name} (packaged recipes: {known})")
+
+
+# One example line per sub-command, shown in its --help and in ``fassl --help``.
+EXAMPLES = {
+    "pretrain": "fassl pretrain cifar10_lt_cpu method=byol data.root=~/data/cifar10-jpeg.tar.gz",
+    "pipeline": "fassl pipeline cifar10_lt_cpu data.root=~/data/cifar10-jpeg.tar.gz",
+    "compare": 'fassl compare cifar10_lt_cpu "compare.methods=[simclr,sdclr,fassl]"',
+    "tables": "fassl tables runs/cifar10_lt_cpu --paper",
+    "eval": "fassl eval runs/cifar10_lt_cpu/rebalance/encoder.safetensors",
+    "demo": "fassl demo --out runs/demo",
+    "embed": "fassl embed runs/demo/rebalance/encoder.safetensors ~/photos --out emb",
+    "rare": "fassl rare runs/demo/rebalance/encoder.safetensors ~/photos --out rare",
+    "export": "fassl export runs/demo/rebalance/encoder.safetensors --out exported",
+    "tsne": "fassl tsne runs/d/teacher/encoder.safetensors runs/d/rebalance/encoder.safetensors",
+    "bench": "fassl bench --method simclr,sdclr --width 32 --device cpu",
+}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def _pipeline_keys() -> str:
+    """The ``pipeline.*`` keys, for ``fassl pipeline --help``."""
+    from dataclasses import fields
+
+    from fassl.config import OptimConfig, PipelineConfig
+
+    plain = [f"pipeline.{f.name}" for f in fields(PipelineConfig) if f.name not in PIPELINE_STAGES]
+    optim = ", ".join(f.name for f in fields(OptimConfig))
+    return (
+        f"pipeline keys: {', '.join(plain)} (skip stages);\n"
+        f"  pipeline.{{{','.join(PIPELINE_STAGES)}}}.{{{optim}}}\n"
+        "  (each stage's optimizer; out_dir/<stage>/ holds the stage)"
+    )
+
+
+def _epilog(command: str) -> str:
+    text = f"example:\n  {EXAMPLES[command]}"
+    if command in ("pretrain", "pipeline", "compare", "eval", "demo"):
+        text += f"\n\nrecipes (configs/): {', '.join(recipe_names())}"
+    if command == "pipeline":
+        text += "\n\n" + _pipeline_keys()
+    return text
+
+
+def _add_examples(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """Example lines (and recipes) under every sub-command's help and ``fassl --help``."""
+    for name, p in sub.choices.items():
+        if name in EXAMPLES:
+            p.epilog = _epilog(name)
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+    lines = [f"  {EXAMPLES[name]}" for name in sub.choices if name in EXAMPLES]
+    parser.epilog = (
+        "examples:\n"
+        + "\n".join(lines)
+        + f"\n\nrecipes (configs/): {', '.join(recipe_names())}"
+        + "\nFASSL_DEBUG=1 shows the traceback of any error."
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -197,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training throughput, MFU and memory of the loop")
     bench_arguments(p)
     p.set_defaults(func=cmd_bench)
+    _add_examples(parser, sub)
     return parser
 
 

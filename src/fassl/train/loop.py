@@ -32,6 +32,7 @@ from fassl import distributed as dist
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data.augment import TwoViewAugment
 from fassl.data.bundle import LongTailData
+from fassl.errors import RunConflict
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method
 from fassl.methods.supervised import labels_for
@@ -184,11 +185,12 @@ class Trainer:
             return
         tensors, meta = load_checkpoint(path)
         if meta.get("method") != self.method.name or meta.get("stage") != self.stage:
-            raise ValueError(
+            raise RunConflict(
                 f"{path} belongs to stage {meta.get('stage')!r} (method {meta.get('method')!r}), "
                 f"not to {self.stage!r}: use another out_dir"
             )
-        load_state_checked(self.method, split_prefixed(tensors, "model"), str(path))
+        state = self.method.upgrade_state(split_prefixed(tensors, "model"))
+        load_state_checked(self.method, state, str(path))
         load_optimizer_state(
             self.optimizer, split_prefixed(tensors, "optim"), meta["optimizer_groups"]
         )
