@@ -43,8 +43,9 @@
 # CPU_EPOCHS ("25 5 15"): teacher, stage 1 and stage 2 epochs of phase 4.
 # SPLIT2 (1): try phase 6. PACK_TO: where the tar.gz goes (default $OUT if set, else RUNS).
 # FASSL: the command (default: fassl on PATH, else PY -m fassl with src/ on PYTHONPATH;
-#   PY: .venv/bin/python if there is one, else python3). WHEELS: a folder of wheels (e.g. omegaconf) installed into
-#   /tmp/fassl-site first, for a machine that has torch but not every dependency.
+#   PY: .venv/bin/python if there is one, else python3). Run from the repository root.
+# WHEELS: a folder of wheels (e.g. omegaconf) installed into /tmp/fassl-site first, for a
+#   machine that has torch but not every dependency.
 # TINY=1: width 4, 1-2 epochs, scikit-learn's digits, no budget: the whole script in
 #   minutes on a CPU, to check it end to end. TINY_DATA=real keeps DATA_ROOT/SPLITS.
 set -u
@@ -74,8 +75,9 @@ PACK_TO=${PACK_TO:-${OUT:-$RUNS}}
 # Concurrent processes with a thread per core each wait on one another's threads.
 if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 elif [ "$PARALLEL" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}; fi
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && [ "$PY" = python3 ] && PY=.venv/bin/python
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 START=$(date +%s)
 
 check_inputs() {  # fail before any GPU time is spent
@@ -95,7 +97,7 @@ check_inputs() {  # fail before any GPU time is spent
 
 find_fassl() {  # the fassl command, its dependencies checked
   if [ -n "${WHEELS:-}" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fassl-site \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/fassl-site \
       "$WHEELS"/*.whl || die "WHEELS=$WHEELS: could not install its wheels"
     export PYTHONPATH=/tmp/fassl-site${PYTHONPATH:+:$PYTHONPATH}
   fi
@@ -250,16 +252,24 @@ fits() {  # fits PHASE NEED_S: enough budget left for a phase that needs NEED_S 
   return 1
 }
 
+remember() {  # remember NAME: seconds elapsed now, or as first recorded by an earlier
+  # start of this script (a resumed start finds its runs done in no time)
+  local f=$RUNS/logs/$1.seconds
+  [ -f "$f" ] || elapsed >"$f"
+  cat "$f"
+}
+
 main_experiment() {  # phases 1-3 of split $1 with the paper-width recipe
   use_experiment "split$1" "split$1" cifar10_lt_paper_width "$1" "$T" "$S1" "$S2"
   PHASE=teacher_split$1
   teacher
   wait_for "$TEACHER" || return 1
-  TEACHER_S=$(elapsed)
+  TEACHER_S=$(remember "teacher_split$1")
   PHASE=arms_split$1
   arms
   PHASE=fast_probes_split$1
   fast_probes
+  return 0
 }
 
 start_mps() {
@@ -270,8 +280,7 @@ start_mps() {
 }
 
 start_mps
-main_experiment "${SPLIT:-1}"
-ARMS_S=$(elapsed)  # teacher + arms trained, fast probes started
+main_experiment 1 && ARMS_S=$(remember arms_split1)  # all split-1 encoders exported
 PHASE=cpu_scale_split1
 read -r CPU_T CPU_S1 CPU_S2 <<<"$CPU_EPOCHS"
 use_experiment cpu1 cpu_scale_split1 cifar10_lt_cpu 1 "$CPU_T" "$CPU_S1" "$CPU_S2"
@@ -279,7 +288,7 @@ teacher && wait_for "$TEACHER" && arms
 PHASE=scratch_split1
 use_experiment split1 split1 cifar10_lt_paper_width 1 "$T" "$S1" "$S2"
 fits "$PHASE" $((${TEACHER_S:-999999} * (T + S1 + S2) / T)) && scratch
-if [ "$SPLIT2" = 1 ] && fits split2 "$ARMS_S"; then main_experiment 2; fi
+if [ "$SPLIT2" = 1 ] && fits split2 "${ARMS_S:-999999}"; then main_experiment 2; fi
 wait
 
 echo "== tables ($(elapsed) s elapsed)"
@@ -308,7 +317,8 @@ for d in split1 split2 cpu_scale_split1 fast/split1 fast/split2; do
   done
 done
 cp "$RUNS/logs/runs.tsv" "$REPORT/runs.tsv"
-nvidia-smi >"$REPORT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi on this machine" >"$REPORT/nvidia-smi.txt"
+nvidia-smi >"$REPORT/nvidia-smi.txt" 2>&1 ||
+  echo "no nvidia-smi on this machine" >"$REPORT/nvidia-smi.txt"
 export RUNS REPORT T S1 S2 SEEDS BUDGET_S PARALLEL TINY MPS_STARTED TEACHER_COMPILE STAGE_COMPILE
 export CONT_LR FASSL CPU_EPOCHS DATA_ROOT="${DATA_ROOT:-}" SPLITS="${SPLITS:-}"
 export TINY_DATA="${TINY_DATA:-digits}"
@@ -328,10 +338,11 @@ torch = sh([sys.executable, "-c", "import torch; print(torch.__version__, "
             "torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"])
 rows = [line.split("\t") for line in (runs / "logs/runs.tsv").read_text().splitlines()]
 t, s1, s2 = (int(env[k]) for k in ("T", "S1", "S2"))
-out = [f"# CIFAR-10-LT at the paper's width: report of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+out = [f"# CIFAR-10-LT at the paper's width: report of {now}", "",
        f"- GPU: {gpu}", f"- torch: {torch or 'not importable by python3'}; CPUs: {os.cpu_count()}",
        f"- command: scripts/reproduce_paper_width.sh {runs} {' '.join(sys.argv[1:])}",
-       f"- TINY={env['TINY']} (1: width 4, digits, a check of the script, not a result)",
+       f"- TINY={env['TINY']} (1: width 4, 1-2 epochs: a check of the script, not a result)",
        f"- epochs: teacher {t}, stage 1 {s1}, stage 2 {s2}, SDCLR continued {s1 + s2} "
        f"(lr {env['CONT_LR']}), SimCLR/BYOL from scratch {t + s1 + s2}; CPU-scale "
        f"(teacher / stage 1 / stage 2): {' / '.join(env['CPU_EPOCHS'].split())}",
@@ -344,14 +355,17 @@ out = [f"# CIFAR-10-LT at the paper's width: report of {time.strftime('%Y-%m-%d 
        f"MPS started by the script: {env.get('MPS_STARTED') == '1'}; train.compile teacher "
        f"{env['TEACHER_COMPILE']}, short runs {env['STAGE_COMPILE']}", "",
        "## Phases (seconds since the script started)", "",
-       "| phase | first start | last end | wall clock | runs | exit codes |", "|---|---|---|---|---|---|"]
+       "| phase | first start | last end | wall clock | runs | exit codes |",
+       "|---|---|---|---|---|---|"]
 phases = {}
 for phase, name, d, t0, t1, rc in rows:
     phases.setdefault(phase, []).append((int(t0), int(t1), rc))
 for phase, items in phases.items():
     a, b = min(i[0] for i in items), max(i[1] for i in items)
-    out.append(f"| {phase} | {a} | {b} | {b - a} | {len(items)} | {' '.join(i[2] for i in items)} |")
-out += ["", "## Runs", "", "| run | exit | wall s | stage: epochs done, median img/s |", "|---|---|---|---|"]
+    codes = " ".join(i[2] for i in items)
+    out.append(f"| {phase} | {a} | {b} | {b - a} | {len(items)} | {codes} |")
+out += ["", "## Runs", "", "| run | exit | wall s | stage: epochs done, median img/s |",
+        "|---|---|---|---|"]
 for phase, name, d, t0, t1, rc in rows:
     stages = []
     for m in sorted(Path(d).glob("**/metrics.jsonl")) if d != "-" else []:
@@ -367,9 +381,18 @@ out += ["", "## Tables (`fassl tables`, computed from this machine's results.jso
 for f in sorted((report / "tables").glob("*.comparison.md")):
     out += [f"### {f.name.removesuffix('.comparison.md')}", "", f.read_text(), ""]
 out += ["## Published reference", "",
-        "- The paper (ResNet-18, SDCLR's probe): the italic rows of the split tables above.",
-        "- SDCLR's paper, CIFAR-10-LT, 2,000 epochs, standard probe, mean over its five splits: "
-        "Many / Medium / Few = 86.44 / 81.84 / 76.23."]
+        "The paper's CIFAR-10-LT rows (ResNet-18, SDCLR's probe), All / Rare / Medium / "
+        "Frequent / Std; also the italic rows of the split tables above:", ""]
+try:
+    from fassl.report import PAPER_CIFAR10_LT
+    for setting, methods in PAPER_CIFAR10_LT.items():
+        for m, r in methods.items():
+            cells = " / ".join(f"{r[c]:.2f}" for c in ("all", "rare", "medium", "frequent", "std"))
+            out.append(f"- {setting}, {m}: {cells}")
+except ImportError as err:
+    out.append(f"- (fassl.report not importable: {err})")
+out += ["", "SDCLR's own paper, CIFAR-10-LT, 2,000 epochs, standard probe, mean over its five "
+        "splits: Many / Medium / Few = 86.44 / 81.84 / 76.23."]
 (report / "summary.md").write_text("\n".join(out) + "\n")
 EOF
 mkdir -p "$PACK_TO"

@@ -111,3 +111,29 @@ def test_weight_analyses_are_averaged_over_seeds(tmp_path):
     # Rare top share 0.05 and 0.15 -> 0.100 ± 0.050; enrichment 1 and 3 -> 2.000 ± 1.000
     assert "| knn | 0.200 ± 0.050 | 0.100 ± 0.050 | 1.333 ± 0.333 | 2.000 ± 1.000 |" in text
     assert "Frequent / Medium / Rare: 0.800 ± 0.000 / 0.150 ± 0.000 / 0.050 ± 0.000" in text
+
+
+def test_archive_extracted_by_two_runs_at_once(tmp_path, monkeypatch):
+    # Two runs started together on one archive: the one that renames second keeps the
+    # first one's folder instead of failing, and leaves no partial folder behind.
+    from fassl.data import archives
+
+    src = tmp_path / "src" / "imgs"
+    src.mkdir(parents=True)
+    (src / "a.txt").write_text("x")
+    archive = tmp_path / "imgs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="imgs")
+    cache = tmp_path / "cache"
+    real_unpack = archives._unpack
+
+    def other_run_finishes_meanwhile(path, dest):
+        real_unpack(path, dest)
+        stat = path.stat()
+        done = cache / "extracted" / f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}"
+        real_unpack(path, done)
+
+    monkeypatch.setattr(archives, "_unpack", other_run_finishes_meanwhile)
+    folder = archives.extract_archive(archive, cache)
+    assert (folder / "a.txt").read_text() == "x"
+    assert [p.name for p in (cache / "extracted").iterdir()] == [folder.parent.name]

@@ -65,15 +65,6 @@ def fails(capsys, argv: list[str], *names: str) -> str:
     return err
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and immune to other processes on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished simclr run on the digits (config.yaml, settings.json, export, reports)."""

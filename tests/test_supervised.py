@@ -11,19 +11,10 @@ from fassl.compare import baseline_epochs, run_config
 from fassl.config import ConfigError
 from fassl.data.bundle import normalize_images
 from fassl.methods import build_method
-from fassl.methods.supervised import labels_for
+from fassl.methods.base import training_labels
 from fassl.runtime import Runtime
 from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared, loaded CPU run far faster so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def clean_loss(method, data) -> float:
@@ -40,7 +31,8 @@ def test_loss_is_the_mean_of_both_views_cross_entropies(tmp_path):
     torch.manual_seed(0)
     data = tiny_data()
     method = build_method(tiny_config(tmp_path), "supervised")
-    labels = labels_for(method, data)
+    labels = training_labels(method, data)
+    method.attach_data(data)
     assert labels is not None and method.classifier.out_features == 3
     g = torch.Generator().manual_seed(1)
     v1, v2 = (torch.randn(6, 3, 16, 16, generator=g) for _ in range(2))
@@ -79,9 +71,9 @@ def test_unlabeled_data_is_refused(tmp_path):
     data = tiny_data()
     data.pretrain.labels[:] = -1  # labels unknown
     with pytest.raises(ConfigError, match="has none"):
-        labels_for(build_method(cfg, "supervised"), data)
+        training_labels(build_method(cfg, "supervised"), data)
     # every other method sees the views only
-    assert labels_for(build_method(cfg, "simclr"), tiny_data()) is None
+    assert training_labels(build_method(cfg, "simclr"), tiny_data()) is None
 
 
 def test_compare_trains_it_at_the_baselines_equal_compute(tmp_path):

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import fassl.sweep as sweep
 from fassl.cli import main
@@ -11,16 +10,6 @@ from fassl.config import ConfigError
 from fassl.data.bundle import COLUMNS
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared, loaded CPU run far faster so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY = (
     "pipeline.teacher.epochs=1",

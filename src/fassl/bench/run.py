@@ -132,10 +132,12 @@ def step_rate(trainer: Trainer, steps: int) -> float:
 def flop_per_image(trainer: Trainer) -> float:
     """FLOP of forward + backward of one training step, per image (two views each)."""
     batch = trainer.optim_cfg.batch_size
-    v1, v2 = trainer.views(torch.arange(batch))
+    index = torch.arange(batch)
+    v1, v2 = trainer.views(index)
+    extra = () if trainer.labels is None else (trainer.labels[index.to(trainer.device)],)
     with FlopCounterMode(display=False) as counter:
         with trainer.autocast():
-            loss, _ = trainer.method(v1, v2)
+            loss, _ = trainer.method(v1, v2, *extra)
         loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch

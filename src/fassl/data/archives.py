@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import zipfile
@@ -33,17 +34,39 @@ def _unpack(archive: Path, dest: Path) -> None:
         tar.extractall(dest, filter="data")  # no links or paths outside dest
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Folders of extractions whose process died before renaming them into place."""
+    for tmp in target.parent.glob(f"{target.name}.partial-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def extract_archive(archive: Path, cache_dir: Path) -> Path:
     """Unpack an archive of an image folder once into the cache; return the folder.
 
-    The archive is unpacked into a temporary folder that is renamed when complete, so an
-    interrupted extraction is redone rather than half used. An archive holding a single
-    top-level folder yields that folder.
+    The archive is unpacked into a temporary folder of this process, renamed when
+    complete, so an interrupted extraction is redone rather than half used, and
+    several runs started at once on the same archive each finish (the first rename
+    wins; the others drop their copy). An archive holding a single top-level folder
+    yields that folder.
     """
     stat = archive.stat()
     target = cache_dir / "extracted" / f"{archive.name}-{stat.st_size}-{int(stat.st_mtime)}"
     if not target.is_dir():
-        tmp = target.with_name(target.name + ".partial")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(target)
+        tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
@@ -57,6 +80,11 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
         except DataError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else target

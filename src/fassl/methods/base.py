@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 import torch
 from torch import nn
 
-from fassl.config import Config
+from fassl.config import Config, ConfigError
+from fassl.data.bundle import LongTailData
 from fassl.models import Encoder
 
 # What ``Method.export_state`` writes and later stages read: name -> tensor.
@@ -35,6 +36,9 @@ class Method(nn.Module):
     """Base class: a self-supervised objective over two augmented views."""
 
     name = "method"
+    # The supervised reference reads the batch's labels (a third ``forward`` argument);
+    # every other method sees the two views only.
+    needs_labels: ClassVar[bool] = False
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -56,6 +60,10 @@ class Method(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the loss and detached scalars to log."""
         raise NotImplementedError
+
+    def attach_data(self, data: LongTailData) -> None:
+        """Hook before training starts, before the optimizer is built (the supervised
+        reference sizes its classifier for the data's classes here)."""
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         """Hook before an epoch's first step (SDCLR re-prunes here)."""
@@ -93,3 +101,21 @@ def two_view_forward(
     n = view1.shape[0]
     feats, proj = encoder(torch.cat([view1, view2]))
     return (feats[:n], feats[n:]), (proj[:n], proj[n:])
+
+
+def training_labels(method: Method, data: LongTailData) -> torch.Tensor | None:
+    """The pre-training labels for a method that sets ``needs_labels``; None otherwise.
+
+    Raises ConfigError when the pre-training set has no labels: a supervised reference
+    cannot be trained on an unlabeled collection.
+    """
+    if not method.needs_labels:
+        return None
+    labels = data.pretrain.labels
+    if not data.labeled or len(labels) == 0 or bool((labels < 0).any()):
+        raise ConfigError(
+            f"method {method.name!r} trains on the labels of the pre-training set, but "
+            f"{data.name!r} has none (data.labeled=false or unknown labels): use a labeled "
+            "dataset or a self-supervised method"
+        )
+    return labels

@@ -6,8 +6,9 @@ like every other method. It is the one method that reads labels during pre-train
 so it is a reference, never a candidate.
 
 The training loop hands labels only to a method whose class sets ``needs_labels``
-(``labels_for`` below): it sizes the classifier for the dataset's classes before the
-optimizer is built, and ``forward`` gets the batch's labels as a third argument.
+(``fassl.methods.base.training_labels``); ``attach_data`` sizes the classifier for the
+dataset's classes before the optimizer is built, and ``forward`` gets the batch's labels
+as a third argument.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fassl.config import Config, ConfigError
+from fassl.config import Config
 from fassl.data.bundle import LongTailData
 from fassl.methods.base import Method, State
 from fassl.models import Encoder
@@ -47,6 +48,10 @@ class Supervised(Method):
     ) -> Supervised:
         return cls(encoder)
 
+    def attach_data(self, data: LongTailData) -> None:
+        """Size the classifier for the data's classes (before the optimizer is built)."""
+        self.set_num_classes(data.num_classes)
+
     def set_num_classes(self, num_classes: int) -> None:
         """Create the classifier for ``num_classes`` classes (on the backbone's device)."""
         if self.classifier is not None:
@@ -66,31 +71,10 @@ class Supervised(Method):
         if labels is None or self.classifier is None:
             raise ValueError(
                 "the supervised method needs the batch's labels and a classifier sized by "
-                "labels_for(method, data) (the training loop does both)"
+                "attach_data (the training loop does both)"
             )
         targets = torch.cat([labels, labels])
         logits = self.classifier(self.encoder.backbone(torch.cat([view1, view2]))).float()
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.detach().argmax(1) == targets).float().mean()
         return loss, {"loss": loss.detach(), "train_acc": accuracy}
-
-
-def labels_for(method: nn.Module, data: LongTailData) -> torch.Tensor | None:
-    """The pre-training labels for a method that sets ``needs_labels`` (after sizing its
-    classifier); None for every other method, which sees the two views only.
-
-    Raises ConfigError when the pre-training set has no labels: a supervised reference
-    cannot be trained on an unlabeled collection.
-    """
-    if not getattr(method, "needs_labels", False):
-        return None
-    labels = data.pretrain.labels
-    if not data.labeled or len(labels) == 0 or bool((labels < 0).any()):
-        raise ConfigError(
-            f"method {getattr(method, 'name', '?')!r} trains on the labels of the "
-            f"pre-training set, but {data.name!r} has none (data.labeled=false or unknown "
-            "labels): use a labeled dataset or a self-supervised method"
-        )
-    if isinstance(method, Supervised):
-        method.set_num_classes(data.num_classes)
-    return labels

@@ -23,6 +23,7 @@ from fassl.data.filelist import channel_stats
 from fassl.data.sources import IMAGE_EXTENSIONS, list_files, load_unlabeled_folder
 
 BUILTIN = ("digits", "cifar10", "cifar100", "tinyimagenet")
+PRETRAIN = "pretrain"  # DATA keyword: the config's own long-tailed pre-training set
 
 
 @dataclass
@@ -102,14 +103,18 @@ def load_builtin_collection(name: str, cfg: DataConfig, seed: int) -> Collection
 
 
 def load_collection(data: str, cfg: DataConfig, seed: int = 0) -> Collection:
-    """DATA of a tool's command line: a folder, an archive, or a built-in dataset name."""
+    """DATA of a tool's command line: a folder, an archive, a built-in dataset name, or
+    ``pretrain``: the long-tailed pre-training set the config draws (``data.*`` as given,
+    e.g. the run's own config.yaml)."""
+    if data == PRETRAIN:
+        return collection_from_data(build_data(cfg, seed), cfg)
     if Path(data).expanduser().exists():
         return load_folder_collection(Path(data).expanduser(), cfg)
     if data in BUILTIN:
         return load_builtin_collection(data, cfg, seed)
     raise FileNotFoundError(
-        f"{data} is neither an existing folder or archive nor a built-in dataset "
-        f"({', '.join(BUILTIN)})"
+        f"{data} is neither an existing folder or archive, nor a built-in dataset "
+        f"({', '.join(BUILTIN)}), nor '{PRETRAIN}' (the config's pre-training set)"
     )
 
 

@@ -117,7 +117,10 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
 
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     """Register embed, rare, export and tsne on the ``fassl`` parser."""
-    data_help = "an image folder, an archive of one, or a built-in dataset (digits, cifar10...)"
+    data_help = (
+        "an image folder, an archive of one, a built-in dataset (digits, cifar10...), or "
+        "'pretrain': the long-tailed pre-training set of the config (e.g. the run's own)"
+    )
     p = sub.add_parser("embed", help="an embedding of every image: embeddings.npy, index.csv")
     p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
     p.add_argument("data", help=data_help)

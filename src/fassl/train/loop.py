@@ -34,8 +34,7 @@ from fassl.data.augment import TwoViewAugment
 from fassl.data.bundle import LongTailData
 from fassl.errors import RunConflict
 from fassl.features import backbone_forward, eval_mode, prepare_batch
-from fassl.methods.base import EpochContext, Method
-from fassl.methods.supervised import labels_for
+from fassl.methods.base import EpochContext, Method, training_labels
 from fassl.models.state import load_state_checked
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import (
@@ -116,8 +115,9 @@ class Trainer:
         self.device = runtime.device
         self.memory_format = runtime.memory_format
         # Labels go only to a method that declares ``needs_labels`` (the supervised
-        # reference); it sizes its classifier here, before the optimizer is built.
-        labels = labels_for(method, data)
+        # reference); attach_data comes before the optimizer is built.
+        labels = training_labels(method, data)
+        method.attach_data(data)
         self.labels = None if labels is None else labels.to(self.device)
         method.to(self.device, memory_format=self.memory_format)
         self.model: nn.Module = method
