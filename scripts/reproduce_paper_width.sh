@@ -230,7 +230,6 @@ fast_probes() {  # the fast probe of each encoder, as soon as it exists
   while read -r m s e; do
     wait_for "$e" || continue
     out=$fast/$m/seed$s
-    [ -f "$out/results.json" ] && continue
     run "${TAG}_fast_${m}_seed$s" "$out" $FASSL eval "$e" --config "${A[@]}" \
       probe.variant=fast "seed=$s" "out_dir=$out"
   done < <(encoders)
@@ -317,11 +316,10 @@ for d in split1 split2 cpu_scale_split1 fast/split1 fast/split2; do
   done
 done
 cp "$RUNS/logs/runs.tsv" "$REPORT/runs.tsv"
-nvidia-smi >"$REPORT/nvidia-smi.txt" 2>&1 ||
-  echo "no nvidia-smi on this machine" >"$REPORT/nvidia-smi.txt"
-export RUNS REPORT T S1 S2 SEEDS BUDGET_S PARALLEL TINY MPS_STARTED TEACHER_COMPILE STAGE_COMPILE
-export CONT_LR FASSL CPU_EPOCHS DATA_ROOT="${DATA_ROOT:-}" SPLITS="${SPLITS:-}"
-export TINY_DATA="${TINY_DATA:-digits}"
+nvidia-smi >"$REPORT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$REPORT/nvidia-smi.txt"
+export RUNS REPORT T S1 S2 SEEDS BUDGET_S PARALLEL TINY MPS_STARTED TEACHER_COMPILE \
+  STAGE_COMPILE CONT_LR FASSL CPU_EPOCHS DATA_ROOT="${DATA_ROOT:-}" SPLITS="${SPLITS:-}" \
+  TINY_DATA="${TINY_DATA:-digits}"
 "$PY" - "$@" <<'EOF' || echo "summary.md could not be written" >>"$REPORT/summary.md"
 import json, os, statistics, subprocess, sys, time
 from pathlib import Path
@@ -338,8 +336,7 @@ torch = sh([sys.executable, "-c", "import torch; print(torch.__version__, "
             "torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"])
 rows = [line.split("\t") for line in (runs / "logs/runs.tsv").read_text().splitlines()]
 t, s1, s2 = (int(env[k]) for k in ("T", "S1", "S2"))
-now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-out = [f"# CIFAR-10-LT at the paper's width: report of {now}", "",
+out = [f"# CIFAR-10-LT at the paper's width: {time.strftime('%F %H:%M UTC', time.gmtime())}", "",
        f"- GPU: {gpu}", f"- torch: {torch or 'not importable by python3'}; CPUs: {os.cpu_count()}",
        f"- command: scripts/reproduce_paper_width.sh {runs} {' '.join(sys.argv[1:])}",
        f"- TINY={env['TINY']} (1: width 4, 1-2 epochs: a check of the script, not a result)",
