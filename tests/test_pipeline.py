@@ -41,6 +41,10 @@ def test_pipeline_writes_every_stage_and_report(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert {"standard", "few_shot", "knn"} <= set(results)
     assert results["method"] == "fassl_rebalance"
+    # every export records the training images' normalisation for the per-image tools
+    _, meta = load_checkpoint(tmp_path / "rebalance" / EXPORT)
+    data = tiny_data()
+    assert meta["data_mean"] == list(data.mean) and meta["data_std"] == list(data.std)
 
 
 def test_prototypes_unchanged_through_stage2(tmp_path):

@@ -401,3 +401,24 @@ def test_unlabeled_pipeline_writes_label_free_outputs_and_names_them(tmp_path, c
     named = said.split(": ", 1)[1].split(", ")
     assert "rarity_prototypes/" in named and "retrieval_rebalance.png" in named
     assert all((out / name).exists() for name in named), named
+
+
+def test_tools_normalise_like_the_training_images_when_the_export_says_how():
+    import dataclasses
+
+    from fassl.tools.collection import Collection
+    from fassl.tools.common import with_training_normalisation
+
+    coll = Collection(
+        "c",
+        torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+        ["a", "b"],
+        (0.1, 0.2, 0.3),
+        (0.4, 0.5, 0.6),
+    )
+    loaded = dataclasses.make_dataclass("L", ["meta", "source"])
+    recorded = loaded({"data_mean": [0.5, 0.5, 0.5], "data_std": [0.2, 0.2, 0.2]}, "e.st")
+    used = with_training_normalisation(coll, recorded)
+    assert used.mean == (0.5, 0.5, 0.5) and used.std == (0.2, 0.2, 0.2)
+    assert "e.st" in used.notes[-1]
+    assert with_training_normalisation(coll, loaded({}, "old.st")) is coll  # older exports

@@ -108,7 +108,9 @@ def run_stage(
     if cfg.train.knn_every:
         monitors = [knn_monitor(data, cfg.train.knn_k), *(monitors or [])]
     Trainer(method, data, cfg, optim_cfg, run_dir, rt, run_dir.name, monitors).fit()
-    export_encoder(method, cfg, export)
+    # the training images' normalisation, for tools that embed other images later
+    stats = {"data_mean": list(data.mean), "data_std": list(data.std)}
+    export_encoder(method, cfg, export, stats)
     return export
 
 

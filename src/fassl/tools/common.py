@@ -8,6 +8,7 @@ re-balancing weight the run was trained with.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -44,6 +45,17 @@ def feature_net(loaded: LoadedEncoder, feature: str) -> nn.Module:
     if feature not in FEATURES:
         raise ToolError(f"feature must be one of {FEATURES}, got {feature!r}")
     return loaded.backbone if feature == "backbone" else loaded.feature("projection")
+
+
+def with_training_normalisation(coll: Collection, loaded: LoadedEncoder) -> Collection:
+    """``coll`` normalised as the encoder's training images were, when its file records
+    their per-channel mean / std (exports written by a run do); else as it is (its own
+    statistics)."""
+    mean, std = loaded.meta.get("data_mean"), loaded.meta.get("data_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+        return coll
+    note = f"normalised with the training set's mean / std recorded in {loaded.source}"
+    return dataclasses.replace(coll, mean=tuple(mean), std=tuple(std), notes=[*coll.notes, note])
 
 
 def embed_collection(

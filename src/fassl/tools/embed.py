@@ -19,7 +19,7 @@ from fassl.report import write_json
 from fassl.runtime import Runtime
 from fassl.tools import ToolError
 from fassl.tools.collection import Collection
-from fassl.tools.common import embed_collection, feature_net
+from fassl.tools.common import embed_collection, feature_net, with_training_normalisation
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -67,6 +67,7 @@ def run_embed(
     if opts.dtype not in DTYPES:
         raise ToolError(f"--dtype must be one of {list(DTYPES)}, got {opts.dtype!r}")
     loaded = load_encoder(checkpoint)
+    coll = with_training_normalisation(coll, loaded)
     net = feature_net(loaded, opts.feature)
     feats = embed_collection(net, coll, rt, opts.batch_size, opts.progress)
     info = {

@@ -18,7 +18,7 @@ from fassl.encoders import LoadedEncoder, load_encoder
 from fassl.report import write_json
 from fassl.runtime import Runtime
 from fassl.tools.collection import Collection, collection_from_data
-from fassl.tools.common import embed_collection, feature_net
+from fassl.tools.common import embed_collection, feature_net, with_training_normalisation
 from fassl.tools.figures import contact_sheet, density_histograms
 from fassl.tools.rarity import (
     Ranking,
@@ -97,6 +97,7 @@ def rank_checkpoint(
     """(ranking, features, encoder): every image of ``coll`` scored by the weights of
     ``opts`` (default: the config's) on the feature the prototypes live on."""
     loaded = load_encoder(checkpoint)
+    coll = with_training_normalisation(coll, loaded)
     weights = opts.weights or [cfg.rebalance.weight]
     net = feature_net(loaded, cfg.prototypes.feature)
     feats = embed_collection(net, coll, rt, opts.batch_size, opts.progress)
