@@ -9,10 +9,10 @@ from pathlib import Path
 
 from fassl.config import Config, ConfigError, load_config
 from fassl.errors import debug_enabled, describe, expected_errors
+from fassl.runsettings import PIPELINE_STAGES
 from fassl.validation import check_paths
 
 RECIPES = Path(__file__).parent / "configs"
-PIPELINE_STAGES = ("teacher", "prototypes", "rebalance")  # fassl.runsettings, without torch
 
 
 def resolve_recipe(name: str) -> Path:

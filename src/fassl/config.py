@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fassl.errors import FasslError
 from fassl.reweight import REWEIGHTERS
+from fassl.validation import get_dotted
 
 # The registered methods (fassl.methods.METHODS checks that it lists the same).
 METHOD_NAMES = (
@@ -296,17 +297,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _get(cfg: Config, dotted: str) -> Any:
-    value: Any = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def validate(cfg: Config) -> Config:
     """Check values that a type alone cannot (choices, ranges); raise ConfigError."""
     for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
+        value = get_dotted(cfg, key)
         if value not in choices:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
     for setting in cfg.probe.settings:

@@ -5,7 +5,7 @@ Accepts every file the project writes: a stage's or a run's ``encoder.safetensor
 ``checkpoints/last.safetensors`` (``model/encoder.*``, SDCLR's pruned-branch BatchNorms
 dropped). The architecture comes from the file's own metadata, checked before any
 tensor is allocated, so a file from another model fails with a message, not an
-out-of-memory crash.
+out-of-memory crash; ``load_checkpoint`` refuses NaN or infinite weights.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from fassl.models import Encoder, build_backbone, mlp_head
+from fassl.models.heads import select_feature
 from fassl.models.pruning import dense_state_dict
+from fassl.models.resnet import ARCHS
 from fassl.models.state import load_state_checked, sub_state
 from fassl.train.checkpoint import CheckpointError, load_checkpoint, split_prefixed
 
-ARCHS = ("resnet18", "resnet50")
 MAX_WIDTH = 1024  # the paper's widths are 64 (ResNet-18/50); anything this large is corrupt
 
 
@@ -54,8 +55,7 @@ class ProjectedFeature(nn.Module):
         self.encoder, self.feature = encoder, feature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        backbone_out, projection = self.encoder(x)
-        return projection if self.feature == "projection" else backbone_out
+        return select_feature(self.encoder(x), self.feature)
 
 
 def _model_spec(meta: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -85,15 +85,6 @@ def _encoder_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sub_state(dense_state_dict(split_prefixed(tensors, "model")), "encoder")
 
 
-def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(
-            f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}): the "
-            "run diverged; use an earlier checkpoint or train again with a lower lr"
-        )
-
-
 def _rows(state: dict[str, torch.Tensor], key: str, path: Path) -> int:
     if key not in state:
         raise CheckpointError(f"{path} holds no projection head ({key} is missing)")
@@ -114,7 +105,6 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
         raise CheckpointError(
             f"{path}: its weights have width {found}, its metadata says {model['width']}"
         )
-    _check_finite(state, path)
     backbone = build_backbone(model["arch"], model["width"], model["cifar_stem"])
     hidden = model.get("proj_hidden") or _rows(state, "projector.0.weight", path)
     out_dim = model.get("proj_dim") or _rows(state, "projector.3.weight", path)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fassl.losses import log_rebalance_weight, prototype_scores
+from fassl.losses import log_rebalance_weight
+from fassl.prototypes import cosine_scores, nearest_prototype, occupancy
 from fassl.runtime import float32_only
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def log_weight_softmax_density(z: Tensor, prototypes: Tensor, temperature: float
     Returns:
         (N,) float32 log-weights, detached.
     """
-    cos = prototype_scores(z, prototypes, normalize=True)
+    cos = cosine_scores(z, prototypes)
     return -torch.logsumexp(cos / temperature, dim=1)
 
 
@@ -70,7 +71,7 @@ def log_weight_cluster_size(z: Tensor, prototypes: Tensor, cluster_sizes: Tensor
             f"cluster_sizes must have shape ({prototypes.shape[0]},), "
             f"got {tuple(cluster_sizes.shape)}"
         )
-    nearest = prototype_scores(z, prototypes, normalize=True).argmax(dim=1)
+    nearest = nearest_prototype(z, prototypes)
     sizes = cluster_sizes.to(device=nearest.device, dtype=torch.float32).clamp_min(1.0)
     return -torch.log(sizes[nearest])
 
@@ -181,8 +182,7 @@ class ClusterSizeWeight(Reweighter):
     def fit(self, prototypes: Tensor, features: Tensor | None = None) -> None:
         super().fit(prototypes, features)
         assert features is not None
-        nearest = prototype_scores(features, prototypes, normalize=True).argmax(dim=1)
-        self.sizes = torch.bincount(nearest, minlength=prototypes.shape[0]).float()
+        self.sizes = occupancy(features, prototypes).float()
 
     def log_phi(self, z: Tensor) -> Tensor:
         return log_weight_cluster_size(z, self.prototypes, self.sizes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISIONS = ("auto", "bf16", "fp32")
-MEMORY_FORMATS = ("channels_last", "contiguous")
 
 
 class DeviceUnavailable(RuntimeError):
@@ -134,6 +134,20 @@ def setup_runtime(
 def runtime_for(train: TrainConfig) -> Runtime:
     """``setup_runtime`` with a run's ``train.*`` settings."""
     return setup_runtime(train.device, train.precision, train.memory_format)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (this process counts as not running: what it left
+    behind in an earlier call is a leftover). For temporary files named by their writer."""
+    if pid == os.getpid():
+        return False  # this process is not writing it now: a leftover of an earlier call
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 _P = ParamSpec("_P")

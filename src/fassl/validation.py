@@ -107,7 +107,8 @@ _PATH_KEYS = (
 )
 
 
-def _get(cfg: Any, dotted: str) -> Any:
+def get_dotted(cfg: Any, dotted: str) -> Any:
+    """``cfg.a.b`` for ``"a.b"``."""
     value = cfg
     for part in dotted.split("."):
         value = getattr(value, part)
@@ -119,7 +120,7 @@ def range_problems(cfg: Any) -> list[str]:
     problems = []
     for key, rule in _RANGES.items():
         try:
-            value = _get(cfg, key)
+            value = get_dotted(cfg, key)
         except AttributeError:  # a section another config variant does not have
             continue
         test, wording = _RULES[rule]
@@ -159,7 +160,7 @@ def path_problems(cfg: Any) -> list[str]:
         if not root.exists():
             problems.append(f"config key 'data.root': no such file or folder: {root}")
     for key in _PATH_KEYS:
-        value = _get(cfg, key)
+        value = get_dotted(cfg, key)
         if value and not Path(value).expanduser().exists():
             problems.append(f"config key '{key}': no such file: {value}")
     return problems

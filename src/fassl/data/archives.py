@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from fassl.errors import DataError, printable
+from fassl.runtime import pid_alive
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -34,21 +35,11 @@ def _unpack(archive: Path, dest: Path) -> None:
         tar.extractall(dest, filter="data")  # no links or paths outside dest
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_partials(target: Path) -> None:
     """Folders of extractions whose process died before renaming them into place."""
     for tmp in target.parent.glob(f"{target.name}.partial-*"):
         pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

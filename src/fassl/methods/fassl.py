@@ -22,15 +22,10 @@ from fassl.losses import consistency_loss, normalize_weights, prototype_contrast
 from fassl.methods.base import EpochContext, Method, State, two_view_forward
 from fassl.methods.momentum import EmaSchedule, MomentumTeacher, frozen_copy
 from fassl.models import Encoder, mlp_head
+from fassl.models.heads import select_feature
 from fassl.models.state import IncompatibleCheckpoint
 from fassl.prototypes import init_prototypes
 from fassl.reweight import NoWeight, Reweighter, build_reweighter
-
-
-def select_feature(outputs: tuple[torch.Tensor, torch.Tensor], feature: str) -> torch.Tensor:
-    """The z of Eq. 1 and 3: the projection head's output or the backbone's feature."""
-    backbone_out, projection = outputs
-    return projection if feature == "projection" else backbone_out
 
 
 def feature_dim(cfg: Config, encoder: Encoder) -> int:
@@ -148,6 +143,7 @@ class RebalancedBYOL(MomentumTeacher):
         if not self.weighted:
             return
         feats = ctx.embed(self.teacher_feature).float() if self.reweighter.needs_dataset else None
+        # refit every epoch: .to(device) has replaced the prototypes buffer since __init__
         self.reweighter.fit(self.prototypes, feats)
 
     def dataset_log_phi(
@@ -160,9 +156,10 @@ class RebalancedBYOL(MomentumTeacher):
 
     def batch_weights(self, f: tuple[torch.Tensor, ...], t: tuple[torch.Tensor, ...]):
         """phi of this batch from the teacher's outputs of both views, and log scalars."""
-        l1 = self.reweighter.log_phi(select_feature((f[0], t[0]), self.feature))
-        l2 = self.reweighter.log_phi(select_feature((f[1], t[1]), self.feature))
-        log_phi = l1 if self.weight_view == "first" else (l1 + l2) / 2
+        log_phi = self.reweighter.log_phi(select_feature((f[0], t[0]), self.feature))
+        if self.weight_view == "mean":
+            l2 = self.reweighter.log_phi(select_feature((f[1], t[1]), self.feature))
+            log_phi = (log_phi + l2) / 2
         weights = normalize_weights(log_phi, self.clip_std, self.global_stats, self.strength)
         logs = {
             "weight_max": weights.max(),

@@ -16,8 +16,6 @@ from torch import nn
 from fassl.methods.base import Method, two_view_forward
 from fassl.models import Encoder
 
-EMA_SCHEDULES = ("fixed", "cosine")
-
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:

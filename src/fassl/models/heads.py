@@ -28,3 +28,10 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone(x)
         return features, self.projector(features)
+
+
+def select_feature(outputs: tuple[torch.Tensor, torch.Tensor], feature: str) -> torch.Tensor:
+    """The z of Eq. 1 and 3 of the FASSL paper from an ``Encoder``'s (backbone, projection)
+    outputs: the projection head's output or the backbone's feature."""
+    backbone_out, projection = outputs
+    return projection if feature == "projection" else backbone_out

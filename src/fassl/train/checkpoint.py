@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fassl.errors import FasslError
+from fassl.runtime import pid_alive
 
 FORMAT = "fassl-checkpoint-1"
 TMP_MARK = ".tmp-"  # save_checkpoint writes ".<name>.tmp-<pid>" and renames it
@@ -79,18 +80,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, meta
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process is not writing it now: a leftover of an earlier call
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete ``.<name>.tmp-<pid>`` files of killed saves in ``folder``; return them.
 
@@ -102,7 +91,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         return removed
     for tmp in folder.glob(f".*{TMP_MARK}*"):
         pid = tmp.name.rpartition(TMP_MARK)[2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -130,9 +130,7 @@ class Trainer:
         self.forward = CompiledForward(self.model, wants_compile(cfg.train.compile, self.device))
         self.optimizer = build_optimizer(method, optim_cfg)
         self.images = training_images(data.pretrain.images, self.device)
-        self.images_on_device = (
-            isinstance(self.images, torch.Tensor) and self.images.device == self.device
-        )
+        self.images_on_device = isinstance(self.images, torch.Tensor)  # else lazy, on the host
         self.augment = TwoViewAugment(cfg.augment, data.image_size, data.mean, data.std).to(
             self.device
         )
@@ -202,11 +200,15 @@ class Trainer:
             print(f"[{self.stage}] resuming from {path} after epoch {meta['epoch'] + 1}")
 
     # ---- helpers for methods and monitors ----------------------------------------------
-    def views(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 training images ``index`` on the device, from the device tensor or, for a
+        lazy set, decoded on the host."""
         if self.images_on_device:
-            batch = self.images[index.to(self.device, non_blocking=True)]
-        else:
-            batch = torch.as_tensor(self.images[index.cpu()]).to(self.device, non_blocking=True)
+            return self.images[index.to(self.device, non_blocking=True)]
+        return torch.as_tensor(self.images[index.cpu()]).to(self.device, non_blocking=True)
+
+    def views(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.rows(index)
         with torch.no_grad():
             v1, v2 = self.augment(batch)
         return (
@@ -236,11 +238,7 @@ class Trainer:
         chunks = []
         with eval_mode(self.method):
             for start in range(0, n, EMBED_BATCH):
-                stop = min(n, start + EMBED_BATCH)
-                if isinstance(self.images, torch.Tensor):
-                    rows = self.images[start:stop]
-                else:
-                    rows = torch.as_tensor(self.images[torch.arange(start, stop)])
+                rows = self.rows(torch.arange(start, min(n, start + EMBED_BATCH)))
                 x = prepare_batch(rows, d.mean, d.std, self.device, self.memory_format)
                 chunks.append(backbone_forward(fn, x, self.rt))
         return torch.cat(chunks)
