@@ -19,20 +19,27 @@ def test_bench_cli_writes_finite_json(tmp_path):
     argv = [
         "bench", "--device", "cpu", "--width", "4", "--batch", "8", "--images", "40",
         "--image-size", "16", "--epochs", "1", "--steps", "2", "--out", str(tmp_path),
-        "--name", "tiny", "model.proj_hidden=16", "model.proj_dim=8", "train.knn_every=1",
+        "--name", "tiny", "--compile", "eager,auto", "--baseline", "model.proj_hidden=16",
+        "model.proj_dim=8", "train.knn_every=1",
     ]  # fmt: skip
     assert main(argv) == 0
     result = json.loads((tmp_path / "tiny.json").read_text())
-    (row,) = result["rows"]
+    rows = result["rows"]
+    assert [(r["compile"], r["compiled"]) for r in rows] == [("eager", False), ("auto", False)]
+    row = rows[1]  # auto: eager on the CPU
     assert result["torch"] and result["device_name"]
     for key in ("step_img_s", "epoch_img_s", "full_epoch_img_s", "recipe_epoch_img_s"):
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert row["flop_per_image"] > 0 and row["peak_matmul_flop_s"] > 0
+    assert row["warmup_s"] > 0
     for key in ("step_mfu", "recipe_epoch_mfu"):
         assert 0 < row[key] <= 1, key
     assert row["monitor_s"] > 0  # the kNN monitor ran and was timed
+    # kornia is a dev dependency: the per-image baseline runs even without torchvision
+    assert row["per_image_library"] in ("torchvision", "kornia")
+    assert row["step_over_per_image"] > 0 and math.isfinite(row["step_over_per_image"])
     assert row["peak_host_rss_gib"] > 0 and row["peak_gpu_gib"] is None
-    assert "| simclr | 4 | 8 |" in (tmp_path / "tiny.md").read_text()
+    assert "| simclr | 4 | 8 | False | " in (tmp_path / "tiny.md").read_text()
 
 
 def test_flop_count_grows_with_width(tmp_path):

@@ -109,6 +109,20 @@ def test_k_sweep_trains_one_teacher_per_seed_and_writes_tables(tmp_path, monkeyp
     assert len(rows) == 1 + 2 * 2  # (fassl, supervised) x (K = 4, 6)
 
 
+def test_a_point_too_small_for_the_batch_fails_before_anything_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "runtime_for", lambda _: Runtime.cpu())
+    counts = iter([(24, 12, 6), (3, 2, 1)])  # the second point: 6 images, batch 8
+
+    def data_of_size(*_):
+        return tiny_data(next(counts), size=8)
+
+    monkeypatch.setattr(sweep, "build_data", data_of_size)
+    monkeypatch.setattr(sweep, "run_arm", lambda *_: pytest.fail("a run started"))
+    cfg = tiny_config(tmp_path, *TINY, "compare.grid={data.imbalance: [10, 100]}")
+    with pytest.raises(ConfigError, match=r"data\.imbalance=100.*teacher\.batch_size"):
+        sweep.run_sweep(cfg)
+
+
 def write_run(folder, all_values):
     for seed, value in enumerate(all_values):
         d = folder / f"seed{seed}"

@@ -106,6 +106,11 @@ class Runtime:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (timings); a no-op on the CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """The project's one autocast context; a no-op in fp32."""
         if self.autocast_dtype is None:

@@ -39,8 +39,9 @@ from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
 from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.report import sweep as sweep_report
+from fassl.runsettings import RUN, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
-from fassl.stages import run_pipeline_stage
+from fassl.stages import check_batch_size, run_pipeline_stage
 
 GRID_FILE = "grid/grid.json"
 # Config sections (dotted prefixes) each shareable part reads; a grid key under none of
@@ -209,6 +210,27 @@ def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     return run_pretrain(c, data=ctx.data, rt=ctx.rt)
 
 
+def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> dict:
+    """Every point's data (one load per distinct ``data`` section), with every batch size
+    checked against it, before anything trains: a rho sweep whose last point is too small
+    for the batch fails at once, not after the points before it trained."""
+    datasets: dict[str, LongTailData] = {}
+    for point in points:
+        key = to_yaml(point.cfg.data)
+        if key not in datasets:
+            datasets[key] = build_data(point.cfg.data, seed)
+        stages = pipeline_stages(point.cfg) if any(m in FASSL_ARMS for m in methods) else []
+        if any(m not in FASSL_ARMS for m in methods):
+            stages.append(RUN)
+        for stage in stages:
+            optim_cfg = point.cfg.optim if stage == RUN else getattr(point.cfg.pipeline, stage)
+            try:
+                check_batch_size(point.cfg, datasets[key], optim_cfg)
+            except ConfigError as err:
+                raise ConfigError(f"compare.grid at {point.label}: {err}") from err
+    return datasets
+
+
 def run_sweep(cfg: Config) -> dict:
     """Every grid point's comparison, then the sweep tables and plot."""
     out = Path(cfg.out_dir)
@@ -217,14 +239,11 @@ def run_sweep(cfg: Config) -> dict:
     points = plan(cfg, out)
     write_plan(points, out)
     rt = runtime_for(cfg.train)
-    datasets: dict[str, LongTailData] = {}
+    datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
     # fassl first, so that its ablation arms can reuse its stages.
     order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")
     for point in points:
-        key = to_yaml(point.cfg.data)
-        if key not in datasets:
-            datasets[key] = build_data(point.cfg.data, cfg.seed)
-        ctx = SweepContext(out, datasets[key], rt)
+        ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
         for seed in cfg.compare.seeds:
             for name in order:
                 run_arm(point, name, seed, ctx)

@@ -1,12 +1,15 @@
 """Inputs of ``fassl bench``: a synthetic CIFAR-10-LT-sized dataset, and the per-image
-pipeline (torchvision transforms in DataLoader workers) it is compared with."""
+pipeline (torchvision transforms, else kornia's, in DataLoader workers) it is compared
+with."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
+from fassl.data.augment import RATIO
 from fassl.data.bundle import LongTailData, Split
 from fassl.train.loop import Trainer
 
@@ -45,29 +48,51 @@ def synthetic_data(n: int, size: int, classes: int = 10, seed: int = 0) -> LongT
     )
 
 
-def per_image_baseline(trainer: Trainer, steps: int) -> float | None:
-    """Images/s when torchvision transforms make the two views image by image in
-    DataLoader workers and the same model trains on them; None without torchvision."""
+def per_image_augment(trainer: Trainer) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The recipe's two-view augmentation as a per-image transform of a uint8 image:
+    torchvision's transforms, else kornia.augmentation on one image at a time (the same
+    operations, image by image); ImportError when neither library imports."""
+    a, d = trainer.cfg.augment, trainer.data
+    size = d.image_size
     try:
         from torchvision import transforms as T
     except ImportError:
-        print("per-image baseline skipped: torchvision cannot be imported here")
-        return None
-    a, d = trainer.cfg.augment, trainer.data
-    size = d.image_size
-    aug = T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(a.crop_scale_min, 1.0)),
-            T.RandomHorizontalFlip(a.flip_p),
-            T.RandomApply(
-                [T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue)], a.jitter_p
-            ),
-            T.RandomGrayscale(a.grayscale_p),
-            T.ConvertImageDtype(torch.float32),
-            T.Normalize(d.mean, d.std),
-        ]
+        pass
+    else:
+        return "torchvision", T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(a.crop_scale_min, 1.0)),
+                T.RandomHorizontalFlip(a.flip_p),
+                T.RandomApply(
+                    [T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue)], a.jitter_p
+                ),
+                T.RandomGrayscale(a.grayscale_p),
+                T.ConvertImageDtype(torch.float32),
+                T.Normalize(d.mean, d.std),
+            ]
+        )
+    import kornia.augmentation as K  # ImportError when kornia is missing too
+
+    aug = torch.nn.Sequential(
+        K.RandomResizedCrop((size, size), scale=(a.crop_scale_min, 1.0), ratio=RATIO),
+        K.RandomHorizontalFlip(p=a.flip_p),
+        K.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue, p=a.jitter_p),
+        K.RandomGrayscale(p=a.grayscale_p),
+        K.Normalize(torch.tensor(d.mean), torch.tensor(d.std)),
     )
-    images = d.pretrain.images
+    return "kornia", lambda image: aug(image[None].float() / 255)[0]
+
+
+def per_image_baseline(trainer: Trainer, steps: int) -> tuple[str, float] | None:
+    """Images/s when a per-image pipeline (``per_image_augment``) makes the two views
+    image by image in DataLoader workers and the same model trains on them, with the
+    library used; None when neither torchvision nor kornia can be imported."""
+    try:
+        library, aug = per_image_augment(trainer)
+    except ImportError:
+        print("per-image baseline skipped: neither torchvision nor kornia can be imported")
+        return None
+    images = trainer.data.pretrain.images
 
     class TwoViews(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -84,7 +109,7 @@ def per_image_baseline(trainer: Trainer, steps: int) -> float | None:
     fmt, done, t0 = trainer.memory_format, 0, 0.0
     for v1, v2 in loader:
         if done == 2:  # two warm-up steps
-            _sync(trainer.device)
+            trainer.rt.synchronize()
             t0 = time.perf_counter()
         v1 = v1.to(trainer.device, non_blocking=True).contiguous(memory_format=fmt)
         v2 = v2.to(trainer.device, non_blocking=True).contiguous(memory_format=fmt)
@@ -96,10 +121,5 @@ def per_image_baseline(trainer: Trainer, steps: int) -> float | None:
         done += 1
         if done == 2 + steps:
             break
-    _sync(trainer.device)
-    return (done - 2) * batch / (time.perf_counter() - t0) if done > 2 else None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    trainer.rt.synchronize()
+    return (library, (done - 2) * batch / (time.perf_counter() - t0)) if done > 2 else None

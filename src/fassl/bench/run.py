@@ -14,8 +14,9 @@ size (11,165 uint8 images of 32x32 by default, long-tailed labels for the monito
   of the training step) and a dense matmul's rate in the same dtype measured beside it,
   hence model-FLOP utilisation (MFU);
 - peak host RSS (``resource.getrusage``) and peak GPU memory;
-- optionally a per-image baseline (torchvision transforms in DataLoader workers) feeding
-  the same model, for a side-by-side ratio.
+- optionally a per-image baseline (torchvision transforms in DataLoader workers, or
+  kornia's where torchvision cannot be imported) feeding the same model, for a
+  side-by-side ratio.
 
 JSON and a markdown table (device name, torch version) go under ``benchmarks/results``.
 """
@@ -23,6 +24,7 @@ JSON and a markdown table (device name, torch version) go under ``benchmarks/res
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import tempfile
@@ -41,6 +43,7 @@ from fassl.config import Config, load_config
 from fassl.data.bundle import LongTailData
 from fassl.methods.base import EpochContext
 from fassl.runtime import Runtime, runtime_for
+from fassl.train.compile import COMPILE_CHOICES
 from fassl.train.loop import Trainer
 
 RESULTS = Path("benchmarks/results")
@@ -52,6 +55,7 @@ class BenchSettings:
 
     methods: list[str] = field(default_factory=lambda: ["simclr"])
     widths: list[int] = field(default_factory=lambda: [32])
+    compiles: list[str] = field(default_factory=lambda: ["auto"])  # train.compile settings
     batch: int = 256
     device: str = "auto"
     precision: str = "auto"
@@ -66,7 +70,9 @@ class BenchSettings:
     baseline: bool = False
 
 
-def bench_config(s: BenchSettings, method: str, width: int, run_dir: Path) -> Config:
+def bench_config(
+    s: BenchSettings, method: str, width: int, run_dir: Path, compile_: str = "auto"
+) -> Config:
     """The recipe (if any), then the bench's own settings, then the user's overrides."""
     from fassl.cli import resolve_recipe
 
@@ -80,6 +86,7 @@ def bench_config(s: BenchSettings, method: str, width: int, run_dir: Path) -> Co
             f"optim.epochs={s.epochs}",
             f"train.device={s.device}",
             f"train.precision={s.precision}",
+            f"train.compile={compile_}",
             "train.progress=false",
             f"out_dir={run_dir}",
             *s.overrides,
@@ -110,23 +117,20 @@ def monitors_for(cfg: Config, data: LongTailData, name: str) -> list:
     return monitors
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def step_rate(trainer: Trainer, steps: int) -> float:
-    """Images/s of ``Trainer.train_step`` on one fixed batch, after two warm-up steps."""
+def step_rate(trainer: Trainer, steps: int) -> tuple[float, float]:
+    """Images/s of ``Trainer.train_step`` on one fixed batch after two warm-up steps, and
+    the warm-up's seconds (compilation, when ``train.compile`` is on, happens there)."""
     batch = trainer.optim_cfg.batch_size
     idx = torch.randperm(len(trainer.images))[:batch]
+    t_warm = time.perf_counter()
     for step in range(2):
         trainer.train_step(idx, step)
-    sync(trainer.device)
+    trainer.rt.synchronize()
     t0 = time.perf_counter()
     for step in range(2, 2 + steps):
         loss, _ = trainer.train_step(idx, step)
     float(loss)  # wait for the device
-    return steps * batch / (time.perf_counter() - t0)
+    return steps * batch / (time.perf_counter() - t0), t0 - t_warm
 
 
 def flop_per_image(trainer: Trainer) -> float:
@@ -154,11 +158,11 @@ def matmul_peak(rt: Runtime, seconds: float = 1.0) -> float:
     a @ b
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end or best == float("inf"):
-        sync(rt.device)
+        rt.synchronize()
         t0 = time.perf_counter()
         for _ in range(4):
             a @ b
-        sync(rt.device)
+        rt.synchronize()
         best = min(best, (time.perf_counter() - t0) / 4)
     return 2 * n**3 / best
 
@@ -226,10 +230,12 @@ def peak_memory(device: torch.device) -> dict[str, float | None]:
     return {"peak_host_rss_gib": rss_kib / 2**20, "peak_gpu_gib": gpu}
 
 
-def measure(s: BenchSettings, data: LongTailData, method: str, width: int) -> dict[str, Any]:
-    """One row: every measurement of one method at one width."""
+def measure(
+    s: BenchSettings, data: LongTailData, method: str, width: int, compile_: str
+) -> dict[str, Any]:
+    """One row: every measurement of one method at one width and compile setting."""
     with tempfile.TemporaryDirectory(prefix="fassl-bench-") as tmp:
-        cfg = bench_config(s, method, width, Path(tmp) / "steps")
+        cfg = bench_config(s, method, width, Path(tmp) / "steps", compile_)
         rt = runtime_for(cfg.train)
         if rt.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(rt.device)
@@ -243,12 +249,13 @@ def measure(s: BenchSettings, data: LongTailData, method: str, width: int) -> di
         # What an epoch start prepares (SDCLR's masks, stage 2's bank) before any step.
         steps_trainer.method.on_epoch_start(EpochContext(0, s.epochs, steps_trainer.embed))
         row: dict[str, Any] = {"method": method, "width": width, "batch": s.batch}
+        row["compile"] = compile_
         row["flop_per_image"] = flop_per_image(steps_trainer)
         peak = matmul_peak(rt)  # beside the step timing: both see the same machine load
-        row["step_img_s"] = step_rate(steps_trainer, s.steps)
+        row["step_img_s"], row["warmup_s"] = step_rate(steps_trainer, s.steps)
         row["compiled"] = steps_trainer.forward.active
-        if s.baseline:
-            row["per_image_baseline_img_s"] = per_image_baseline(steps_trainer, s.steps)
+        baseline = per_image_baseline(steps_trainer, s.steps) if s.baseline else None
+        row["per_image_library"], row["per_image_baseline_img_s"] = baseline or (None, None)
         del steps_trainer
         fit_trainer = trainer(Path(tmp) / "fit", monitors_for(cfg, data, method))
         fit_trainer.wrap_monitors()
@@ -270,10 +277,11 @@ def run_bench(s: BenchSettings, command: str = "fassl bench") -> dict[str, Any]:
     data = synthetic_data(s.images, s.image_size)
     rows = []
     for width in s.widths:
-        for method in s.methods:
-            row = measure(s, data, method, width)
+        for method, compile_ in itertools.product(s.methods, s.compiles):
+            row = measure(s, data, method, width, compile_)
             print(
-                f"{method} width {width}: step {row['step_img_s']:.1f} img/s, recipe epoch "
+                f"{method} width {width} ({'compiled' if row['compiled'] else 'eager'}): "
+                f"step {row['step_img_s']:.1f} img/s, recipe epoch "
                 f"{row['recipe_epoch_img_s']:.1f} img/s, step MFU {row['step_mfu']:.1%}"
             )
             rows.append(row)
@@ -302,6 +310,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="simclr", help="comma-separated, from: " + ",".join(METHODS))
     p.add_argument("--width", default="32", help="comma-separated model widths")
     p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument(
+        "--compile",
+        default="auto",
+        help="comma-separated train.compile settings (auto | compile | eager), "
+        "each its own row: e.g. eager,compile for the ratio in one run",
+    )
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default=d.precision, help="auto | bf16 | fp32")
     p.add_argument("--images", type=int, default=d.images, help="synthetic training images")
@@ -312,7 +326,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=d.out, help="folder for <name>.json and <name>.md")
     p.add_argument("--name", default="", help="file stem (default bench_<device type>)")
     p.add_argument("--baseline", action="store_true", help="add the per-image baseline")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.compile=eager")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.log_every=50")
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -320,9 +334,13 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"--method: {unknown or methods} not in {list(METHODS)}")
+    compiles = [c for c in args.compile.split(",") if c]
+    if not compiles or any(c not in COMPILE_CHOICES for c in compiles):
+        raise ValueError(f"--compile: {compiles} not all in {list(COMPILE_CHOICES)}")
     return BenchSettings(
         methods=methods,
         widths=[int(w) for w in args.width.split(",") if w],
+        compiles=compiles,
         batch=args.batch,
         device=args.device,
         precision=args.precision,

@@ -8,15 +8,9 @@ writes into ``--out`` (default: a folder next to the checkpoint).
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from fassl.config import Config
-from fassl.tools import ToolError
-
-Command = Callable[[argparse.Namespace], None]
 
 
 def _config(args: argparse.Namespace, checkpoint: Path) -> Config:
@@ -29,25 +23,10 @@ def _config(args: argparse.Namespace, checkpoint: Path) -> Config:
     return cfg
 
 
-def _tool_errors(fn: Command) -> Command:
-    """A ToolError ends the command with its message and exit status 2, like other errors."""
-
-    @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> None:
-        try:
-            fn(args)
-        except ToolError as err:
-            print(f"fassl: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from err
-
-    return run
-
-
 def _listing(out: Path, names: list[str]) -> str:
     return f"wrote into {out}: " + ", ".join(names)
 
 
-@_tool_errors
 def cmd_embed(args: argparse.Namespace) -> None:
     from fassl.runtime import runtime_for
     from fassl.tools.collection import load_collection
@@ -64,7 +43,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(_listing(out, ["embeddings.npy", "index.csv", "embeddings.json"]))
 
 
-@_tool_errors
 def cmd_rare(args: argparse.Namespace) -> None:
     from fassl.runtime import runtime_for
     from fassl.tools.collection import load_collection
@@ -81,7 +59,6 @@ def cmd_rare(args: argparse.Namespace) -> None:
     print(_listing(out, written))
 
 
-@_tool_errors
 def cmd_export(args: argparse.Namespace) -> None:
     from fassl.tools.export import export_backbone
 
@@ -91,7 +68,6 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(_listing(out, [p.name for p in paths]))
 
 
-@_tool_errors
 def cmd_tsne(args: argparse.Namespace) -> None:
     from fassl.data.build import build_data
     from fassl.runtime import runtime_for
