@@ -31,6 +31,7 @@ from fassl.train.loop import EXPORT, Trainer, export_encoder
 __all__ = [
     "STAGE_METHODS",
     "check_batch_size",
+    "check_batch_sizes",
     "check_data",
     "load_backbone",
     "run_pipeline_stage",
@@ -46,6 +47,14 @@ def check_batch_size(cfg: Config, data: LongTailData, optim_cfg: OptimConfig) ->
             f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) is larger than the "
             f"{n:,} pre-training images of {data.name}; lower it to at most {n}"
         )
+
+
+def check_batch_sizes(cfg: Config, data: LongTailData, stages: list[str]) -> None:
+    """The batch of every stage in ``stages`` (pipeline stage names, or ``run`` for
+    cfg.optim) fits the pre-training set."""
+    for stage in stages:
+        optim_cfg = cfg.optim if stage == RUN else getattr(cfg.pipeline, stage)
+        check_batch_size(cfg, data, optim_cfg)
 
 
 def _unsplit_classes(data: LongTailData) -> list[str]:
@@ -71,9 +80,7 @@ def check_data(cfg: Config, data: LongTailData, stages: list[str]) -> None:
         print(f"fassl: {line}", file=sys.stderr)
         if line not in data.notes:
             data.notes.append(line)
-    for stage in stages:
-        optim_cfg = cfg.optim if stage == RUN else getattr(cfg.pipeline, stage)
-        check_batch_size(cfg, data, optim_cfg)
+    check_batch_sizes(cfg, data, stages)
 
 
 def run_stage(

@@ -41,7 +41,7 @@ from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.report import sweep as sweep_report
 from fassl.runsettings import RUN, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
-from fassl.stages import check_batch_size, run_pipeline_stage
+from fassl.stages import check_batch_sizes, run_pipeline_stage
 
 GRID_FILE = "grid/grid.json"
 # Config sections (dotted prefixes) each shareable part reads; a grid key under none of
@@ -222,12 +222,10 @@ def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> d
         stages = pipeline_stages(point.cfg) if any(m in FASSL_ARMS for m in methods) else []
         if any(m not in FASSL_ARMS for m in methods):
             stages.append(RUN)
-        for stage in stages:
-            optim_cfg = point.cfg.optim if stage == RUN else getattr(point.cfg.pipeline, stage)
-            try:
-                check_batch_size(point.cfg, datasets[key], optim_cfg)
-            except ConfigError as err:
-                raise ConfigError(f"compare.grid at {point.label}: {err}") from err
+        try:
+            check_batch_sizes(point.cfg, datasets[key], stages)
+        except ConfigError as err:
+            raise ConfigError(f"compare.grid at {point.label}: {err}") from err
     return datasets
 
 
