@@ -1,9 +1,14 @@
 import json
 import math
 
+import pytest
+
 from fassl.bench import BenchSettings, run_bench
 from fassl.bench.data import synthetic_data
 from fassl.cli import main
+
+# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+pytestmark = pytest.mark.trains
 
 
 def test_synthetic_data_has_the_long_tail_and_size():

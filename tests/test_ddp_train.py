@@ -19,6 +19,9 @@ from fassl.runtime import Runtime
 from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data
 
+# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+pytestmark = pytest.mark.trains
+
 IDENTITY_AUG = (
     "augment.crop_scale_min=1.0",
     "augment.flip_p=0.0",

@@ -16,6 +16,9 @@ from fassl.runtime import Runtime
 from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data
 
+# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+pytestmark = pytest.mark.trains
+
 
 def clean_loss(method, data) -> float:
     """Cross-entropy of the classifier on the un-augmented pre-training images."""

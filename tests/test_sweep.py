@@ -11,6 +11,9 @@ from fassl.data.bundle import COLUMNS
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data
 
+# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+pytestmark = pytest.mark.trains
+
 TINY = (
     "pipeline.teacher.epochs=1",
     "pipeline.teacher.batch_size=8",

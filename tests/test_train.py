@@ -9,6 +9,9 @@ from fassl.train.checkpoint import load_checkpoint
 from fassl.train.loop import LAST, NonFiniteLoss, Trainer, batch_indices
 from tests.helpers import tiny_config, tiny_data
 
+# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+pytestmark = pytest.mark.trains
+
 CPU = Runtime.cpu()
 
 

@@ -40,6 +40,7 @@ EXAMPLES = {
     "export": "fassl export runs/demo/rebalance/encoder.safetensors --out exported",
     "tsne": "fassl tsne runs/d/teacher/encoder.safetensors runs/d/rebalance/encoder.safetensors",
     "bench": "fassl bench --method simclr,sdclr --width 32 --device cpu",
+    "info": "fassl info",
 }
 
 
@@ -164,10 +165,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"results in {out / 'results.json'}")
 
 
+def demo_config(overrides: list[str]) -> Config:
+    """demo.yaml, with its fp32 size laid over it where training would run in fp32."""
+    from fassl.runtime import resolve_autocast, resolve_device
+
+    cfg = load_config(RECIPES / "demo.yaml", overrides)
+    device = resolve_device(cfg.train.device)
+    if resolve_autocast(device, cfg.train.precision) is None:
+        overlay = RECIPES / "overlays" / "demo_fp32.yaml"
+        print(f"training runs in fp32 here: the demo takes its shorter schedule ({overlay.name})")
+        cfg = load_config([RECIPES / "demo.yaml", overlay], overrides)
+    return cfg
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from fassl.pipeline import run_pipeline
 
-    cfg = load_config(RECIPES / "demo.yaml", [f"out_dir={args.out}", *args.overrides])
+    cfg = demo_config([f"out_dir={args.out}", *args.overrides])
     run_pipeline(cfg, with_pixels=True, restart=args.restart or "")
     print((Path(cfg.out_dir) / "report.md").read_text())
     print(f"report in {Path(cfg.out_dir) / 'report.md'}")
@@ -200,6 +214,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from fassl.bench import run_bench, settings_from_args
 
     run_bench(settings_from_args(args), "fassl bench " + " ".join(sys.argv[2:]))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from fassl.runtime import machine_lines
+
+    print("\n".join(machine_lines()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training throughput, MFU and memory of the loop")
     bench_arguments(p)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("info", help="this machine, and what precision and layout auto pick")
+    p.set_defaults(func=cmd_info)
     _add_examples(parser, sub)
     return parser
 

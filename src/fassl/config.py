@@ -8,11 +8,12 @@ key is an error that names it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fassl.errors import FasslError
@@ -135,9 +136,10 @@ class OptimConfig:
 class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
-    # channels_last is faster on CUDA and, under bf16 autocast, on CPUs with AMX
-    # (benchmarks/results/train_cpu.json)
-    memory_format: str = "channels_last"  # channels_last | contiguous
+    # auto: channels_last (faster on CUDA and on every CPU measured) unless the model has
+    # a strided 1x1 conv with < 16 input channels, where oneDNN's CPU kernel is unsafe
+    # (fassl.runtime.resolve_channels_last; docs/RESULTS.md section 10)
+    memory_format: str = "auto"  # auto | channels_last | contiguous
     knn_every: int = 0  # epochs between kNN monitors on the validation set; 0 = off
     knn_k: int = 200
     # steps between metric log lines; the loss is also checked for NaN/inf this often
@@ -286,7 +288,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("resnet18", "resnet50"),
     "optim.optimizer": ("sgd", "lars"),
     "train.precision": ("auto", "bf16", "fp32"),
-    "train.memory_format": ("channels_last", "contiguous"),
+    "train.memory_format": ("auto", "channels_last", "contiguous"),
     "train.compile": ("auto", "compile", "eager"),
     "prototypes.feature": ("projection", "backbone"),
     "rebalance.weight": WEIGHTS,
@@ -321,37 +323,61 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
-    schema = OmegaConf.structured(Config)
-    layers = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            layers.append(OmegaConf.load(path))
-        except Exception as err:  # YAML syntax errors come in several types
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-    if overrides:
-        try:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
-        except Exception as err:  # YAML syntax errors come in several types
-            raise ConfigError(
-                f"an override is not valid YAML (a mapping needs a space after each colon, "
-                f"e.g. compare.grid={{prototypes.num_prototypes: [64, 128]}}): {err}"
-            ) from err
+def _load_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
     try:
-        merged = OmegaConf.merge(schema, *layers)
-        cfg = OmegaConf.to_object(merged)
+        layer = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors come in several types
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(
+            f"config file {path}: the top level must be a mapping of keys (data:, optim:, ...), "
+            f"not a {type(layer).__name__}"
+        )
+    return layer
+
+
+def _override_layer(item: str) -> Any:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except Exception as err:  # YAML syntax errors come in several types
+        raise ConfigError(
+            f"override {item!r} is not valid YAML (a mapping needs a space after each colon, "
+            f"e.g. compare.grid={{prototypes.num_prototypes: [64, 128]}}): {err}"
+        ) from err
+
+
+def _merge(merged: Any, layer: Any, where: str) -> Any:
+    """``merged`` with ``layer`` on top; a key or type the schema refuses names ``where``."""
+    try:
+        return OmegaConf.merge(merged, layer)
     except OmegaConfBaseException as err:
-        where = f" in {path}" if path is not None else ""
         key = getattr(err, "full_key", None)
         msg = str(err).splitlines()[0]
-        raise ConfigError(f"config key '{key}'{where}: {msg}") from err
+        raise ConfigError(f"config key '{key}' {where}: {msg}") from err
+
+
+def load_config(
+    path: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] | None = None
+) -> Config:
+    """Defaults, then the YAML file(s) at ``path`` in order, then ``key=value`` overrides.
+
+    Each layer is merged on its own, so an unknown key or a wrong type names the file or
+    the override it came from.
+    """
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    merged = OmegaConf.structured(Config)
+    for item in paths:
+        merged = _merge(merged, _load_yaml(Path(item)), f"in {item}")
+    for item in overrides or []:
+        merged = _merge(merged, _override_layer(item), f"in override {item!r}")
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # e.g. a missing value no layer set
+        raise ConfigError(f"config key '{getattr(err, 'full_key', None)}': {err}") from err
     assert isinstance(cfg, Config)
     return validate(cfg)
 

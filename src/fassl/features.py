@@ -34,11 +34,9 @@ def prepare_batch(
     device: torch.device,
     memory_format: torch.memory_format | None = None,
 ) -> torch.Tensor:
-    """uint8 batch -> standardised float32 on ``device``, in ``memory_format``
-    (default: channels_last on CUDA, as laid out by the caller elsewhere)."""
+    """uint8 batch -> standardised float32 on ``device``, in ``memory_format`` (None:
+    as it comes; callers pass ``Runtime.memory_format_for`` of the network it feeds)."""
     x = normalize_images(images.to(device, non_blocking=True), mean, std)
-    if memory_format is None and device.type == "cuda":
-        memory_format = torch.channels_last
     if memory_format is not None:
         x = x.contiguous(memory_format=memory_format)
     return x
@@ -69,9 +67,13 @@ def extract_features(
     A module runs in eval mode (BN uses its running statistics) and gets its previous
     mode back afterwards; a plain function (e.g. a method's teacher feature) is the
     caller's to put in eval mode. An empty input yields (0, D): one zero image is run to
-    learn D, so callers can treat empty splits like any other.
+    learn D, so callers can treat empty splits like any other. ``memory_format``
+    defaults to the layout rule's answer for a module (``Runtime.memory_format_for``),
+    contiguous for a plain function.
     """
     device = rt.device
+    if memory_format is None and isinstance(net, nn.Module):
+        memory_format = rt.memory_format_for(net)
     mode = eval_mode(net) if isinstance(net, nn.Module) else contextlib.nullcontext()
     with mode:
         if images.shape[0] == 0:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
+from torch import nn
 
 from fassl import distributed
 
@@ -26,6 +28,14 @@ if TYPE_CHECKING:
 
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISIONS = ("auto", "bf16", "fp32")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+# oneDNN's ONEDNN_MAX_CPU_ISA values that still reach its bf16 kernels (ALL = no cap).
+_BF16_ISAS = ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
+# Below this many input channels, oneDNN's AVX2 kernel for a strided 1x1 convolution in
+# channels_last (NHWC) writes past its workspace: heap corruption, hangs, or wrong weight
+# gradients without an error (uxlfoundation/oneDNN #6035; 16 = the AVX-512 block, so the
+# margin covers the AVX2 block of 8 with room). docs/RESULTS.md section 10.
+SAFE_POINTWISE_CHANNELS = 16
 
 
 class DeviceUnavailable(RuntimeError):
@@ -33,20 +43,80 @@ class DeviceUnavailable(RuntimeError):
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16_units() -> bool:
-    """True when the CPU multiplies bf16 matrices natively (AMX or AVX512-BF16).
-
-    Without such units bf16 autocast on the CPU is emulated and slower than fp32.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux, or no procfs: assume no native bf16
-        return False
-    for line in text.splitlines():
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
+    for line in _cpuinfo_lines():
         if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return any(flag in flags for flag in _BF16_CPU_FLAGS)
-    return False
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str], onednn_isa: str, aten_capability: str) -> bool:
+    """Whether bf16 matmuls run on native units: the CPU has AMX or AVX512-BF16 and
+    neither oneDNN (``ONEDNN_MAX_CPU_ISA``, empty = no cap) nor ATen (its CPU
+    capability, ``AVX2`` under ``ATEN_CPU_CAPABILITY=avx2``) is capped below them.
+
+    Without such units bf16 autocast is emulated: 10-30x slower than fp32
+    (docs/RESULTS.md section 10), so ``auto`` precision is fp32 there.
+    """
+    if not any(flag in flags for flag in _BF16_CPU_FLAGS):
+        return False
+    cap = onednn_isa.strip().upper()
+    if cap and not cap.startswith(_BF16_ISAS):
+        return False
+    return aten_capability.upper().startswith("AVX512")
+
+
+def cpu_has_bf16_units() -> bool:
+    """``native_bf16`` for this machine and process (flags, oneDNN and ATen caps)."""
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    return native_bf16(cpu_flags(), onednn, torch.backends.cpu.get_cpu_capability())
+
+
+def min_strided_pointwise_channels(model: nn.Module) -> int:
+    """The fewest input channels of any strided 1x1 convolution in ``model`` (a large
+    number when there is none)."""
+    found = [
+        m.in_channels
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and max(m.stride) > 1
+    ]
+    return min(found, default=1 << 30)
+
+
+def resolve_channels_last(setting: str, device_type: str, pointwise_channels: int) -> bool:
+    """The layout rule of ``train.memory_format``: True = channels_last.
+
+    ``auto``: channels_last on CUDA, and on the CPU unless a strided 1x1 convolution has
+    fewer than ``SAFE_POINTWISE_CHANNELS`` input channels (``pointwise_channels``, from
+    ``min_strided_pointwise_channels``). On every CPU measured channels_last trained
+    faster, fp32 and bf16, AVX2 and AVX-512 kernels alike (1.04-1.65x, docs/RESULTS.md
+    section 10), so the only reason for contiguous is the unsafe kernel; the rule does
+    not read the CPU's flags because the oneDNN fault depends on the machine.
+    ``channels_last`` on such a model on the CPU is refused the same way, with a warning.
+    """
+    if setting not in MEMORY_FORMATS:
+        raise ValueError(f"memory format must be one of {list(MEMORY_FORMATS)}, got {setting!r}")
+    if setting == "contiguous":
+        return False
+    if device_type != "cpu":
+        return setting == "channels_last" or device_type == "cuda"
+    safe = pointwise_channels >= SAFE_POINTWISE_CHANNELS
+    if setting == "channels_last" and not safe:
+        _warn_unsafe_layout(pointwise_channels)
+    return safe
+
+
+@functools.cache
+def _warn_unsafe_layout(channels: int) -> None:
+    """Once per process and channel count."""
+    print(
+        f"fassl: warning: train.memory_format=channels_last ignored: the model has a strided "
+        f"1x1 convolution with {channels} input channels (< {SAFE_POINTWISE_CHANNELS}), where "
+        "oneDNN's CPU kernel in channels_last can corrupt memory or weight gradients; "
+        "training runs contiguous (train.memory_format=auto picks this itself)",
+        file=sys.stderr,
+    )
 
 
 def resolve_autocast(device: torch.device | str, precision: str) -> torch.dtype | None:
@@ -91,20 +161,24 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class Runtime:
-    """The device, the autocast dtype (None = fp32) and the training memory format."""
+    """The device, the autocast dtype (None = fp32) and the memory-format setting
+    (``train.memory_format``), resolved per model by ``memory_format_for``."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None = None
-    channels_last: bool = False
+    memory_format_setting: str = "auto"
 
     @classmethod
     def cpu(cls) -> Runtime:
         """fp32 on the CPU: what tests and small analyses use."""
         return cls(torch.device("cpu"))
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
+    def memory_format_for(self, model: nn.Module) -> torch.memory_format:
+        """The layout ``model`` trains and extracts features in (``resolve_channels_last``)."""
+        pointwise = min_strided_pointwise_channels(model)
+        if resolve_channels_last(self.memory_format_setting, self.device.type, pointwise):
+            return torch.channels_last
+        return torch.contiguous_format
 
     def synchronize(self) -> None:
         """Wait for the device's queued work (timings); a no-op on the CPU."""
@@ -119,12 +193,12 @@ class Runtime:
 
 
 def setup_runtime(
-    device: str = "auto", precision: str = "auto", memory_format: str = ""
+    device: str = "auto", precision: str = "auto", memory_format: str = "auto"
 ) -> Runtime:
     """Pick the device, join torchrun's process group if there is one, choose precision.
 
-    ``memory_format`` is the training layout (``train.memory_format``); empty means
-    channels_last on CUDA only.
+    ``memory_format`` is ``train.memory_format`` (auto | channels_last | contiguous),
+    resolved per model (``Runtime.memory_format_for``).
     """
     dev = resolve_device(device)
     distributed.init_from_env(dev.type)
@@ -132,8 +206,11 @@ def setup_runtime(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    channels_last = memory_format == "channels_last" or (not memory_format and dev.type == "cuda")
-    return Runtime(dev, resolve_autocast(dev, precision), channels_last)
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(
+            f"memory format must be one of {list(MEMORY_FORMATS)}, got {memory_format!r}"
+        )
+    return Runtime(dev, resolve_autocast(dev, precision), memory_format)
 
 
 def runtime_for(train: TrainConfig) -> Runtime:
@@ -174,3 +251,37 @@ def float32_only(fn: Callable[_P, _R]) -> Callable[_P, _R]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def machine_lines() -> list[str]:
+    """What this machine is and what ``auto`` resolves to here (``fassl info``, CI logs)."""
+    model = next(
+        (
+            line.partition(":")[2].strip()
+            for line in _cpuinfo_lines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    aten = torch.backends.cpu.get_cpu_capability()
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return [
+        f"cpu: {model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads",
+        f"cpu flags: {' '.join(shown) or 'none of avx2 avx512f avx512_bf16 amx_bf16'}",
+        f"torch {torch.__version__}: CPU capability {aten}"
+        + (f", ONEDNN_MAX_CPU_ISA={onednn}" if onednn else ""),
+        f"cuda: {cuda}",
+        f"train.precision=auto on the CPU: {'bf16' if cpu_has_bf16_units() else 'fp32'}",
+        f"train.memory_format=auto on the CPU: channels_last unless a strided 1x1 conv has "
+        f"< {SAFE_POINTWISE_CHANNELS} input channels (then contiguous)",
+    ]
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []

@@ -273,7 +273,7 @@ def linear_probe_sdclr(
     mean, std, num_classes = splits.mean, splits.std, splits.num_classes
     epochs, lr, batch_size = schedule.epochs, schedule.lr, schedule.batch_size
     _check_inputs(train.labels, epochs)
-    device = rt.device
+    device, layout = rt.device, rt.memory_format_for(backbone)
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(backbone):
         val_feats = extract_features(backbone, val.images, mean, std, rt).to(device)
@@ -291,7 +291,7 @@ def linear_probe_sdclr(
                 idx = perm[start : start + batch_size]
                 images = train.images[idx].to(device, non_blocking=True)
                 images = random_crop_flip(images, padding=4, generator=gen)
-                x = prepare_batch(images, mean, std, device)
+                x = prepare_batch(images, mean, std, device, layout)
                 feats = backbone_forward(backbone, x, rt)
                 loss = F.cross_entropy(head(feats), train.labels[idx].to(device))
                 opt.zero_grad(set_to_none=True)

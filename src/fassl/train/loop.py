@@ -113,7 +113,7 @@ class Trainer:
         self.method, self.data, self.cfg, self.optim_cfg = method, data, cfg, optim_cfg
         self.run_dir, self.rt, self.stage = Path(run_dir), runtime, stage
         self.device = runtime.device
-        self.memory_format = runtime.memory_format
+        self.memory_format = runtime.memory_format_for(method)  # the layout rule
         # Labels go only to a method that declares ``needs_labels`` (the supervised
         # reference); attach_data comes before the optimizer is built.
         labels = training_labels(method, data)
