@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fassl.arms import baseline_epochs, run_config
 from fassl.cli import main, resolve_recipe
-from fassl.compare import baseline_epochs, run_config
 from fassl.config import ConfigError, DataConfig, load_config
 from fassl.data.build import build_data
 from fassl.data.bundle import COLUMNS
-from fassl.train.loop import EXPORT
+from fassl.names import EXPORT
 
 
 def make_folder(root, per_class=12, size=8):

@@ -18,8 +18,9 @@ import torch
 
 from fassl.cli import main
 from fassl.data.sources import load_labeled_folder, load_unlabeled_folder
+from fassl.names import EXPORT, LAST
 from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from fassl.train.loop import EXPORT, LAST, Trainer
+from fassl.train.loop import Trainer
 from tests.data_fixtures import save_image, write_cifar10, write_class_folder
 from tests.helpers import tiny_config, tiny_data
 

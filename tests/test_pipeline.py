@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from fassl.names import EXPORT, LAST
 from fassl.pipeline import run_pipeline
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import EXPORT, LAST, Trainer
+from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data
 
 # Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).

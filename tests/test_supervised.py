@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fassl.compare import baseline_epochs, run_config
+from fassl.arms import baseline_epochs, run_config
 from fassl.config import ConfigError
 from fassl.data.bundle import normalize_images
 from fassl.methods import build_method

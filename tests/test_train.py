@@ -4,9 +4,10 @@ import torch
 from fassl.errors import RunConflict
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
+from fassl.names import LAST
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import LAST, NonFiniteLoss, Trainer, batch_indices
+from fassl.train.loop import NonFiniteLoss, Trainer, batch_indices
 from tests.helpers import tiny_config, tiny_data
 
 # Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).

@@ -205,9 +205,20 @@ def cmd_tables(args: argparse.Namespace) -> None:
     runs = collect_runs(out)
     if not runs:
         raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}")
-    write_comparison(
-        out, runs, out.name, [f"{len(runs)} finished runs found in {out}"], cifar10=args.paper
-    )
+    paper = _paper_dataset(out) if args.paper == "auto" else args.paper
+    notes = [f"{len(runs)} finished runs found in {out}"]
+    write_comparison(out, runs, out.name, notes, paper=paper)
+
+
+def _paper_dataset(out: Path) -> str:
+    """The paper's dataset for ``--paper`` without a value: the comparison's own (from its
+    config.yaml: CIFAR-100 when it is), else CIFAR-10."""
+    config = out / "config.yaml"
+    if config.is_file():
+        cfg = load_config(config)
+        if cfg.data.dataset == "cifar100" or "cifar100" in Path(cfg.data.root).name:
+            return "cifar100"
+    return "cifar10"
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -258,7 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tables", help="comparison (or sweep) tables from the finished runs of a compare"
     )
     p.add_argument("out_dir", help="a compare out_dir")
-    p.add_argument("--paper", action="store_true", help="add the paper's CIFAR-10-LT rows")
+    p.add_argument(
+        "--paper",
+        nargs="?",
+        const="auto",
+        choices=("auto", "cifar10", "cifar100"),
+        help="add the paper's rows (CIFAR-10-LT or CIFAR-100-LT; default: the comparison's)",
+    )
     p.set_defaults(func=cmd_tables)
     p = sub.add_parser("eval", help="linear / few-shot probes and kNN of a checkpoint")
     p.add_argument("checkpoint", help="encoder.safetensors or checkpoints/last.safetensors")

@@ -7,52 +7,16 @@ a comparison killed at any point resumes with the same command.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 from fassl import report
-from fassl.config import FASSL_ARMS, Config, to_yaml
+from fassl.arms import arm_order, baseline_epochs, is_pipeline, run_config
+from fassl.config import Config, to_yaml
 from fassl.data.build import build_data
 from fassl.pipeline import run_pipeline, run_pretrain
-from fassl.reweight import REWEIGHTERS
 from fassl.runtime import runtime_for
-from fassl.train.loop import EXPORT
 from fassl.validation import check_paths
-
-
-def baseline_epochs(cfg: Config) -> int:
-    p = cfg.pipeline
-    return cfg.compare.baseline_epochs or (
-        p.teacher.epochs + p.prototypes.epochs + p.rebalance.epochs
-    )
-
-
-def arm_weight(name: str) -> str:
-    """The stage-2 weight of a FASSL arm other than ``fassl``: fassl_phi1 -> none,
-    fassl_<weight> -> <weight> (a name of ``fassl.reweight.REWEIGHTERS``)."""
-    return "none" if name == "fassl_phi1" else name.removeprefix("fassl_")
-
-
-def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
-    """The config of one method at one seed."""
-    c = copy.deepcopy(cfg)
-    c.seed = seed
-    c.out_dir = str(out / name / f"seed{seed}")
-    if name in FASSL_ARMS and name != "fassl":
-        # The other arms share FASSL's teacher and prototypes: only phi differs.
-        c.rebalance.weight = arm_weight(name)
-        strength = REWEIGHTERS[c.rebalance.weight].arm_strength
-        if strength is not None:  # e.g. fassl_paper: Eq. 3 as written, spread included
-            c.rebalance.strength = strength
-        shared = out / "fassl" / f"seed{seed}" / "prototypes" / EXPORT
-        if "fassl" in cfg.compare.methods and not cfg.pipeline.prototypes_checkpoint:
-            c.pipeline.prototypes_checkpoint = str(shared)
-    elif name != "fassl":
-        c.method = name
-        c.optim = copy.deepcopy(cfg.optim)
-        c.optim.epochs = baseline_epochs(cfg)
-    return c
 
 
 def run_comparison(cfg: Config) -> dict:
@@ -66,8 +30,8 @@ def run_comparison(cfg: Config) -> dict:
     data = build_data(cfg.data, cfg.seed)  # a bad data folder fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    # fassl first, so that its ablation can reuse its stages.
-    order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")
+    # every arm after the runs it starts from (fassl's stages, an SSP encoder)
+    order = arm_order(cfg)
     runs = []
     for seed in cfg.compare.seeds:
         for name in order:
@@ -75,7 +39,7 @@ def run_comparison(cfg: Config) -> dict:
             done = Path(c.out_dir) / "results.json"
             if done.is_file():
                 results = json.loads(done.read_text())
-            elif name in FASSL_ARMS:
+            elif is_pipeline(name):
                 results = run_pipeline(c, data=data, rt=rt)
             else:
                 results = run_pretrain(c, data=data, rt=rt)
@@ -89,7 +53,7 @@ def run_comparison(cfg: Config) -> dict:
         runs,
         data.name,
         [*data.notes, note],
-        cifar10=data.num_classes == 10 and cfg.data.dataset != "digits",
+        paper=report.paper_dataset(data.num_classes, cfg.data.dataset),
     )
 
 
@@ -123,14 +87,16 @@ def collect_analyses(out: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def write_comparison(
-    out: Path, runs: list[dict], name: str, notes: list[str], cifar10: bool = False
+    out: Path, runs: list[dict], name: str, notes: list[str], paper: str | None = None
 ) -> dict:
     """comparison.md / .csv / .png / .json from a list of finished runs, and weights.md
     from the FASSL arms' weight analyses when there are any."""
     summary = report.summarize(runs)
     header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
     (out / "comparison.md").write_text(
-        header + report.markdown_tables(summary, report.PAPER_CIFAR10_LT if cifar10 else None)
+        header
+        + report.markdown_tables(summary, report.PAPER.get(paper or ""))
+        + (("\n" + report.paper_elsewhere(summary, paper)) if paper else "")
     )
     report.write_csv(summary, out / "comparison.csv")
     report.bar_chart(summary, out / "comparison.png")

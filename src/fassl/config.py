@@ -29,12 +29,25 @@ METHOD_NAMES = (
     "fassl_prototypes",
     "fassl_rebalance",
     "supervised",
+    "bcl_i",
+    "bcl_d",
+    "ldam_drw",
 )
 # log phi of stage 2: Eq. 3 and its label-free variants (none = phi 1), one registry.
 WEIGHTS = tuple(REWEIGHTERS)
 # Comparison arms of FASSL: the configured weight, the phi = 1 ablation, and one arm
 # per weight variant, all from the same teacher and prototypes.
 FASSL_ARMS = ("fassl", "fassl_phi1", *(f"fassl_{w}" for w in WEIGHTS if w != "none"))
+# Comparison arms that are a method with some keys set: name -> (method, {key: value}).
+# ldam_drw_ssp also starts from the ldam.ssp_method run of the same seed (fassl.arms).
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "simclr_ts": ("simclr", {"temperature.schedule": "cosine"}),
+    "sdclr_ts": ("sdclr", {"temperature.schedule": "cosine"}),
+    "bcl_i_common": ("bcl_i", {"bcl.ops": "common"}),
+    "bcl_d_common": ("bcl_d", {"bcl.ops": "common"}),
+    "ldam_drw_ssp": ("ldam_drw", {}),
+}
+ARM_NAMES = (*METHOD_NAMES, *FASSL_ARMS, *METHOD_VARIANTS)
 
 
 class ConfigError(FasslError, ValueError):
@@ -159,6 +172,43 @@ class SimCLRConfig:
 
 
 @dataclass
+class TemperatureConfig:
+    """A schedule of the contrastive temperature (Kukleva et al., ICLR 2023), read by
+    SimCLR, SDCLR, BCL and FASSL's stage 1 in place of their fixed temperature."""
+
+    schedule: str = "fixed"  # fixed (each method's own temperature) | cosine
+    tau_min: float = 0.1
+    tau_max: float = 1.0  # the value at step 0, and at every whole period
+    period_epochs: float = 0.0  # 0: a fifth of the run (Kukleva et al.: 400 of 2,000 epochs)
+
+
+@dataclass
+class BCLConfig:
+    """Boosted contrastive learning (Zhou et al., ICML 2022): ``bcl_i`` on SimCLR, ``bcl_d``
+    on SDCLR. Each image's loss, averaged over epochs, sets how strongly its views are
+    augmented on top of the common augmentation (fassl.data.boost)."""
+
+    beta: float = 0.95  # momentum of each image's loss from epoch to epoch (BCL's code)
+    ops: str = "randaugment"  # randaugment (BCL's own 15 operations) | common (SSL's own)
+    num_ops: int = 1  # operations drawn per view (RandAugment's N; BCL: 1)
+    max_magnitude: float = 1.0  # magnitude at strength 1, as a share of each op's range
+
+
+@dataclass
+class LDAMConfig:
+    """LDAM-DRW (Cao et al., NeurIPS 2019), the supervised long-tail reference; with
+    ``train.init_from`` a self-supervised encoder it is LDAM-DRW+SSP (Yang & Xu, NeurIPS
+    2020)."""
+
+    max_margin: float = 0.5  # the rarest class's margin
+    scale: float = 30.0  # s, the logit scale of the cosine classifier
+    drw_start: float = 0.8  # share of the epochs after which class-balanced weights apply
+    drw_beta: float = 0.9999  # beta of the class-balanced (effective-number) weights
+    # fassl compare's ldam_drw_ssp arm starts from this method's run of the same seed
+    ssp_method: str = "sdclr"
+
+
+@dataclass
 class SDCLRConfig:
     temperature: float = 0.2
     prune_ratio: float = 0.9  # share of conv weights the pruned branch zeroes
@@ -273,6 +323,9 @@ class Config:
     sdclr: SDCLRConfig = field(default_factory=SDCLRConfig)
     byol: BYOLConfig = field(default_factory=BYOLConfig)
     swav: SwAVConfig = field(default_factory=SwAVConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    bcl: BCLConfig = field(default_factory=BCLConfig)
+    ldam: LDAMConfig = field(default_factory=LDAMConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -296,6 +349,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "rebalance.ema_schedule": ("fixed", "cosine"),
     "byol.ema_schedule": ("fixed", "cosine"),
     "probe.variant": ("fast", "sdclr"),
+    "temperature.schedule": ("fixed", "cosine"),
+    "bcl.ops": ("randaugment", "common"),
+    "ldam.ssp_method": ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d"),
 }
 
 
@@ -311,8 +367,10 @@ def validate(cfg: Config) -> Config:
                 f"config key 'probe.settings': {setting!r} is not one of ['standard', 'few_shot']"
             )
     for name in cfg.compare.methods:
-        if name not in (*METHOD_NAMES, *FASSL_ARMS):
-            raise ConfigError(f"config key 'compare.methods': unknown method {name!r}")
+        if name not in ARM_NAMES:
+            raise ConfigError(
+                f"config key 'compare.methods': unknown method {name!r} (one of {list(ARM_NAMES)})"
+            )
     # ranges of numeric keys: one table in fassl.validation
     from fassl.validation import range_problems, structure_problems
 

@@ -29,9 +29,13 @@ from fassl.runtime import float32_only
 __all__ = [
     "byol_loss",
     "consistency_loss",
+    "drw_class_weights",
+    "ldam_loss",
+    "ldam_margins",
     "log_rebalance_weight",
     "normalize_weights",
     "nt_xent",
+    "nt_xent_per_image",
     "prototype_contrastive_loss",
     "prototype_scores",
     "sinkhorn",
@@ -42,27 +46,9 @@ __all__ = [
 # --------------------------------------------------------------------------- contrastive
 
 
-@float32_only
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """NT-Xent of SimCLR (Chen et al., ICML 2020, Eq. 1), mean over this rank's anchors.
-
-    Rows are L2-normalised, so similarities are cosines divided by ``temperature``.
-    Anchors are this rank's 2n views (both ``z1`` and ``z2``, n rows each); the
-    candidates are all 2N views of the global batch gathered from every rank
-    (``gather_with_grad``), the anchor itself excluded. The positive of a view is
-    the other view of the same image; the other 2N - 2 views are negatives.
-
-    With equal local batches the mean over ranks of this loss is the full-batch loss,
-    and the gather's backward makes DDP's gradient average the gradient of that mean.
-
-    Args:
-        z1: (n, D) first views of this rank's images.
-        z2: (n, D) second views, row i pairs with row i of ``z1``.
-        temperature: softmax temperature (0.2 in SDCLR's setup).
-
-    Returns:
-        Scalar float32 loss.
-    """
+def _nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    """(2n, 2N) logits of this rank's anchors against the global batch, and each anchor's
+    positive column: what ``nt_xent`` and ``nt_xent_per_image`` reduce."""
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(
             f"nt_xent needs two (n, D) tensors, got {tuple(z1.shape)}, {tuple(z2.shape)}"
@@ -85,7 +71,48 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     rows = torch.arange(2 * n, device=z1.device)
     # An anchor is never its own candidate: exp(-inf) = 0 drops it from the softmax.
     logits = logits.index_put((rows, self_idx), torch.tensor(float("-inf"), device=z1.device))
+    return logits, pos_idx
+
+
+@float32_only
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> Tensor:
+    """NT-Xent of SimCLR (Chen et al., ICML 2020, Eq. 1), mean over this rank's anchors.
+
+    Rows are L2-normalised, so similarities are cosines divided by ``temperature``.
+    Anchors are this rank's 2n views (both ``z1`` and ``z2``, n rows each); the
+    candidates are all 2N views of the global batch gathered from every rank
+    (``gather_with_grad``), the anchor itself excluded. The positive of a view is
+    the other view of the same image; the other 2N - 2 views are negatives.
+
+    With equal local batches the mean over ranks of this loss is the full-batch loss,
+    and the gather's backward makes DDP's gradient average the gradient of that mean.
+
+    Args:
+        z1: (n, D) first views of this rank's images.
+        z2: (n, D) second views, row i pairs with row i of ``z1``.
+        temperature: softmax temperature (0.2 in SDCLR's setup); a 0-d tensor for a
+            scheduled temperature (``fassl.methods.temperature``).
+
+    Returns:
+        Scalar float32 loss.
+    """
+    logits, pos_idx = _nt_xent_logits(z1, z2, temperature)
     return F.cross_entropy(logits, pos_idx)
+
+
+@float32_only
+def nt_xent_per_image(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> Tensor:
+    """NT-Xent of each image: the mean of its two views' anchor losses, (n,).
+
+    BCL (Zhou et al., ICML 2022, Sec. 4.1) tracks this per-image loss; its mean over the
+    batch is ``nt_xent``. Same arguments as ``nt_xent``.
+
+    Returns:
+        (n,) float32 losses, carrying the gradient.
+    """
+    logits, pos_idx = _nt_xent_logits(z1, z2, temperature)
+    per_anchor = F.cross_entropy(logits, pos_idx, reduction="none")
+    return per_anchor.view(2, -1).mean(dim=0)
 
 
 @float32_only
@@ -345,3 +372,74 @@ def swav_loss(
     loss12 = -(codes2.detach().float() * log_p1).sum(dim=1).mean()
     loss21 = -(codes1.detach().float() * log_p2).sum(dim=1).mean()
     return 0.5 * (loss12 + loss21)
+
+
+# ---------------------------------------------------------------------------- LDAM-DRW
+
+
+def ldam_margins(class_counts: Tensor, max_margin: float) -> Tensor:
+    """LDAM's per-class margins (Cao et al., NeurIPS 2019, "label-distribution-aware
+    margin"): Delta_j = C / n_j^(1/4),
+    with C chosen so that the largest margin (the rarest class's) is ``max_margin``.
+
+    Args:
+        class_counts: (C,) training images per class, each >= 1.
+        max_margin: the rarest class's margin (0.5 in LDAM's code).
+
+    Returns:
+        (C,) float32 margins.
+    """
+    counts = class_counts.float()
+    if counts.dim() != 1 or bool((counts < 1).any()):
+        raise ValueError(f"class_counts must be (C,) counts >= 1, got {class_counts.tolist()}")
+    inv = counts.pow(-0.25)
+    return inv * (max_margin / inv.max())
+
+
+def drw_class_weights(class_counts: Tensor, beta: float) -> Tensor:
+    """Deferred re-weighting's class weights (Cao et al., NeurIPS 2019, DRW): the
+    class-balanced weights of Cui et al. (CVPR 2019), (1 - beta) / (1 - beta^n_j),
+    scaled to sum to the number of classes. ``beta`` = 0 gives all 1 (before the switch).
+
+    Args:
+        class_counts: (C,) training images per class, each >= 1.
+        beta: in [0, 1) (0.9999 in LDAM-DRW).
+
+    Returns:
+        (C,) float32 weights summing to C.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    counts = class_counts.double()
+    weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    return (weights / weights.sum() * counts.numel()).float()
+
+
+@float32_only
+def ldam_loss(
+    cosines: Tensor,
+    targets: Tensor,
+    margins: Tensor,
+    scale: float,
+    class_weights: Tensor | None = None,
+) -> Tensor:
+    """LDAM loss (Cao et al., NeurIPS 2019, as in their code): cross-entropy of ``scale`` times the
+    logits, the true class's logit lowered by its margin first.
+
+    ``cross_entropy(scale * (cos - Delta_y 1[j = y]), y)``, weighted per class by
+    ``class_weights`` (DRW) as ``F.cross_entropy`` weights: a weighted mean.
+
+    Args:
+        cosines: (B, C) logits of a cosine classifier (LDAM's normalised linear layer).
+        targets: (B,) class indices.
+        margins: (C,) per-class margins (``ldam_margins``).
+        scale: s (30 in LDAM's code).
+        class_weights: (C,) per-class weights (``drw_class_weights``); None = all 1.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    cosines = cosines.float()
+    shift = F.one_hot(targets, cosines.shape[1]).to(cosines.dtype) * margins.float()[targets, None]
+    weight = None if class_weights is None else class_weights.float().to(cosines.device)
+    return F.cross_entropy(scale * (cosines - shift), targets, weight=weight)

@@ -20,16 +20,8 @@ from typing import Any
 
 from fassl.config import Config, ConfigError, OptimConfig, to_dict, to_yaml
 from fassl.errors import RunConflict
+from fassl.names import EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
 
-SETTINGS = "settings.json"
-# pipeline stage -> the method it trains, in the pipeline's order
-STAGE_METHODS = {
-    "teacher": "sdclr",
-    "prototypes": "fassl_prototypes",
-    "rebalance": "fassl_rebalance",
-}
-PIPELINE_STAGES = tuple(STAGE_METHODS)
-RUN = "run"  # the single stage of ``fassl pretrain``, for --restart
 # keys (or key prefixes ending in ".") that never change what a stage learns
 NEUTRAL = (
     "out_dir",
@@ -48,17 +40,26 @@ NEUTRAL = (
 )
 # config sections of each method's own settings
 METHOD_SECTIONS = {
-    "simclr": ("simclr",),
-    "sdclr": ("sdclr",),
+    "simclr": ("simclr", "temperature"),
+    "sdclr": ("sdclr", "temperature"),
     "byol": ("byol",),
     "swav": ("swav",),
-    "fassl_prototypes": ("prototypes",),
+    "fassl_prototypes": ("prototypes", "temperature"),
     "fassl_rebalance": ("prototypes", "rebalance"),
+    "bcl_i": ("simclr", "temperature", "bcl"),
+    "bcl_d": ("sdclr", "temperature", "bcl"),
+    "ldam_drw": ("ldam",),
 }
 _ALL_SECTIONS = {s for sections in METHOD_SECTIONS.values() for s in sections}
+
+
+def method_sections(method: str) -> tuple[str, ...]:
+    """The config sections of ``method``'s own settings."""
+    return METHOD_SECTIONS.get(method, ())
+
+
 # training outputs of a stage folder, removed by a restart (reports are rewritten anyway)
-OUTPUTS = ("encoder.safetensors", "checkpoints", "metrics.jsonl", "tb", SETTINGS)
-LAST = "checkpoints/last.safetensors"
+OUTPUTS = (EXPORT, "checkpoints", "metrics.jsonl", "tb", SETTINGS)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,10 +23,11 @@ from fassl.encoders import load_backbone
 from fassl.errors import printable
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
+from fassl.names import EXPORT
 from fassl.runsettings import RUN, STAGE_METHODS, check_stage, optim_key, record_settings
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import EXPORT, Trainer, export_encoder
+from fassl.train.loop import Trainer, export_encoder
 
 __all__ = [
     "STAGE_METHODS",

@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from fassl import report
-from fassl.compare import run_config
-from fassl.config import FASSL_ARMS, Config, ConfigError, load_config, to_yaml
+from fassl.arms import arm_method, arm_order, run_config
+from fassl.config import FASSL_ARMS, METHOD_VARIANTS, Config, ConfigError, load_config, to_yaml
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
+from fassl.names import EXPORT
 from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.report import sweep as sweep_report
-from fassl.runsettings import RUN, pipeline_stages
+from fassl.runsettings import RUN, method_sections, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
 from fassl.stages import check_batch_sizes, run_pipeline_stage
 
@@ -64,8 +65,8 @@ PROTOTYPES_READS = (
 )
 # A baseline's epochs follow the pipeline's (compare.baseline_epochs=0), hence "pipeline".
 BASELINE_READS = ("seed", "data", "augment", "model", "train", "optim", "probe", "pipeline")
-# The config section of a method whose name is not its section's name.
-METHOD_SECTIONS = {"fassl_prototypes": "prototypes", "fassl_rebalance": "rebalance"}
+# The config sections a baseline arm reads besides BASELINE_READS: its method's own
+# (fassl.runsettings.method_sections) and, for a variant, the keys the variant sets.
 # Keys a grid may not sweep: the comparison's own settings, and the runtime (one process
 # runs every point).
 NOT_SWEPT = ("compare", "seed", "out_dir", "method", "train")
@@ -137,11 +138,19 @@ def point_config(base: Path, values: dict[str, Any], out: Path) -> Config:
 def run_dirs(cfg: Config, values: dict[str, Any], label: str) -> dict[str, str]:
     """Where each method's ``seed<k>/`` folders live, relative to the sweep's out_dir."""
     dirs = {}
-    for name in cfg.compare.methods:
-        reads = (*BASELINE_READS, METHOD_SECTIONS.get(name, name))
+    for name in arm_order(cfg):
+        reads = (*BASELINE_READS, *arm_sections(name))
         group = None if name in FASSL_ARMS else share_group(values, reads)
         dirs[name] = f"shared/{name}/{group}" if group else f"grid/{label}/{name}"
     return dirs
+
+
+def arm_sections(name: str) -> tuple[str, ...]:
+    """The config sections a baseline arm's training reads (its method's, and ``ldam``'s
+    SSP source for ldam_drw_ssp)."""
+    method = arm_method(name)
+    keys = tuple(METHOD_VARIANTS.get(name, ("", {}))[1])
+    return (*method_sections(method), *keys, *(("ldam",) if name == "ldam_drw_ssp" else ()))
 
 
 def plan(cfg: Config, out: Path) -> list[GridPoint]:
@@ -202,6 +211,9 @@ def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
         cfg.pipeline.teacher_checkpoint = str(shared_stage(point, "teacher", seed, ctx))
     c = run_config(cfg, name, seed, Path(point.cfg.out_dir))
     c.out_dir = str(ctx.out / point.run_dirs[name] / f"seed{seed}")
+    if name == "ldam_drw_ssp":  # the SSP source may live in a shared folder
+        source = point.run_dirs[cfg.ldam.ssp_method]
+        c.train.init_from = str(ctx.out / source / f"seed{seed}" / EXPORT)
     done = Path(c.out_dir) / "results.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -238,8 +250,7 @@ def run_sweep(cfg: Config) -> dict:
     write_plan(points, out)
     rt = runtime_for(cfg.train)
     datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
-    # fassl first, so that its ablation arms can reuse its stages.
-    order = sorted(cfg.compare.methods, key=lambda m: m != "fassl")
+    order = arm_order(cfg)  # every arm after the runs it starts from
     for point in points:
         ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
         for seed in cfg.compare.seeds:

@@ -95,6 +95,16 @@ _RANGES: dict[str, str] = {
     "probe.few_shot_epochs": ">=1",
     "probe.knn_k": ">=1",
     "compare.baseline_epochs": ">=0",
+    "temperature.tau_min": ">0",
+    "temperature.tau_max": ">0",
+    "temperature.period_epochs": ">=0",
+    "bcl.beta": "[0,1)",
+    "bcl.num_ops": ">=1",
+    "bcl.max_magnitude": "(0,1]",
+    "ldam.max_margin": ">0",
+    "ldam.scale": ">0",
+    "ldam.drw_start": "[0,1]",
+    "ldam.drw_beta": "[0,1)",
 }
 # datasets read from data.root (cifar may download into the cache folder instead)
 ROOT_DATASETS = ("folder", "splitfile", "tinyimagenet")
@@ -136,6 +146,11 @@ def structure_problems(cfg: Any) -> list[str]:
     problems = []
     if not cfg.probe.settings:
         problems.append("config key 'probe.settings' must list at least one probe")
+    if cfg.temperature.tau_min > cfg.temperature.tau_max:
+        problems.append(
+            "config key 'temperature.tau_min' must be <= temperature.tau_max, got "
+            f"{cfg.temperature.tau_min} > {cfg.temperature.tau_max}"
+        )
     many_few = cfg.data.group_thresholds
     if len(many_few) != 2 or not 0 <= many_few[1] <= many_few[0]:
         problems.append(

@@ -138,7 +138,7 @@ def flop_per_image(trainer: Trainer) -> float:
     batch = trainer.optim_cfg.batch_size
     index = torch.arange(batch)
     v1, v2 = trainer.views(index)
-    extra = () if trainer.labels is None else (trainer.labels[index.to(trainer.device)],)
+    extra = trainer.forward_extras(index)
     with FlopCounterMode(display=False) as counter:
         with trainer.autocast():
             loss, _ = trainer.method(v1, v2, *extra)

@@ -23,16 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fassl.config import AugmentConfig
+from fassl.data.boost import BoostSpec, boost_views
+from fassl.data.colour import GRAY_WEIGHTS, blur_kernel_size, gaussian_blur, hue_matrices
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of RandomResizedCrop
 CROP_ATTEMPTS = 10  # torchvision's tries before falling back to the whole image
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
-RGB_TO_YIQ = (
-    (0.299, 0.587, 0.114),
-    (0.595716, -0.274453, -0.321263),
-    (0.211456, -0.522591, 0.311135),
-)
-YIQ_TO_RGB = torch.linalg.inv(torch.tensor(RGB_TO_YIQ, dtype=torch.float64)).tolist()
 BLUR_SIGMA = (0.1, 2.0)  # SimCLR's blur
 
 
@@ -96,18 +91,6 @@ def crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: in
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _hue_matrices(angle: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) RGB matrices that rotate the chroma (I, Q) plane of YIQ by ``angle``."""
-    to_yiq = torch.tensor(RGB_TO_YIQ, device=angle.device)
-    from_yiq = torch.tensor(YIQ_TO_RGB, device=angle.device)
-    cos, sin = angle.cos(), angle.sin()
-    turn = torch.zeros(angle.shape[0], 3, 3, device=angle.device)  # rotation minus identity
-    turn[:, 1, 1], turn[:, 1, 2] = cos - 1, -sin
-    turn[:, 2, 1], turn[:, 2, 2] = sin, cos - 1
-    # identity + (the change): an angle of 0 gives exactly the identity, no rounding
-    return torch.eye(3, device=angle.device) + from_yiq @ turn @ to_yiq
-
-
 def _gray_matrix(device: torch.device) -> torch.Tensor:
     """(3, 3): every output channel is the luma of the input."""
     return torch.tensor(GRAY_WEIGHTS, device=device).expand(3, 3).clone()
@@ -138,7 +121,7 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
             bright * eye,
             contrast.view(n, 1, 1) * eye,
             sat * eye + (1 - sat) * gray,
-            _hue_matrices(hue),
+            hue_matrices(hue),
         ],
         dim=1,
     )  # (n, 4, 3, 3)
@@ -161,29 +144,12 @@ def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(pick.view(-1, 1, 1, 1), luma.unsqueeze(1).expand_as(x), x)
 
 
-def _blur_kernel_size(image_size: int) -> int:
-    """SimCLR's 10% of the image side, odd, at least 3."""
-    k = max(3, int(0.1 * image_size))
-    return k if k % 2 else k + 1
-
-
 def random_blur(x: torch.Tensor, p: float, kernel_size: int) -> torch.Tensor:
-    """Gaussian blur (sigma uniform in [0.1, 2]) for a share ``p`` of the images.
-
-    Separable, one kernel per image via grouped convolutions, reflect padding.
-    """
-    n, c, h, w = x.shape
-    dev = x.device
+    """Gaussian blur (sigma uniform in [0.1, 2]) for a share ``p`` of the images."""
+    n, dev = x.shape[0], x.device
     pick = torch.rand(n, device=dev) < p
     sigma = _uniform(n, *BLUR_SIGMA, dev)
-    half = kernel_size // 2
-    taps = torch.arange(-half, half + 1, device=dev, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
-    flat = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
-    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
-    return torch.where(pick.view(-1, 1, 1, 1), flat.view(n, c, h, w), x)
+    return torch.where(pick.view(-1, 1, 1, 1), gaussian_blur(x, sigma, kernel_size), x)
 
 
 class TwoViewAugment(nn.Module):
@@ -202,11 +168,13 @@ class TwoViewAugment(nn.Module):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
+        boost: BoostSpec | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.boost = boost  # BCL's extra per-image augmentation, after the common one
         self.image_size = image_size
-        self.blur_kernel = _blur_kernel_size(image_size)
+        self.blur_kernel = blur_kernel_size(image_size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -224,7 +192,11 @@ class TwoViewAugment(nn.Module):
             x = random_blur(x, cfg.blur_p, self.blur_kernel)
         return x
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, strength: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views of every image; with ``strength`` (N,) and a ``boost``, each view is
+        then augmented once more at its image's strength (``fassl.data.boost``)."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"expected uint8 (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
@@ -232,6 +204,8 @@ class TwoViewAugment(nn.Module):
         with torch.autocast(device_type=images.device.type, enabled=False):
             x = images.float().div_(255.0)
             both = self.augment(torch.cat([x, x]))  # one call draws both views independently
+            if strength is not None and self.boost is not None:
+                both = boost_views(both, torch.cat([strength, strength]), self.boost)
             both = (both - self.mean.to(x.device)) / self.std.to(x.device)
         view1, view2 = both.chunk(2)
         return view1, view2

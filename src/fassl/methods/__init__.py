@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from fassl.config import METHOD_NAMES, Config
 from fassl.methods.base import EpochContext, Method, State
+from fassl.methods.bcl import BCLSDCLR, BCLSimCLR
 from fassl.methods.byol import BYOL
 from fassl.methods.fassl import PrototypeLearning, RebalancedBYOL
+from fassl.methods.ldam import LDAMDRW
 from fassl.methods.sdclr import SDCLR
 from fassl.methods.simclr import SimCLR
 from fassl.methods.supervised import Supervised
@@ -21,7 +23,18 @@ __all__ = ["METHODS", "EpochContext", "Method", "State", "build_encoder", "build
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (SimCLR, SDCLR, BYOL, SwAV, PrototypeLearning, RebalancedBYOL, Supervised)
+    for cls in (
+        SimCLR,
+        SDCLR,
+        BYOL,
+        SwAV,
+        PrototypeLearning,
+        RebalancedBYOL,
+        Supervised,
+        BCLSimCLR,
+        BCLSDCLR,
+        LDAMDRW,
+    )
 }
 assert tuple(METHODS) == METHOD_NAMES, "fassl.config.METHOD_NAMES must list every method"
 

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from fassl.config import Config, ConfigError
+from fassl.data.boost import BoostSpec
 from fassl.data.bundle import LongTailData
+from fassl.methods.temperature import ScheduledTemperature, TemperatureSchedule
 from fassl.models import Encoder
 
 # What ``Method.export_state`` writes and later stages read: name -> tensor.
@@ -36,9 +38,13 @@ class Method(nn.Module):
     """Base class: a self-supervised objective over two augmented views."""
 
     name = "method"
-    # The supervised reference reads the batch's labels (a third ``forward`` argument);
-    # every other method sees the two views only.
+    # The supervised references read the batch's labels, BCL the batch's image indices
+    # (further ``forward`` arguments, labels first); the others see the two views only.
     needs_labels: ClassVar[bool] = False
+    needs_index: ClassVar[bool] = False
+    # Extra per-image augmentation on top of the common one (BCL): the operation set and
+    # how many are drawn a view; ``view_strength`` gives each image's strength.
+    boost: BoostSpec | None = None
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -67,6 +73,14 @@ class Method(nn.Module):
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         """Hook before an epoch's first step (SDCLR re-prunes here)."""
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        """Hook before a step's forward (a scheduled temperature is set here)."""
+
+    def view_strength(self, index: torch.Tensor) -> torch.Tensor | None:
+        """(n,) strength in [0, 1] of the extra augmentation (``boost``) of the images
+        ``index``; None = none."""
+        return None
 
     def on_after_backward(self, step: int) -> None:
         """Hook between backward and the optimizer step (SwAV freezes prototypes here)."""
@@ -101,6 +115,25 @@ def two_view_forward(
     n = view1.shape[0]
     feats, proj = encoder(torch.cat([view1, view2]))
     return (feats[:n], feats[n:]), (proj[:n], proj[n:])
+
+
+class ScheduledContrast(Method):
+    """A contrastive method whose temperature may follow ``temperature.schedule``."""
+
+    def __init__(self, encoder: Encoder, schedule: TemperatureSchedule) -> None:
+        super().__init__(encoder)
+        self.tau = ScheduledTemperature(schedule)
+
+    @property
+    def temperature(self) -> float | torch.Tensor:
+        """The temperature of this step: a float when fixed, a 0-d tensor when scheduled."""
+        return self.tau.value()
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        self.tau.set_epochs(ctx.num_epochs)
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        self.tau.step(step, total_steps)
 
 
 def training_labels(method: Method, data: LongTailData) -> torch.Tensor | None:

@@ -19,8 +19,9 @@ from torch import nn
 
 from fassl.config import Config
 from fassl.losses import consistency_loss, normalize_weights, prototype_contrastive_loss
-from fassl.methods.base import EpochContext, Method, State, two_view_forward
+from fassl.methods.base import EpochContext, ScheduledContrast, State, two_view_forward
 from fassl.methods.momentum import EmaSchedule, MomentumTeacher, frozen_copy
+from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder, mlp_head
 from fassl.models.heads import select_feature
 from fassl.models.state import IncompatibleCheckpoint
@@ -35,7 +36,7 @@ def feature_dim(cfg: Config, encoder: Encoder) -> int:
     return int(encoder.backbone.out_dim)  # type: ignore[arg-type]
 
 
-class PrototypeLearning(Method):
+class PrototypeLearning(ScheduledContrast):
     """Stage 1: teacher and prototypes trained jointly with L_contra (Eq. 1-2)."""
 
     name = "fassl_prototypes"
@@ -47,10 +48,11 @@ class PrototypeLearning(Method):
         temperature: float,
         normalize: bool,
         feature: str,
+        schedule: TemperatureSchedule | None = None,
     ) -> None:
-        super().__init__(encoder)
+        super().__init__(encoder, schedule or TemperatureSchedule(temperature))
         self.prototypes = nn.Parameter(prototypes.clone())
-        self.temperature, self.normalize, self.feature = temperature, normalize, feature
+        self.normalize, self.feature = normalize, feature
 
     @classmethod
     def from_config(
@@ -59,7 +61,8 @@ class PrototypeLearning(Method):
         g = torch.Generator().manual_seed(cfg.seed)
         p = cfg.prototypes
         prototypes = init_prototypes(p.num_prototypes, feature_dim(cfg, encoder), g)
-        return cls(encoder, prototypes, p.temperature, p.normalize, p.feature)
+        schedule = TemperatureSchedule.from_config(p.temperature, cfg.temperature)
+        return cls(encoder, prototypes, p.temperature, p.normalize, p.feature, schedule)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
         feats, proj = two_view_forward(self.encoder, view1, view2)

@@ -13,7 +13,8 @@ from torch.func import functional_call
 
 from fassl.config import Config
 from fassl.losses import nt_xent
-from fassl.methods.base import EpochContext, Method, State
+from fassl.methods.base import EpochContext, ScheduledContrast, State
+from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder
 from fassl.models.pruning import (
     add_pruned_batchnorms,
@@ -24,12 +25,18 @@ from fassl.models.pruning import (
 )
 
 
-class SDCLR(Method):
+class SDCLR(ScheduledContrast):
     name = "sdclr"
 
-    def __init__(self, encoder: Encoder, temperature: float, prune_ratio: float) -> None:
-        super().__init__(add_pruned_batchnorms(encoder))  # type: ignore[arg-type]
-        self.temperature = temperature
+    def __init__(
+        self,
+        encoder: Encoder,
+        temperature: float,
+        prune_ratio: float,
+        schedule: TemperatureSchedule | None = None,
+    ) -> None:
+        pruned = add_pruned_batchnorms(encoder)
+        super().__init__(pruned, schedule or TemperatureSchedule(temperature))  # type: ignore[arg-type]
         self.prune_ratio = prune_ratio
         self.conv_names = conv_weight_names(self.encoder)
         params = dict(self.encoder.named_parameters())
@@ -40,7 +47,9 @@ class SDCLR(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> SDCLR:
-        return cls(encoder, cfg.sdclr.temperature, cfg.sdclr.prune_ratio)
+        t = cfg.sdclr.temperature
+        schedule = TemperatureSchedule.from_config(t, cfg.temperature)
+        return cls(encoder, t, cfg.sdclr.prune_ratio, schedule)
 
     def masks(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"mask_{i}") for i, name in enumerate(self.conv_names)}
@@ -53,6 +62,7 @@ class SDCLR(Method):
             getattr(self, f"mask_{i}").copy_(mask)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
+        super().on_epoch_start(ctx)
         self.update_masks()
 
     def pruned_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +71,16 @@ class SDCLR(Method):
         with pruned_batchnorms(self.encoder):
             return functional_call(self.encoder, masked, (x,))
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
+    def dense_and_pruned(
+        self, view1: torch.Tensor, view2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projections of view 1 through the dense network and view 2 through the pruned."""
         _, z1 = self.encoder(view1)
         _, z2 = self.pruned_forward(view2)
+        return z1, z2
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
+        z1, z2 = self.dense_and_pruned(view1, view2)
         loss = nt_xent(z1, z2, self.temperature)
         return loss, {"loss": loss.detach()}
 

@@ -6,20 +6,23 @@ import torch
 
 from fassl.config import Config
 from fassl.losses import nt_xent
-from fassl.methods.base import Method, State, two_view_forward
+from fassl.methods.base import ScheduledContrast, State, two_view_forward
+from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder
 
 
-class SimCLR(Method):
+class SimCLR(ScheduledContrast):
     name = "simclr"
 
-    def __init__(self, encoder: Encoder, temperature: float) -> None:
-        super().__init__(encoder)
-        self.temperature = temperature
+    def __init__(
+        self, encoder: Encoder, temperature: float, schedule: TemperatureSchedule | None = None
+    ) -> None:
+        super().__init__(encoder, schedule or TemperatureSchedule(temperature))
 
     @classmethod
     def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> SimCLR:
-        return cls(encoder, cfg.simclr.temperature)
+        t = cfg.simclr.temperature
+        return cls(encoder, t, TemperatureSchedule.from_config(t, cfg.temperature))
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
         _, (z1, z2) = two_view_forward(self.encoder, view1, view2)

@@ -40,7 +40,7 @@ class Supervised(Method):
     def __init__(self, encoder: Encoder) -> None:
         super().__init__(encoder)
         encoder.projector.requires_grad_(False)
-        self.classifier: nn.Linear | None = None
+        self.classifier: nn.Module | None = None
 
     @classmethod
     def from_config(
@@ -63,7 +63,15 @@ class Supervised(Method):
             return
         out_dim = int(self.encoder.backbone.out_dim)
         device = next(self.encoder.backbone.parameters()).device
-        self.classifier = nn.Linear(out_dim, num_classes).to(device)
+        self.classifier = self.make_classifier(out_dim, num_classes).to(device)
+
+    def make_classifier(self, in_dim: int, num_classes: int) -> nn.Module:
+        """The classifier on the backbone's features: a linear layer."""
+        return nn.Linear(in_dim, num_classes)
+
+    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of the classifier's float32 logits: cross-entropy."""
+        return F.cross_entropy(logits, targets)
 
     def forward(  # type: ignore[override]
         self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor | None = None
@@ -75,6 +83,6 @@ class Supervised(Method):
             )
         targets = torch.cat([labels, labels])
         logits = self.classifier(self.encoder.backbone(torch.cat([view1, view2]))).float()
-        loss = F.cross_entropy(logits, targets)
+        loss = self.classification_loss(logits, targets)
         accuracy = (logits.detach().argmax(1) == targets).float().mean()
         return loss, {"loss": loss.detach(), "train_acc": accuracy}

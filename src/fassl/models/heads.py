@@ -35,3 +35,21 @@ def select_feature(outputs: tuple[torch.Tensor, torch.Tensor], feature: str) -> 
     outputs: the projection head's output or the backbone's feature."""
     backbone_out, projection = outputs
     return projection if feature == "projection" else backbone_out
+
+
+class CosineClassifier(nn.Module):
+    """Cosine similarity of the feature to each class's weight vector: LDAM's normalised
+    linear layer (Cao et al., NeurIPS 2019, ``NormedLinear`` of their code), so margins
+    and the logit scale act on cosines in [-1, 1]."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        weight = torch.empty(in_dim, num_classes).uniform_(-1, 1)
+        self.weight = nn.Parameter(weight.renorm(2, 1, 1e-5).mul(1e5))  # unit columns
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=0)

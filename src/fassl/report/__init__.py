@@ -1,9 +1,12 @@
 """Reports: results.json and report.md of a run, analyses, comparison tables and charts."""
 
 from fassl.report.comparison import (
+    PAPER,
     PAPER_CIFAR10_LT,
     bar_chart,
     markdown_tables,
+    paper_dataset,
+    paper_elsewhere,
     summarize,
     weight_analysis_tables,
     write_csv,
@@ -17,11 +20,14 @@ from fassl.report.results import (
 )
 
 __all__ = [
+    "PAPER",
     "PAPER_CIFAR10_LT",
     "analysis_markdown",
     "bar_chart",
     "enrichment_table",
     "markdown_tables",
+    "paper_dataset",
+    "paper_elsewhere",
     "results_table",
     "run_report",
     "summarize",

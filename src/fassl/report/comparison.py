@@ -13,32 +13,63 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-# The paper's linear-probe numbers on CIFAR-10-LT (docs/method.md), for side-by-side rows.
 def _paper_row(all_: float, rare: float, medium: float, frequent: float, std: float) -> dict:
     """A row of the paper's Tables 1-2, which list All, Rare, Medium, Frequent, Std."""
     return {"all": all_, "frequent": frequent, "medium": medium, "rare": rare, "std": std}
 
 
-# The paper's linear-probe numbers on CIFAR-10-LT (Tables 1 and 2 of the paper), for
-# side-by-side rows; BYOL is the paper's BYOL-from-scratch row.
-PAPER_CIFAR10_LT = {
-    "standard": {
-        "simclr": _paper_row(75.37, 69.33, 73.33, 83.45, 5.94),
-        "byol": _paper_row(75.66, 75.43, 69.83, 81.70, 4.85),
-        "swav": _paper_row(76.60, 73.30, 71.10, 85.40, 6.29),
-        "sdclr": _paper_row(80.49, 75.10, 78.07, 88.30, 5.66),
-        "fassl": _paper_row(80.69, 78.80, 76.73, 86.55, 4.23),
-        "supervised": _paper_row(80.76, 75.43, 80.93, 85.93, 4.95),
+def _all_only(all_: float) -> dict:
+    """A row that the paper gives as All only (LDAM-DRW+SSP)."""
+    return _paper_row(all_, math.nan, math.nan, math.nan, math.nan)
+
+
+# The paper's linear-probe numbers (Tables 1 and 2 of the FASSL paper), for side-by-side
+# rows: dataset -> probe setting -> arm -> row. BYOL is the paper's BYOL from scratch;
+# BCL-I is BCL on SimCLR with the common SSL augmentations only (the arm bcl_i_common).
+PAPER = {
+    "cifar10": {
+        "standard": {
+            "simclr": _paper_row(75.37, 69.33, 73.33, 83.45, 5.94),
+            "byol": _paper_row(75.66, 75.43, 69.83, 81.70, 4.85),
+            "swav": _paper_row(76.60, 73.30, 71.10, 85.40, 6.29),
+            "ldam_drw_ssp": _all_only(77.83),
+            "sdclr": _paper_row(80.49, 75.10, 78.07, 88.30, 5.66),
+            "fassl": _paper_row(80.69, 78.80, 76.73, 86.55, 4.23),
+            "supervised": _paper_row(80.76, 75.43, 80.93, 85.93, 4.95),
+        },
+        "few_shot": {
+            "byol": _paper_row(62.33, 50.40, 60.53, 76.05, 10.55),
+            "simclr": _paper_row(62.98, 56.67, 62.97, 69.30, 5.16),
+            "swav": _paper_row(65.16, 52.90, 61.97, 80.60, 11.53),
+            "sdclr": _paper_row(67.23, 56.63, 61.87, 83.20, 11.49),
+            "fassl": _paper_row(68.54, 62.43, 61.93, 81.25, 8.99),
+            "supervised": _paper_row(69.82, 65.07, 66.47, 77.93, 5.76),
+        },
     },
-    "few_shot": {
-        "byol": _paper_row(62.33, 50.40, 60.53, 76.05, 10.55),
-        "simclr": _paper_row(62.98, 56.67, 62.97, 69.30, 5.16),
-        "swav": _paper_row(65.16, 52.90, 61.97, 80.60, 11.53),
-        "sdclr": _paper_row(67.23, 56.63, 61.87, 83.20, 11.49),
-        "fassl": _paper_row(68.54, 62.43, 61.93, 81.25, 8.99),
-        "supervised": _paper_row(69.82, 65.07, 66.47, 77.93, 5.76),
+    "cifar100": {
+        "standard": {
+            "ldam_drw_ssp": _all_only(43.43),
+            "swav": _paper_row(47.00, 44.00, 47.03, 49.97, 2.44),
+            "byol": _paper_row(48.86, 45.55, 47.42, 53.62, 3.45),
+            "simclr": _paper_row(49.76, 47.58, 50.36, 51.35, 1.60),
+            "bcl_i_common": _paper_row(52.22, 48.27, 53.03, 55.35, 2.95),
+            "sdclr": _paper_row(54.94, 51.00, 55.03, 58.79, 3.18),
+            "fassl": _paper_row(55.27, 53.55, 54.52, 57.74, 1.79),
+            "supervised": _paper_row(54.06, 51.39, 54.18, 56.62, 2.13),
+        },
+        "few_shot": {
+            "swav": _paper_row(20.14, 13.91, 20.06, 26.44, 5.12),
+            "byol": _paper_row(20.62, 14.03, 19.61, 28.24, 5.84),
+            "simclr": _paper_row(22.51, 15.45, 22.48, 29.59, 5.77),
+            "sdclr": _paper_row(25.39, 19.91, 25.52, 30.74, 4.42),
+            "fassl": _paper_row(27.11, 21.18, 27.88, 32.26, 4.56),
+            "supervised": _paper_row(28.97, 13.88, 32.03, 41.00, 11.28),
+        },
     },
 }
+PAPER_CIFAR10_LT = PAPER["cifar10"]
+# the paper's names of its rows, where they are not the arm's own
+PAPER_LABELS = {"bcl_i_common": "BCL-I", "ldam_drw_ssp": "LDAM-DRW+SSP"}
 
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
@@ -67,7 +98,14 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, tuple[float, fl
     return out
 
 
+def _paper_cells(ref: dict) -> str:
+    return " | ".join("—" if math.isnan(ref[c]) else f"{ref[c]:.2f}" for c in COLUMNS)
+
+
 def markdown_tables(summary: dict, paper: dict | None = None) -> str:
+    """One table per probe setting: mean ± spread over seeds per arm; with ``paper``
+    (a dataset of ``PAPER``), the paper's row under each arm it has, and its other rows
+    (arms not run here) at the end of the table."""
     parts = []
     for setting, methods in summary.items():
         lines = [
@@ -82,10 +120,46 @@ def markdown_tables(summary: dict, paper: dict | None = None) -> str:
             lines.append(f"| {name} | {n} | {cells} |")
             ref = (paper or {}).get(setting, {}).get(name)
             if ref:
-                cells = " | ".join("—" if math.isnan(ref[c]) else f"{ref[c]:.2f}" for c in COLUMNS)
-                lines.append(f"| *{name} (paper)* | | {cells} |")
+                label = PAPER_LABELS.get(name, name)
+                lines.append(f"| *{label} (paper)* | | {_paper_cells(ref)} |")
+        for name, ref in (paper or {}).get(setting, {}).items():
+            if name not in methods:
+                label = PAPER_LABELS.get(name, name)
+                lines.append(f"| *{label} (paper, not run here)* | | {_paper_cells(ref)} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def paper_dataset(num_classes: int, dataset: str) -> str | None:
+    """The key of ``PAPER`` for a comparison's data: CIFAR-10-LT or CIFAR-100-LT by class
+    count (a folder of CIFAR images counts too), None for anything else."""
+    if dataset == "digits":
+        return None
+    return {10: "cifar10", 100: "cifar100"}.get(num_classes)
+
+
+def paper_elsewhere(summary: dict, dataset: str | None) -> str:
+    """A note on the arms of ``summary`` that the paper reports on another dataset only
+    (BCL-I: CIFAR-100-LT), with those rows; empty when there are none."""
+    lines = []
+    for other, tables in PAPER.items():
+        if other == dataset:
+            continue
+        for setting, rows in tables.items():
+            for name, ref in rows.items():
+                here = PAPER.get(dataset or "", {}).get(setting, {})
+                if name in summary.get(setting, {}) and name not in here:
+                    label = PAPER_LABELS.get(name, name)
+                    lines.append(f"| {label} | {other} | {setting} | {_paper_cells(ref)} |")
+    if not lines:
+        return ""
+    head = [
+        "### The paper's rows on another dataset",
+        "",
+        "| arm | dataset | probe | All | Frequent | Medium | Rare | Std |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
 
 
 def write_csv(summary: dict, path: Path) -> None:

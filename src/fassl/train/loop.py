@@ -36,6 +36,7 @@ from fassl.errors import RunConflict
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
 from fassl.models.state import load_state_checked
+from fassl.names import LAST
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import (
     load_checkpoint,
@@ -50,8 +51,6 @@ from fassl.train.compile import CompiledForward, wants_compile
 from fassl.train.logger import MetricLogger
 from fassl.train.optim import build_optimizer, lr_at, set_lr
 
-LAST = "checkpoints/last.safetensors"
-EXPORT = "encoder.safetensors"
 EMBED_BATCH = 1024
 
 
@@ -131,9 +130,9 @@ class Trainer:
         self.optimizer = build_optimizer(method, optim_cfg)
         self.images = training_images(data.pretrain.images, self.device)
         self.images_on_device = isinstance(self.images, torch.Tensor)  # else lazy, on the host
-        self.augment = TwoViewAugment(cfg.augment, data.image_size, data.mean, data.std).to(
-            self.device
-        )
+        self.augment = TwoViewAugment(
+            cfg.augment, data.image_size, data.mean, data.std, method.boost
+        ).to(self.device)
         self.steps_per_epoch = len(data.pretrain) // optim_cfg.batch_size
         self.total_steps = self.steps_per_epoch * optim_cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)
@@ -210,7 +209,7 @@ class Trainer:
     def views(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.rows(index)
         with torch.no_grad():
-            v1, v2 = self.augment(batch)
+            v1, v2 = self.augment(batch, self.method.view_strength(index))
         return (
             v1.contiguous(memory_format=self.memory_format),
             v2.contiguous(memory_format=self.memory_format),
@@ -246,6 +245,16 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.rt.autocast()
 
+    def forward_extras(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What a method reads besides the two views: the batch's labels (``needs_labels``),
+        then its image indices (``needs_index``)."""
+        extras: tuple[torch.Tensor, ...] = ()
+        if self.labels is not None:
+            extras += (self.labels[index.to(self.device)],)
+        if self.method.needs_index:
+            extras += (index.to(self.device),)
+        return extras
+
     # ---- the loop ------------------------------------------------------------------------
     def train_step(
         self, index: torch.Tensor, step: int
@@ -256,8 +265,9 @@ class Trainer:
         o = self.optim_cfg
         self.lr = lr_at(step, self.total_steps, self.warmup_steps, o.lr, o.min_lr_ratio)
         set_lr(self.optimizer, self.lr)
+        self.method.on_step_start(step, self.total_steps)
         v1, v2 = self.views(index)
-        extra = () if self.labels is None else (self.labels[index.to(self.device)],)
+        extra = self.forward_extras(index)
         with self.autocast():
             loss, logs = self.forward(v1, v2, *extra)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,276 @@
+"""Per-image extra augmentation of a batch, at a strength given per image (BCL).
+
+Boosted contrastive learning (Zhou et al., ICML 2022) augments each view once more after
+the common augmentation: ``num_ops`` operations are drawn uniformly from a set, each is
+applied with probability s_i (the image's strength) at a magnitude of s_i * u, u uniform
+in [0, 1), as a share of the operation's range (BCL's ``RandAugment_prob``). The
+strength comes from the image's loss history (``fassl.methods.bcl``).
+
+Two sets: ``randaugment``, BCL's own 15 operations with its ranges, and ``common``, only
+the operations of the usual SSL augmentation (crop, flip, colour, grayscale, blur), as
+the FASSL paper's BCL-I row uses. Unlike BCL's PIL code, every magnitude here grows away
+from the identity (BCL's solarize, posterize and its 0.1-1.9 enhancement factors are
+strongest at one end and identity in the middle or at the other end), and shears,
+translations and rotations pivot on the image's centre.
+
+Everything is batched on the device: one grid_sample for all geometric operations, one
+``torch.where`` per other operation; a loop runs over operations, never over images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fassl.data.colour import GRAY_WEIGHTS, blur_kernel_size, gaussian_blur, hue_matrices
+
+CUTOUT_FILL = (125 / 255, 123 / 255, 114 / 255)  # BCL's (and RandAugment's) grey
+# BCL's ranges at magnitude 1 (data/randaug.py of its code)
+MAX_SHEAR = 0.6
+MAX_TRANSLATE = 0.66  # share of the image side
+MAX_ROTATE = 60.0  # degrees
+MAX_SOLARIZE = 1.0 - 110 / 255  # the threshold falls from 1 to 110 / 255
+MAX_POSTERIZE_BITS = 4  # bits removed: 8 -> 4
+MAX_FACTOR = 0.9  # enhancement factors 1 +- 0.9 (BCL: 0.1-1.9)
+MAX_CUTOUT = 0.4  # share of the image side
+MAX_CROP = 0.9  # the crop keeps at least 10 % of the area (SDCLR's crop_scale_min)
+MAX_HUE = 0.5  # share of the colour circle
+MAX_BLUR = 2.0  # sigma, SimCLR's upper bound
+
+GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "crop", "flip")
+RANDAUGMENT = (
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "autocontrast",
+    "invert",
+    "equalize",
+    "solarize",
+    "posterize",
+    "contrast",
+    "color",
+    "brightness",
+    "sharpness",
+    "cutout",
+)
+COMMON = ("crop", "flip", "brightness", "contrast", "color", "hue", "grayscale", "blur")
+OP_SETS = {"randaugment": RANDAUGMENT, "common": COMMON}
+
+
+@dataclass(frozen=True)
+class BoostSpec:
+    """Which operations boost a view, how many are drawn, and the magnitude at strength 1."""
+
+    ops: str = "randaugment"  # a key of OP_SETS
+    num_ops: int = 1
+    max_magnitude: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.ops not in OP_SETS:
+            raise ValueError(f"boost ops must be one of {list(OP_SETS)}, got {self.ops!r}")
+
+
+def _sign(n: int, device: torch.device) -> torch.Tensor:
+    return torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma of (N, 3, H, W)."""
+    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageEnhance blend: degenerate + factor * (x - degenerate), clamped."""
+    return (degenerate + factor.view(-1, 1, 1, 1) * (x - degenerate)).clamp(0, 1)
+
+
+def _factor(m: torch.Tensor) -> torch.Tensor:
+    """1 +- 0.9 m, the sign drawn per image: 1 at magnitude 0."""
+    return 1.0 + _sign(m.shape[0], m.device) * MAX_FACTOR * m
+
+
+def geometric_matrices(op: list[str], m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N, 2, 3) ``affine_grid`` matrices (output -> input, normalised coordinates, centred)
+    of each geometric operation in ``op`` at magnitudes ``m``; identity at magnitude 0."""
+    n, dev = m.shape[0], m.device
+    out = {}
+    for name in op:
+        theta = torch.zeros(n, 2, 3, device=dev)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        sign = _sign(n, dev)
+        if name == "shear_x":
+            theta[:, 0, 1] = sign * MAX_SHEAR * m
+        elif name == "shear_y":
+            theta[:, 1, 0] = sign * MAX_SHEAR * m
+        elif name == "translate_x":
+            theta[:, 0, 2] = sign * 2 * MAX_TRANSLATE * m  # [-1, 1] spans the side twice
+        elif name == "translate_y":
+            theta[:, 1, 2] = sign * 2 * MAX_TRANSLATE * m
+        elif name == "rotate":
+            angle = sign * math.radians(MAX_ROTATE) * m
+            theta[:, 0, 0], theta[:, 0, 1] = angle.cos(), -angle.sin()
+            theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), angle.cos()
+        elif name == "crop":  # a square crop of area 1 - 0.9 m, resized to the whole image
+            side = (1.0 - MAX_CROP * m).sqrt()
+            theta[:, 0, 0] = theta[:, 1, 1] = side
+            theta[:, 0, 2] = (torch.rand(n, device=dev) * 2 - 1) * (1 - side)
+            theta[:, 1, 2] = (torch.rand(n, device=dev) * 2 - 1) * (1 - side)
+        elif name == "flip":
+            theta[:, 0, 0] = -1.0
+        out[name] = theta
+    return out
+
+
+def autocontrast(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Each channel stretched to [0, 1] (a flat channel is kept)."""
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), x)
+
+
+def invert(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return 1.0 - x
+
+
+def equalize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each channel on 256 levels (PIL's ``ImageOps.equalize``:
+    step = (pixels - count of the top level) // 255, lut = (cdf before + step // 2) // step;
+    a channel with step 0 is kept)."""
+    n, c, h, w = x.shape
+    levels = (x * 255).round().long().clamp(0, 255).view(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device, dtype=torch.long)
+    hist.scatter_add_(1, levels, torch.ones_like(levels))
+    top = hist.gather(1, levels.max(dim=1, keepdim=True).values)
+    step = (h * w - top) // 255
+    before = hist.cumsum(dim=1) - hist
+    lut = ((before + step // 2) // step.clamp_min(1)).clamp(0, 255)
+    out = lut.gather(1, levels).to(x.dtype) / 255
+    return torch.where(step > 0, out, x.reshape(n * c, h * w)).view(n, c, h, w)
+
+
+def solarize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Pixels above 1 - (1 - 110/255) m inverted: none at magnitude 0."""
+    threshold = (1.0 - MAX_SOLARIZE * m).view(-1, 1, 1, 1)
+    return torch.where(x > threshold, 1.0 - x, x)
+
+
+def posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """round(4 m) low bits of each 8-bit value dropped (none: the image as it is)."""
+    drop = (MAX_POSTERIZE_BITS * m).round().long().view(-1, 1, 1, 1)
+    levels = (x * 255).round().long().clamp(0, 255)
+    return torch.where(drop > 0, ((levels >> drop) << drop).to(x.dtype) / 255, x)
+
+
+def contrast(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    mean = _luma(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(mean.expand_as(x), x, _factor(m))
+
+
+def color(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return _blend(_luma(x).expand_as(x), x, _factor(m))
+
+
+def brightness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return _blend(torch.zeros_like(x), x, _factor(m))
+
+
+def sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Blend with PIL's SMOOTH filter (3x3, centre weight 5), borders kept as they are."""
+    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    smooth = F.conv2d(x, kernel, padding=1, groups=x.shape[1])
+    border = torch.ones_like(x[:1, :1], dtype=torch.bool)
+    border[..., 1:-1, 1:-1] = False
+    return _blend(torch.where(border, x, smooth), x, _factor(m))
+
+
+def cutout(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """A grey square of side 0.4 m of the image side at a uniform centre (clipped)."""
+    n, _, h, w = x.shape
+    side = (MAX_CUTOUT * m * w).view(n, 1, 1)
+    cy = (torch.rand(n, device=x.device) * h).view(n, 1, 1)
+    cx = (torch.rand(n, device=x.device) * w).view(n, 1, 1)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + 0.5
+    inside = ((ys - cy).abs() < side / 2) & ((xs - cx).abs() < side / 2)
+    fill = torch.tensor(CUTOUT_FILL, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return torch.where(inside.unsqueeze(1), fill, x)
+
+
+def hue(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The chroma rotated by +-0.5 m of the colour circle (the common jitter's hue op)."""
+    angle = _sign(m.shape[0], m.device) * MAX_HUE * m * 2 * math.pi
+    flat = torch.bmm(hue_matrices(angle), x.flatten(2))
+    return flat.view_as(x).clamp(0, 1)
+
+
+def grayscale(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return _luma(x).expand_as(x).clone()
+
+
+def blur(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of sigma 2 m (kernel of a tenth of the side, reflect padding)."""
+    return gaussian_blur(x, (MAX_BLUR * m).clamp_min(1e-3), blur_kernel_size(x.shape[-1]))
+
+
+PIXEL_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "autocontrast": autocontrast,
+    "invert": invert,
+    "equalize": equalize,
+    "solarize": solarize,
+    "posterize": posterize,
+    "contrast": contrast,
+    "color": color,
+    "brightness": brightness,
+    "sharpness": sharpness,
+    "cutout": cutout,
+    "hue": hue,
+    "grayscale": grayscale,
+    "blur": blur,
+}
+
+
+def boost_views(x: torch.Tensor, strength: torch.Tensor, spec: BoostSpec) -> torch.Tensor:
+    """``spec.num_ops`` rounds: each image draws one operation of ``spec.ops`` uniformly and
+    applies it with probability s_i at magnitude s_i * u * max_magnitude (u uniform).
+
+    Args:
+        x: (N, 3, H, W) float views in [0, 1] (after the common augmentation).
+        strength: (N,) per-image strength in [0, 1]; 0 leaves an image exactly as it is.
+        spec: the operation set, rounds and magnitude at strength 1.
+
+    Returns:
+        (N, 3, H, W) float views in [0, 1].
+    """
+    names = OP_SETS[spec.ops]
+    n, dev = x.shape[0], x.device
+    s = strength.to(device=dev, dtype=x.dtype).clamp(0, 1)
+    if s.shape != (n,):
+        raise ValueError(f"strength must have shape ({n},), got {tuple(s.shape)}")
+    geometric = [name for name in names if name in GEOMETRIC]
+    for _ in range(spec.num_ops):
+        pick = torch.randint(len(names), (n,), device=dev)
+        apply = torch.rand(n, device=dev) < s
+        m = s * torch.rand(n, device=dev) * spec.max_magnitude
+        chosen = {name: apply & (pick == k) for k, name in enumerate(names)}
+        if geometric:
+            theta = torch.eye(2, 3, device=dev).repeat(n, 1, 1)
+            for name, matrix in geometric_matrices(geometric, m).items():
+                theta = torch.where(chosen[name].view(n, 1, 1), matrix, theta)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            warped = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+            moved = torch.stack([chosen[name] for name in geometric]).any(dim=0)
+            x = torch.where(moved.view(n, 1, 1, 1), warped, x)
+        for name in names:
+            if name in PIXEL_OPS:
+                x = torch.where(chosen[name].view(n, 1, 1, 1), PIXEL_OPS[name](x, m), x)
+    return x

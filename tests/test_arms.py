@@ -1,0 +1,79 @@
+"""Comparison arms: variants of a method, LDAM-DRW+SSP's source run, the paper's rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from fassl import compare
+from fassl.arms import arm_order, baseline_epochs, run_config
+from fassl.cli import main
+from fassl.config import ConfigError
+from fassl.names import EXPORT
+from fassl.runtime import Runtime
+from tests.helpers import tiny_config, tiny_data
+
+# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+pytestmark = pytest.mark.trains
+
+TINY = ("probe.fast_epochs=2", "probe.few_shot_epochs=2", "optim.epochs=1")
+
+
+def test_variants_set_their_keys_and_train_for_the_baselines_epochs(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, "compare.methods=[simclr_ts,bcl_i_common,bcl_d]")
+    ts = run_config(cfg, "simclr_ts", 0, tmp_path)
+    assert ts.method == "simclr" and ts.temperature.schedule == "cosine"
+    assert ts.optim.epochs == baseline_epochs(cfg)
+    common = run_config(cfg, "bcl_i_common", 1, tmp_path)
+    assert common.method == "bcl_i" and common.bcl.ops == "common"
+    assert common.out_dir == str(tmp_path / "bcl_i_common" / "seed1")
+    assert run_config(cfg, "bcl_d", 0, tmp_path).bcl.ops == "randaugment"
+    assert cfg.temperature.schedule == "fixed" and cfg.bcl.ops == "randaugment"  # untouched
+
+
+def test_ldam_ssp_starts_from_the_same_seeds_self_supervised_run(tmp_path) -> None:
+    cfg = tiny_config(
+        tmp_path, "compare.methods=[ldam_drw_ssp,supervised]", "ldam.ssp_method=simclr"
+    )
+    assert arm_order(cfg) == ["simclr", "ldam_drw_ssp", "supervised"]  # the source first
+    c = run_config(cfg, "ldam_drw_ssp", 2, tmp_path)
+    assert c.method == "ldam_drw"
+    assert c.train.init_from == str(tmp_path / "simclr" / "seed2" / EXPORT)
+    fassl_first = tiny_config(tmp_path, "compare.methods=[supervised,fassl_phi1,fassl]")
+    assert arm_order(fassl_first) == ["fassl", "supervised", "fassl_phi1"]
+
+
+def test_unknown_arm_is_refused_with_the_list(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"bcl_x.*bcl_i_common"):
+        tiny_config(tmp_path, "compare.methods=[bcl_x]")
+
+
+def test_compare_runs_the_new_arms_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(compare, "runtime_for", lambda _: Runtime.cpu())
+    monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
+    methods = "[simclr,bcl_i,simclr_ts,bcl_d_common,ldam_drw_ssp]"
+    cfg = tiny_config(
+        tmp_path,
+        *TINY,
+        f"compare.methods={methods}",
+        "compare.seeds=[0]",
+        "compare.baseline_epochs=1",
+        "ldam.ssp_method=simclr",
+    )
+    compare.run_comparison(cfg)
+    text = (tmp_path / "comparison.md").read_text()
+    for arm in ("simclr", "bcl_i", "simclr_ts", "bcl_d_common", "ldam_drw_ssp"):
+        assert f"| {arm} | 1 |" in text, arm
+    assert (tmp_path / "ldam_drw_ssp" / "seed0" / "results.json").is_file()
+    # the paper's rows: LDAM-DRW+SSP on CIFAR-10-LT, BCL-I (CIFAR-100-LT only) in the note
+    (tmp_path / "bcl_i_common" / "seed0").mkdir(parents=True)
+    (tmp_path / "bcl_i_common" / "seed0" / "results.json").write_text(
+        (tmp_path / "bcl_i" / "seed0" / "results.json").read_text()
+    )
+    capsys.readouterr()
+    assert main(["tables", str(tmp_path), "--paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "*LDAM-DRW+SSP (paper)* | | 77.83 | — | — | — | — |" in printed
+    assert "| BCL-I | cifar100 | standard | 52.22 | 55.35 | 53.03 | 48.27 | 2.95 |" in printed
+    assert main(["tables", str(tmp_path), "--paper", "cifar100"]) == 0
+    printed = capsys.readouterr().out
+    assert "*BCL-I (paper)* | | 52.22 |" in printed and "43.43" in printed
