@@ -7,7 +7,7 @@ import pytest
 from fassl import compare
 from fassl.arms import arm_order, baseline_epochs, run_config
 from fassl.cli import main
-from fassl.config import ConfigError
+from fassl.errors import ConfigError
 from fassl.names import EXPORT
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from fassl.errors import CheckpointError
 from fassl.train.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     load_optimizer_state,
     optimizer_state,
@@ -72,10 +72,13 @@ def test_bad_metadata_and_nan_weights_are_named(tmp_path):
     save_file({"a": torch.zeros(1)}, str(listed), metadata={"format": FORMAT, "meta": "[1]"})
     with pytest.raises(CheckpointError, match="not a JSON object"):
         load_checkpoint(listed)
-    nan = tmp_path / "nan.safetensors"
-    save_checkpoint(nan, {"w": torch.tensor([1.0, float("inf")]), "i": torch.ones(2)}, {})
+    nan = tmp_path / "nan.safetensors"  # as an earlier version could write it
+    tensors = {"w": torch.tensor([1.0, float("inf")]), "i": torch.ones(2)}
+    save_file(tensors, str(nan), metadata={"format": FORMAT, "meta": "{}"})
     with pytest.raises(CheckpointError, match=r"nan\.safetensors: 1 tensors hold NaN"):
         load_checkpoint(nan)
+    with pytest.raises(CheckpointError, match="not writing"):  # this version never writes it
+        save_checkpoint(nan, tensors, {})
 
 
 def test_stale_temporaries_removed_live_ones_kept(tmp_path):

@@ -1,7 +1,8 @@
 import pytest
 
-from fassl.cli import RECIPES
-from fassl.config import ConfigError, load_config
+from fassl.config import load_config
+from fassl.errors import ConfigError
+from fassl.recipes import RECIPES
 
 
 def test_defaults_and_overrides():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fassl.config import ConfigError, load_config
+from fassl.config import load_config
 from fassl.data import longtail as lt
-from fassl.data.splitfiles import read_list
+from fassl.data.lists import read_list
+from fassl.errors import ConfigError
 from tests.data_fixtures import REPO
 
 IMAGENET_100 = REPO.parent / "shared" / "data" / "sdclr-splits" / "imagenet-100"

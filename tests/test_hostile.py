@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from fassl.cli import main
-from fassl.data.sources import load_labeled_folder, load_unlabeled_folder
+from fassl.data.folder import load_labeled_folder, load_unlabeled_folder
 from fassl.names import EXPORT, LAST
-from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from fassl.train.checkpoint import FORMAT, load_checkpoint
 from fassl.train.loop import Trainer
 from tests.data_fixtures import save_image, write_cifar10, write_class_folder
 from tests.helpers import tiny_config, tiny_data
@@ -75,6 +76,12 @@ def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     assert main(run_args(out)) == 0
     return out
+
+
+def write_unchecked(path: Path, tensors: dict, meta: dict) -> None:
+    """A checkpoint as an earlier version could write it: non-finite tensors, no checksum
+    (this version's save_checkpoint refuses both)."""
+    save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(meta)})
 
 
 def run_args(out: Path, *extra: str) -> list[str]:
@@ -265,13 +272,14 @@ def test_nan_weights_refused_everywhere(capsys, finished, tmp_path):
     tensors, meta = load_checkpoint(finished / EXPORT)
     tensors["backbone.stem.0.weight"][0] = float("nan")
     nan = tmp_path / "nan.safetensors"
-    save_checkpoint(nan, tensors, meta)
+    write_unchecked(nan, tensors, meta)
     fails(capsys, ["eval", str(nan), "--config", "demo", *TINY], "nan.safetensors", "NaN")
     fails(capsys, run_args(tmp_path / "r", f"train.init_from={nan}"), "NaN")
     resumed = tmp_path / "resumed"
     last, last_meta = load_checkpoint(next(finished.glob(LAST)))
     last[next(k for k in last if k.startswith("model/") and k.endswith("weight"))].fill_(np.inf)
-    save_checkpoint(resumed / LAST, last, last_meta | {"stage": "resumed"})
+    (resumed / LAST).parent.mkdir(parents=True)
+    write_unchecked(resumed / LAST, last, last_meta | {"stage": "resumed"})
     fails(capsys, run_args(resumed), "last.safetensors", "NaN")
 
 

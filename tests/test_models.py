@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fassl.errors import IncompatibleCheckpoint
 from fassl.models import build_backbone
 from fassl.models.pruning import (
     DualBatchNorm,
@@ -10,7 +11,7 @@ from fassl.models.pruning import (
     global_magnitude_masks,
     pruned_batchnorms,
 )
-from fassl.models.state import IncompatibleCheckpoint, load_state_checked
+from fassl.models.state import load_state_checked
 
 
 @pytest.mark.parametrize(("arch", "width", "dim"), [("resnet18", 8, 64), ("resnet50", 4, 128)])

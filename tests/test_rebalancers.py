@@ -216,7 +216,7 @@ def test_scheduled_temperature_reaches_the_loss(tmp_path) -> None:
 def test_ldam_reweights_late_and_refuses_unlabeled_data(tmp_path) -> None:
     import dataclasses
 
-    from fassl.config import ConfigError
+    from fassl.errors import ConfigError
 
     cfg = tiny_config(tmp_path, "optim.epochs=2", "ldam.drw_start=0.5")
     trainer = _fit(cfg, "ldam_drw")

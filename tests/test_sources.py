@@ -1,4 +1,4 @@
-"""Image sources (CIFAR python format, image folders, digits) and the decode cache."""
+"""Image sources (CIFAR python format, image folders, digits), their registry, the cache."""
 
 from __future__ import annotations
 
@@ -13,10 +13,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fassl import config
 from fassl.config import DataConfig
-from fassl.data import cache, sources
+from fassl.data import cache, cifar, digits, folder, sources
 from fassl.data.build import build_data
+from fassl.data.decode import ImageSet
 from tests.data_fixtures import random_images, rgb, save_image, write_cifar10, write_cifar100
+
+# ------------------------------------------------------------------------ registry
+
+
+def test_registry_lists_the_config_choices() -> None:
+    assert config.DATASETS == sources.DATASETS == tuple(sources.SOURCES)
+
+
+def test_unknown_dataset_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        build_data(DataConfig(dataset="nope"))
+
 
 # ------------------------------------------------------------------------ CIFAR
 
@@ -24,7 +38,7 @@ from tests.data_fixtures import random_images, rgb, save_image, write_cifar10, w
 @pytest.mark.parametrize("py2", [True, False])
 def test_cifar10_python_format(tmp_path: Path, py2: bool) -> None:
     write_cifar10(tmp_path, per_batch=4, n_test=6, py2=py2)
-    train, test = sources.load_cifar(tmp_path, "cifar10")
+    train, test = cifar.load_cifar(tmp_path, "cifar10")
     images = random_images(26)  # the same draw the writer used
     assert train.images.dtype == np.uint8 and train.images.shape == (20, 3, 32, 32)
     assert np.array_equal(train.images, images[:20]) and np.array_equal(test.images, images[20:])
@@ -36,7 +50,7 @@ def test_cifar10_python_format(tmp_path: Path, py2: bool) -> None:
 
 def test_cifar100_fine_labels(tmp_path: Path) -> None:
     write_cifar100(tmp_path, n_train=8, n_test=4)
-    train, test = sources.load_cifar(tmp_path, "cifar100")
+    train, test = cifar.load_cifar(tmp_path, "cifar100")
     assert train.images.shape == (8, 3, 32, 32) and len(test) == 4
     assert train.labels.tolist() == [(7 * i) % 100 for i in range(8)]
     assert len(train.classes) == 100 and train.classes[3] == "fine3"
@@ -48,15 +62,15 @@ class _Exploit:
 
 
 def test_cifar_unpickler_refuses_code(tmp_path: Path) -> None:
-    folder = write_cifar10(tmp_path)
-    (folder / "data_batch_1").write_bytes(pickle.dumps({"data": _Exploit()}, protocol=2))
+    batches = write_cifar10(tmp_path)
+    (batches / "data_batch_1").write_bytes(pickle.dumps({"data": _Exploit()}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
-        sources.load_cifar(tmp_path, "cifar10")
+        cifar.load_cifar(tmp_path, "cifar10")
 
 
 def test_cifar_missing_names_path_and_download(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
-        sources.load_cifar(tmp_path, "cifar10")
+        cifar.load_cifar(tmp_path, "cifar10")
     message = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in message
     assert "data.download=true" in message and "cifar-10-python.tar.gz" in message
@@ -80,17 +94,17 @@ def test_download_checks_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         fetched.append(url)
         dest.write_bytes(archive.read_bytes())
 
-    monkeypatch.setattr(sources, "_fetch", fake_fetch)
+    monkeypatch.setattr(cifar, "_fetch", fake_fetch)
     root = tmp_path / "data"
     with pytest.raises(OSError, match="does not match"):
-        sources.load_cifar(root, "cifar10", download=True)
+        cifar.load_cifar(root, "cifar10", download=True)
     assert fetched == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
     assert not list(root.glob("*.part"))
 
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    spec = replace(sources.CIFAR_SPECS["cifar10"], md5=md5)
-    monkeypatch.setitem(sources.CIFAR_SPECS, "cifar10", spec)
-    train, _ = sources.load_cifar(root, "cifar10", download=True)
+    spec = replace(cifar.CIFAR_SPECS["cifar10"], md5=md5)
+    monkeypatch.setitem(cifar.CIFAR_SPECS, "cifar10", spec)
+    train, _ = cifar.load_cifar(root, "cifar10", download=True)
     assert len(train) == 20 and (root / "cifar-10-python.tar.gz").is_file()
 
 
@@ -118,7 +132,7 @@ def messy_folder(tmp_path: Path) -> Path:
 
 
 def test_labeled_folder_converts_and_reports(messy_folder: Path) -> None:
-    data = sources.load_labeled_folder(messy_folder, 32)
+    data = folder.load_labeled_folder(messy_folder, 32)
     assert data.classes == ["cat", "dog"]
     assert data.images.shape == (7, 3, 32, 32) and data.images.dtype == np.uint8
     assert data.labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
@@ -146,7 +160,7 @@ def test_odd_size_is_resized_then_centre_cropped(tmp_path: Path) -> None:
     wide = np.zeros((20, 60, 3), np.uint8)
     wide[:, 20:40] = 255  # a white band in the middle third
     save_image(tmp_path / "a" / "wide.png", wide)
-    data = sources.load_labeled_folder(tmp_path, 10)
+    data = folder.load_labeled_folder(tmp_path, 10)
     assert data.images.shape == (1, 3, 10, 10)
     assert (data.images[0, :, :, 2:8] > 200).all()  # the centre survives the crop
 
@@ -155,7 +169,7 @@ def test_large_jpeg_is_fitted(tmp_path: Path) -> None:
     photo = rgb((200, 40, 90), size=(480, 640))
     photo[:, :320] = (10, 220, 30)  # left half green, right half magenta
     save_image(tmp_path / "a" / "photo.jpg", photo, quality=95)
-    data = sources.load_labeled_folder(tmp_path, 16)
+    data = folder.load_labeled_folder(tmp_path, 16)
     assert data.images.shape == (1, 3, 16, 16)
     left, right = data.images[0, :, 8, 2].astype(int), data.images[0, :, 8, 13].astype(int)
     assert np.abs(left - [10, 220, 30]).max() < 12 and np.abs(right - [200, 40, 90]).max() < 12
@@ -165,44 +179,44 @@ def test_unlabeled_folder_recursive(tmp_path: Path) -> None:
     save_image(tmp_path / "x.png", rgb(1))
     save_image(tmp_path / "a" / "b" / "y.JPEG", rgb(2))
     save_image(tmp_path / ".hidden" / "z.png", rgb(3))
-    data = sources.load_unlabeled_folder(tmp_path, 32)
+    data = folder.load_unlabeled_folder(tmp_path, 32)
     assert len(data) == 2 and data.labels.tolist() == [-1, -1] and data.classes == []
 
 
 def test_test_folder_uses_the_train_classes(tmp_path: Path) -> None:
     save_image(tmp_path / "dog" / "1.png", rgb(1))
-    data = sources.load_labeled_folder(tmp_path, 32, classes=["cat", "dog"])
+    data = folder.load_labeled_folder(tmp_path, 32, classes=["cat", "dog"])
     assert data.labels.tolist() == [1] and data.classes == ["cat", "dog"]
     with pytest.raises(ValueError, match=r"\['dog'\] are not among"):
-        sources.load_labeled_folder(tmp_path, 32, classes=["cat"])
+        folder.load_labeled_folder(tmp_path, 32, classes=["cat"])
 
 
 def test_folder_errors_name_the_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        sources.load_labeled_folder(missing, 32)
+        folder.load_labeled_folder(missing, 32)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=f"no image files .* in {empty}"):
-        sources.load_unlabeled_folder(empty, 32)
+        folder.load_unlabeled_folder(empty, 32)
     with pytest.raises(ValueError, match=f"{empty} has no class sub-folders"):
-        sources.load_labeled_folder(empty, 32)
+        folder.load_labeled_folder(empty, 32)
     broken = tmp_path / "broken"
     (broken / "cat").mkdir(parents=True)
     (broken / "cat" / "a.jpg").write_bytes(b"not a jpeg at all")
     with pytest.raises(ValueError, match=f"none of the 1 image files in {broken}"):
-        sources.load_labeled_folder(broken, 32)
+        folder.load_labeled_folder(broken, 32)
     loose = tmp_path / "loose"
     save_image(loose / "a.png", rgb(1))
     with pytest.raises(ValueError, match="labeled=false"):
-        sources.load_labeled_folder(loose, 32)
+        folder.load_labeled_folder(loose, 32)
 
 
 # ------------------------------------------------------------------------ digits
 
 
 def test_digits_are_upscaled_rgb() -> None:
-    data = sources.load_digits(16)
+    data = digits.load_digits(16)
     assert data.images.shape == (1797, 3, 16, 16) and data.images.dtype == np.uint8
     assert data.images.max() == 255 and data.images.min() == 0
     assert (data.images[:, 0] == data.images[:, 2]).all()
@@ -216,9 +230,9 @@ def test_digits_are_upscaled_rgb() -> None:
 def _counting_decoder(root: Path) -> tuple[list[int], object]:
     calls: list[int] = []
 
-    def decode() -> sources.ImageSet:
+    def decode() -> ImageSet:
         calls.append(1)
-        return sources.load_labeled_folder(root, 32)
+        return folder.load_labeled_folder(root, 32)
 
     return calls, decode
 

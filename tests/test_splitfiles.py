@@ -12,7 +12,7 @@ import torch
 
 from fassl.config import DataConfig, SplitFilesConfig
 from fassl.data.build import build_data
-from fassl.data.splitfiles import class_names, read_list
+from fassl.data.lists import class_names, read_list
 from fassl.data.streaming import StreamingImages, streamed_splits
 from tests.data_fixtures import REPO, save_image
 

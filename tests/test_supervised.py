@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from fassl.arms import baseline_epochs, run_config
-from fassl.config import ConfigError
 from fassl.data.bundle import normalize_images
+from fassl.errors import ConfigError
 from fassl.methods import build_method
 from fassl.methods.base import training_labels
 from fassl.runtime import Runtime

@@ -13,7 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from fassl.analysis import rarity
 from fassl.analysis.prototypes import GridLabels, grid_order, retrieval_rows
+from fassl.analysis.rarity import local_density, rank_images, rank_order, ranks
 from fassl.cli import main
 from fassl.config import RebalanceConfig, to_yaml
 from fassl.data.build import build_data
@@ -24,9 +26,7 @@ from fassl.models import build_backbone
 from fassl.report.comparison import bar_figure
 from fassl.reweight import build_reweighter
 from fassl.runtime import Runtime
-from fassl.tools import rarity
 from fassl.tools.export import torchvision_state
-from fassl.tools.rarity import local_density, rank_images, rank_order, ranks
 from fassl.tools.tsne import TsneOptions, run_tsne
 from fassl.train.loop import export_encoder
 from tests.helpers import tiny_config, tiny_data
@@ -39,11 +39,13 @@ CPU_ARGS = ["train.device=cpu", "train.precision=fp32", "train.progress=false"]
 
 
 def write_export(folder: Path, method: str = "simclr", *overrides: str) -> Path:
-    """A width-4 encoder (random weights, seed 0) exported as the pipeline does."""
+    """A width-4 encoder (random weights, seed 0) exported as the pipeline does, with its
+    run's config.yaml beside it."""
     cfg = tiny_config(folder, *overrides)
     torch.manual_seed(0)
     path = folder / "encoder.safetensors"
     export_encoder(build_method(cfg, method), cfg, path)
+    (folder / "config.yaml").write_text(to_yaml(cfg))
     return path
 
 
@@ -405,10 +407,8 @@ def test_unlabeled_pipeline_writes_label_free_outputs_and_names_them(tmp_path, c
 
 
 def test_tools_normalise_like_the_training_images_when_the_export_says_how():
-    import dataclasses
-
-    from fassl.tools.collection import Collection
-    from fassl.tools.common import with_training_normalisation
+    from fassl.data.collection import Collection
+    from fassl.encoders import LoadedEncoder
 
     coll = Collection(
         "c",
@@ -417,9 +417,13 @@ def test_tools_normalise_like_the_training_images_when_the_export_says_how():
         (0.1, 0.2, 0.3),
         (0.4, 0.5, 0.6),
     )
-    loaded = dataclasses.make_dataclass("L", ["meta", "source"])
-    recorded = loaded({"data_mean": [0.5, 0.5, 0.5], "data_std": [0.2, 0.2, 0.2]}, "e.st")
-    used = with_training_normalisation(coll, recorded)
+
+    def loaded(meta):
+        return LoadedEncoder(None, None, meta, "e.st")  # type: ignore[arg-type]
+
+    recorded = loaded({"data_mean": [0.5, 0.5, 0.5], "data_std": [0.2, 0.2, 0.2]})
+    used = coll.normalised_as(recorded.training_stats, recorded.source)
     assert used.mean == (0.5, 0.5, 0.5) and used.std == (0.2, 0.2, 0.2)
     assert "e.st" in used.notes[-1]
-    assert with_training_normalisation(coll, loaded({}, "old.st")) is coll  # older exports
+    older = loaded({})  # exports written before they recorded the statistics
+    assert coll.normalised_as(older.training_stats, older.source) is coll

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from fassl.errors import RunConflict
+from fassl.errors import NonFiniteLoss, RunConflict
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
 from fassl.names import LAST
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import NonFiniteLoss, Trainer, batch_indices
+from fassl.train.loop import Trainer, batch_indices
 from tests.helpers import tiny_config, tiny_data
 
 # Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
@@ -161,7 +161,7 @@ def test_nan_is_caught_within_log_every_steps(tmp_path, monkeypatch):
         return (loss * float("nan") if calls["n"] == 7 else loss), logs
 
     monkeypatch.setattr(type(t.method), "forward", nan_at_step_7)
-    with pytest.raises(NonFiniteLoss, match="at epoch 2, step 2; there is no last good"):
+    with pytest.raises(NonFiniteLoss, match="at epoch 2, step 2; no checkpoint was written yet"):
         t.fit()
     assert calls["n"] == 7  # global step 6 is a log step (6 % 3 == 0): caught at once
 

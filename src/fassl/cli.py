@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
-from fassl.config import Config, ConfigError, load_config
-from fassl.errors import debug_enabled, describe, expected_errors
+from fassl.config import Config, load_config
+from fassl.errors import Interrupted, debug_enabled, describe, expected_errors
+from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
 from fassl.runsettings import PIPELINE_STAGES
 from fassl.validation import check_paths
-
-RECIPES = Path(__file__).parent / "configs"
-
-
-def resolve_recipe(name: str) -> Path:
-    """A config path, or the name of a packaged recipe (``cifar10_lt_cpu``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = RECIPES / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(recipe_names())
-    raise ConfigError(f"config file not found: {name} (packaged recipes: {known})")
-
 
 # One example line per sub-command, shown in its --help and in ``fassl --help``.
 EXAMPLES = {
@@ -42,10 +30,6 @@ EXAMPLES = {
     "bench": "fassl bench --method simclr,sdclr --width 32 --device cpu",
     "info": "fassl info",
 }
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
 
 
 def _pipeline_keys() -> str:
@@ -117,29 +101,11 @@ def _outputs(out: Path) -> str:
     return ", ".join(names)
 
 
-def find_run_config(checkpoint: Path) -> Path | None:
-    """The ``config.yaml`` of the run a checkpoint belongs to: beside it (an export) or one
-    or two folders up (``checkpoints/last.safetensors``, a stage of a pipeline)."""
-    folder = checkpoint.absolute().parent
-    for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / "config.yaml").is_file():
-            return candidate / "config.yaml"
-    return None
-
-
 def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
     """--config when given, else the run's own config; never a guessed dataset."""
     if args.config:
         return _config(args)
-    if not ckpt.is_file():
-        raise FileNotFoundError(2, "checkpoint not found", str(ckpt))
-    found = find_run_config(ckpt)
-    if found is None:
-        raise ConfigError(
-            f"no config.yaml beside {ckpt} or in the two folders above it: pass the run's "
-            "config with --config (a path or a packaged recipe name) so that the probes use "
-            "the data the encoder was trained for"
-        )
+    found = run_config_for(ckpt)
     print(f"using the run's config {found}")
     return check_paths(load_config(found, args.overrides))
 
@@ -172,7 +138,7 @@ def demo_config(overrides: list[str]) -> Config:
     cfg = load_config(RECIPES / "demo.yaml", overrides)
     device = resolve_device(cfg.train.device)
     if resolve_autocast(device, cfg.train.precision) is None:
-        overlay = RECIPES / "overlays" / "demo_fp32.yaml"
+        overlay = OVERLAYS / "demo_fp32.yaml"
         print(f"training runs in fp32 here: the demo takes its shorter schedule ({overlay.name})")
         cfg = load_config([RECIPES / "demo.yaml", overlay], overrides)
     return cfg
@@ -309,8 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
+    previous = _on_sigterm(_terminate)
     try:
         args.func(args)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, the usual exit status
+        if debug_enabled():
+            traceback.print_exc()
+        where = str(err) or "interrupted; what was written before is intact, run it again"
+        print(f"fassl: {where}", file=sys.stderr)
+        return 128 + int(getattr(err, "signum", signal.SIGINT))
     except Exception as err:  # the one error boundary: expected errors become a message
         if not isinstance(err, expected_errors()):
             raise  # a bug: keep the traceback
@@ -318,7 +291,24 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"fassl: error: {describe(err)}", file=sys.stderr)
         return 2
+    finally:
+        _on_sigterm(previous)
     return 0
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM and return the previous one (None off the main
+    thread, where Python cannot set handlers)."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):
+        return None
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: where it stopped is reported, the last
+    checkpoint stays as it was, the exit status is 143."""
+    raise Interrupted("", signum)
 
 
 if __name__ == "__main__":

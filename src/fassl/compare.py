@@ -14,47 +14,51 @@ from fassl import report
 from fassl.arms import arm_order, baseline_epochs, is_pipeline, run_config
 from fassl.config import Config, to_yaml
 from fassl.data.build import build_data
+from fassl.files import write_text
 from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.processes import run_lock
 from fassl.runtime import runtime_for
+from fassl.sweep import run_sweep
 from fassl.validation import check_paths
 
 
 def run_comparison(cfg: Config) -> dict:
-    if cfg.compare.grid:  # a sweep: one comparison per grid point (fassl.sweep)
-        from fassl.sweep import run_sweep
-
-        return run_sweep(cfg)
-    out = Path(cfg.out_dir)
-    check_paths(cfg)
-    rt = runtime_for(cfg.train)
-    data = build_data(cfg.data, cfg.seed)  # a bad data folder fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    # every arm after the runs it starts from (fassl's stages, an SSP encoder)
-    order = arm_order(cfg)
-    runs = []
-    for seed in cfg.compare.seeds:
-        for name in order:
-            c = run_config(cfg, name, seed, out)
-            done = Path(c.out_dir) / "results.json"
-            if done.is_file():
-                results = json.loads(done.read_text())
-            elif is_pipeline(name):
-                results = run_pipeline(c, data=data, rt=rt)
-            else:
-                results = run_pretrain(c, data=data, rt=rt)
-            runs.append({"method": name, "seed": seed, "results": results})
-    note = (
-        f"seeds: {list(cfg.compare.seeds)}; baselines trained for {baseline_epochs(cfg)} "
-        "epochs (FASSL: teacher + prototypes + student)"
-    )
-    return write_comparison(
-        out,
-        runs,
-        data.name,
-        [*data.notes, note],
-        paper=report.paper_dataset(data.num_classes, cfg.data.dataset),
-    )
+    """Every arm of ``compare.methods`` at every seed, then the tables; with a
+    ``compare.grid``, one comparison per grid point (``fassl.sweep``)."""
+    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
+        if cfg.compare.grid:
+            return run_sweep(cfg)
+        out = Path(cfg.out_dir)
+        check_paths(cfg)
+        rt = runtime_for(cfg.train)
+        data = build_data(cfg.data, cfg.seed)  # a bad data folder fails before anything is written
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", to_yaml(cfg))
+        # every arm after the runs it starts from (fassl's stages, an SSP encoder)
+        order = arm_order(cfg)
+        runs = []
+        for seed in cfg.compare.seeds:
+            for name in order:
+                c = run_config(cfg, name, seed, out)
+                done = Path(c.out_dir) / "results.json"
+                if done.is_file():
+                    results = json.loads(done.read_text())
+                elif is_pipeline(name):
+                    results = run_pipeline(c, data=data, rt=rt)
+                else:
+                    results = run_pretrain(c, data=data, rt=rt)
+                runs.append({"method": name, "seed": seed, "results": results})
+        note = (
+            f"seeds: {list(cfg.compare.seeds)}; baselines trained for {baseline_epochs(cfg)} "
+            "epochs (FASSL: teacher + prototypes + student)"
+        )
+        return write_comparison(
+            out,
+            runs,
+            data.name,
+            [*data.notes, note],
+            paper=report.paper_dataset(data.num_classes, cfg.data.dataset),
+        )
 
 
 def collect_runs(out: Path) -> list[dict]:
@@ -93,16 +97,17 @@ def write_comparison(
     from the FASSL arms' weight analyses when there are any."""
     summary = report.summarize(runs)
     header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
-    (out / "comparison.md").write_text(
+    write_text(
+        out / "comparison.md",
         header
         + report.markdown_tables(summary, report.PAPER.get(paper or ""))
-        + (("\n" + report.paper_elsewhere(summary, paper)) if paper else "")
+        + (("\n" + report.paper_elsewhere(summary, paper)) if paper else ""),
     )
     report.write_csv(summary, out / "comparison.csv")
     report.bar_chart(summary, out / "comparison.png")
-    (out / "comparison.json").write_text(json.dumps({"runs": runs}, indent=2))
+    write_text(out / "comparison.json", json.dumps({"runs": runs}, indent=2))
     weights = report.weight_analysis_tables(collect_analyses(out))
     if weights:
-        (out / "weights.md").write_text(f"# Weight analyses in {out}\n\n{weights}")
+        write_text(out / "weights.md", f"# Weight analyses in {out}\n\n{weights}")
     print((out / "comparison.md").read_text())
     return summary

@@ -16,9 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fassl.errors import FasslError
-from fassl.reweight import REWEIGHTERS
-from fassl.validation import get_dotted
+from fassl.errors import ConfigError
+from fassl.validation import get_dotted, range_problems, ranged, structure_problems
 
 # The registered methods (fassl.methods.METHODS checks that it lists the same).
 METHOD_NAMES = (
@@ -33,8 +32,11 @@ METHOD_NAMES = (
     "bcl_d",
     "ldam_drw",
 )
-# log phi of stage 2: Eq. 3 and its label-free variants (none = phi 1), one registry.
-WEIGHTS = tuple(REWEIGHTERS)
+# log phi of stage 2: Eq. 3 and its label-free variants (none = phi 1); the registry
+# fassl.reweight.REWEIGHTERS checks that it lists the same, in the same order.
+WEIGHTS = ("paper", "paper_normalized", "softmax_density", "cluster_size", "knn", "none")
+# The dataset sources (fassl.data's registry checks that it lists the same).
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "splitfile", "tinyimagenet")
 # Comparison arms of FASSL: the configured weight, the phi = 1 ablation, and one arm
 # per weight variant, all from the same teacher and prototypes.
 FASSL_ARMS = ("fassl", "fassl_phi1", *(f"fassl_{w}" for w in WEIGHTS if w != "none"))
@@ -48,10 +50,6 @@ METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ldam_drw_ssp": ("ldam_drw", {}),
 }
 ARM_NAMES = (*METHOD_NAMES, *FASSL_ARMS, *METHOD_VARIANTS)
-
-
-class ConfigError(FasslError, ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 @dataclass
@@ -81,15 +79,16 @@ class DataConfig:
     # tinyimagenet: the tiny-imagenet-200 folder, or a .zip / .tar.gz of it.
     root: str = ""
     labeled: bool = True  # folder: one sub-folder per class; False: images found recursively
-    image_size: int = 32  # folder images are resized to this square size
+    image_size: int = ranged(32, ">=8")  # folder images are resized to this square size
     # Long-tailed subset of the probe pool: "pool" (SDCLR: n_max = pool size / C),
     # "full" (max 5000 per class drawn from the whole train set), "none" (use as found).
     longtail: str = "pool"
-    imbalance: float = 100.0  # rho = n_max / n_min, any value >= 1
-    max_per_class: int = 0  # n_max; 0 = the protocol's default
-    split: int = 0  # seed of the class-rank permutation (which class is frequent)
-    val_per_class: int = 500  # held-out validation images per class (5k for CIFAR-10)
-    few_shot_fraction: float = 0.01  # nested few-shot subset of the probe pool
+    imbalance: float = ranged(100.0, ">=1")  # rho = n_max / n_min, any value >= 1
+    max_per_class: int = ranged(0, ">=0")  # n_max; 0 = the protocol's default
+    split: int = ranged(0, ">=0")  # seed of the class-rank permutation (which class is frequent)
+    # held-out validation images per class (5k for CIFAR-10)
+    val_per_class: int = ranged(500, ">=0")
+    few_shot_fraction: float = ranged(0.01, "(0,1]")  # nested few-shot subset of the probe pool
     cache_dir: str = "~/.cache/fassl"
     download: bool = False  # fetch CIFAR archives when they are missing
     # A folder with SDCLR's published CIFAR index files (trainIdxList.npy, valIdxList.npy,
@@ -104,45 +103,45 @@ class DataConfig:
     group_thresholds: list[int] = field(default_factory=lambda: [100, 20])
     # Splits whose decoded uint8 images would exceed this budget together are decoded on
     # the fly by data.workers processes instead of held in memory.
-    max_memory_gb: float = 8.0
-    workers: int = 0  # decoding processes of a streamed split; 0 = up to 8 CPU cores
+    max_memory_gb: float = ranged(8.0, ">0")
+    workers: int = ranged(0, ">=0")  # decoding processes of a streamed split; 0 = up to 8 CPU cores
 
 
 @dataclass
 class AugmentConfig:
     """Two-view augmentation (SDCLR's CIFAR recipe by default), applied on the device."""
 
-    crop_scale_min: float = 0.1
-    flip_p: float = 0.5
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
+    crop_scale_min: float = ranged(0.1, "(0,1]")
+    flip_p: float = ranged(0.5, "[0,1]")
+    brightness: float = ranged(0.4, ">=0")
+    contrast: float = ranged(0.4, ">=0")
+    saturation: float = ranged(0.4, ">=0")
+    hue: float = ranged(0.1, "[0,0.5]")
+    jitter_p: float = ranged(0.8, "[0,1]")
+    grayscale_p: float = ranged(0.2, "[0,1]")
+    blur_p: float = ranged(0.0, "[0,1]")
 
 
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet50
-    width: int = 64  # channels of the first stage (64 = the paper's ResNet-18)
+    width: int = ranged(64, ">=1")  # channels of the first stage (64 = the paper's ResNet-18)
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool
-    proj_hidden: int = 512
-    proj_dim: int = 128
+    proj_hidden: int = ranged(512, ">=1")
+    proj_dim: int = ranged(128, ">=1")
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = "sgd"  # sgd | lars
-    lr: float = 0.5
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    epochs: int = 100
-    warmup_epochs: float = 10.0
-    batch_size: int = 512  # global batch size, split across processes
-    min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
-    lars_eta: float = 0.001
+    lr: float = ranged(0.5, ">0")
+    momentum: float = ranged(0.9, "[0,1)")
+    weight_decay: float = ranged(1e-4, ">=0")
+    epochs: int = ranged(100, ">=1")
+    warmup_epochs: float = ranged(10.0, ">=0")
+    batch_size: int = ranged(512, ">=2")  # global batch size, split across processes
+    min_lr_ratio: float = ranged(0.0, "[0,1]")  # cosine ends at lr * min_lr_ratio
+    lars_eta: float = ranged(0.001, ">0")
 
 
 @dataclass
@@ -153,14 +152,14 @@ class TrainConfig:
     # a strided 1x1 conv with < 16 input channels, where oneDNN's CPU kernel is unsafe
     # (fassl.runtime.resolve_channels_last; docs/RESULTS.md section 10)
     memory_format: str = "auto"  # auto | channels_last | contiguous
-    knn_every: int = 0  # epochs between kNN monitors on the validation set; 0 = off
-    knn_k: int = 200
+    knn_every: int = ranged(0, ">=0")  # epochs between kNN monitors on the validation set; 0 = off
+    knn_k: int = ranged(200, ">=1")
     # steps between metric log lines; the loss is also checked for NaN/inf this often
     # (reading it from the device every step would make every step wait for it)
-    log_every: int = 20
+    log_every: int = ranged(20, ">=1")
     # seconds between checkpoints (written after the epoch that passes the mark, and
     # always after the last epoch); 0 = after every epoch
-    checkpoint_every_s: float = 600.0
+    checkpoint_every_s: float = ranged(600.0, ">=0")
     compile: str = "auto"  # torch.compile of the training forward: auto (CUDA) | compile | eager
     progress: bool = True
     init_from: str = ""  # checkpoint whose weights initialise the method's encoder
@@ -168,7 +167,7 @@ class TrainConfig:
 
 @dataclass
 class SimCLRConfig:
-    temperature: float = 0.2
+    temperature: float = ranged(0.2, ">0")
 
 
 @dataclass
@@ -177,9 +176,10 @@ class TemperatureConfig:
     SimCLR, SDCLR, BCL and FASSL's stage 1 in place of their fixed temperature."""
 
     schedule: str = "fixed"  # fixed (each method's own temperature) | cosine
-    tau_min: float = 0.1
-    tau_max: float = 1.0  # the value at step 0, and at every whole period
-    period_epochs: float = 0.0  # 0: a fifth of the run (Kukleva et al.: 400 of 2,000 epochs)
+    tau_min: float = ranged(0.1, ">0")
+    tau_max: float = ranged(1.0, ">0")  # the value at step 0, and at every whole period
+    # 0: a fifth of the run (Kukleva et al.: 400 of 2,000 epochs)
+    period_epochs: float = ranged(0.0, ">=0")
 
 
 @dataclass
@@ -188,10 +188,12 @@ class BCLConfig:
     on SDCLR. Each image's loss, averaged over epochs, sets how strongly its views are
     augmented on top of the common augmentation (fassl.data.boost)."""
 
-    beta: float = 0.95  # momentum of each image's loss from epoch to epoch (BCL's code)
+    # momentum of each image's loss from epoch to epoch (BCL's code)
+    beta: float = ranged(0.95, "[0,1)")
     ops: str = "randaugment"  # randaugment (BCL's own 15 operations) | common (SSL's own)
-    num_ops: int = 1  # operations drawn per view (RandAugment's N; BCL: 1)
-    max_magnitude: float = 1.0  # magnitude at strength 1, as a share of each op's range
+    num_ops: int = ranged(1, ">=1")  # operations drawn per view (RandAugment's N; BCL: 1)
+    # magnitude at strength 1, as a share of each op's range
+    max_magnitude: float = ranged(1.0, "(0,1]")
 
 
 @dataclass
@@ -200,45 +202,47 @@ class LDAMConfig:
     ``train.init_from`` a self-supervised encoder it is LDAM-DRW+SSP (Yang & Xu, NeurIPS
     2020)."""
 
-    max_margin: float = 0.5  # the rarest class's margin
-    scale: float = 30.0  # s, the logit scale of the cosine classifier
-    drw_start: float = 0.8  # share of the epochs after which class-balanced weights apply
-    drw_beta: float = 0.9999  # beta of the class-balanced (effective-number) weights
+    max_margin: float = ranged(0.5, ">0")  # the rarest class's margin
+    scale: float = ranged(30.0, ">0")  # s, the logit scale of the cosine classifier
+    # share of the epochs after which class-balanced weights apply
+    drw_start: float = ranged(0.8, "[0,1]")
+    # beta of the class-balanced (effective-number) weights
+    drw_beta: float = ranged(0.9999, "[0,1)")
     # fassl compare's ldam_drw_ssp arm starts from this method's run of the same seed
     ssp_method: str = "sdclr"
 
 
 @dataclass
 class SDCLRConfig:
-    temperature: float = 0.2
-    prune_ratio: float = 0.9  # share of conv weights the pruned branch zeroes
+    temperature: float = ranged(0.2, ">0")
+    prune_ratio: float = ranged(0.9, "[0,1)")  # share of conv weights the pruned branch zeroes
 
 
 @dataclass
 class BYOLConfig:
-    pred_hidden: int = 512
-    ema: float = 0.99  # tau at the start
-    ema_end: float = 1.0  # tau at the end with the cosine schedule
+    pred_hidden: int = ranged(512, ">=1")
+    ema: float = ranged(0.99, "[0,1]")  # tau at the start
+    ema_end: float = ranged(1.0, "[0,1]")  # tau at the end with the cosine schedule
     ema_schedule: str = "cosine"  # fixed | cosine
 
 
 @dataclass
 class SwAVConfig:
-    num_prototypes: int = 100
-    temperature: float = 0.1
-    sinkhorn_iters: int = 3
-    epsilon: float = 0.05
-    queue_length: int = 0  # 0 = no queue
-    queue_start_epoch: int = 0
-    freeze_prototypes_steps: int = 300
+    num_prototypes: int = ranged(100, ">=1")
+    temperature: float = ranged(0.1, ">0")
+    sinkhorn_iters: int = ranged(3, ">=1")
+    epsilon: float = ranged(0.05, ">0")
+    queue_length: int = ranged(0, ">=0")  # 0 = no queue
+    queue_start_epoch: int = ranged(0, ">=0")
+    freeze_prototypes_steps: int = ranged(300, ">=0")
 
 
 @dataclass
 class PrototypeConfig:
     """Stage 1: frequency-aware prototype learning (Eq. 1-2)."""
 
-    num_prototypes: int = 128  # K
-    temperature: float = 0.2  # beta of Eq. 2
+    num_prototypes: int = ranged(128, ">=1")  # K
+    temperature: float = ranged(0.2, ">0")  # beta of Eq. 2
     normalize: bool = True  # L2-normalise z and p before h = P z
     feature: str = "projection"  # projection (D = proj_dim) | backbone
 
@@ -252,17 +256,18 @@ class RebalanceConfig:
     # knn is the default because it ranked non-frequent images highest most consistently
     # (docs/RESULTS.md, weight enrichment); paper is Eq. 3 exactly as the paper writes it.
     weight: str = "knn"
-    clip_std: float = 2.0  # clamp log phi to batch mean +- clip_std * std; 0 = no clip
+    # clamp log phi to batch mean +- clip_std * std; 0 = no clip
+    clip_std: float = ranged(2.0, ">=0")
     # Standardise log phi per batch to this std before clipping (not in the paper): the
     # variants' raw spreads differ by orders of magnitude (docs/RESULTS.md). 0 = as is.
-    strength: float = 0.5
-    density_temperature: float = 0.1  # softmax_density
-    knn_k: int = 10  # knn
+    strength: float = ranged(0.5, ">=0")
+    density_temperature: float = ranged(0.1, ">0")  # softmax_density
+    knn_k: int = ranged(10, ">=1")  # knn
     weight_view: str = "mean"  # which teacher view defines phi: first | mean
     global_stats: bool = True  # clip/normalise with statistics of the global batch
-    pred_hidden: int = 512
-    ema: float = 0.99  # tau of Eq. 4
-    ema_end: float = 0.99
+    pred_hidden: int = ranged(512, ">=1")
+    ema: float = ranged(0.99, "[0,1]")  # tau of Eq. 4
+    ema_end: float = ranged(0.99, "[0,1]")
     ema_schedule: str = "fixed"  # fixed | cosine
 
 
@@ -270,15 +275,15 @@ class RebalanceConfig:
 class ProbeConfig:
     settings: list[str] = field(default_factory=lambda: ["standard", "few_shot"])
     variant: str = "fast"  # fast (cached features) | sdclr (augmented, lr 30, steps)
-    fast_epochs: int = 100
-    fast_lr: float = 0.1
-    fast_weight_decay: float = 0.0
-    fast_batch_size: int = 256
-    sdclr_lr: float = 30.0
-    sdclr_batch_size: int = 128
-    standard_epochs: int = 30
-    few_shot_epochs: int = 100
-    knn_k: int = 200
+    fast_epochs: int = ranged(100, ">=1")
+    fast_lr: float = ranged(0.1, ">0")
+    fast_weight_decay: float = ranged(0.0, ">=0")
+    fast_batch_size: int = ranged(256, ">=1")
+    sdclr_lr: float = ranged(30.0, ">0")
+    sdclr_batch_size: int = ranged(128, ">=1")
+    standard_epochs: int = ranged(30, ">=1")
+    few_shot_epochs: int = ranged(100, ">=1")
+    knn_k: int = ranged(200, ">=1")
 
 
 @dataclass
@@ -302,7 +307,7 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     # Epochs of each baseline; 0 = the pipeline's three stages together (equal compute:
     # the same number of images through the network as FASSL).
-    baseline_epochs: int = 0
+    baseline_epochs: int = ranged(0, ">=0")
     # A sweep: dotted config key -> values, e.g. {prototypes.num_prototypes: [64, 128]}
     # (YAML flow mapping: a space after the colon). Every combination is compared in
     # out_dir/grid/<key=value>/; stages a key leaves unchanged are trained once (fassl.sweep).
@@ -313,7 +318,7 @@ class CompareConfig:
 class Config:
     method: str = "simclr"  # one of METHOD_NAMES
     out_dir: str = "runs/default"
-    seed: int = 0
+    seed: int = ranged(0, ">=0")
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -335,7 +340,7 @@ class Config:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHOD_NAMES,
-    "data.dataset": ("digits", "cifar10", "cifar100", "folder", "splitfile", "tinyimagenet"),
+    "data.dataset": DATASETS,
     "data.longtail": ("pool", "full", "none"),
     "data.groups": ("thirds", "counts"),
     "model.arch": ("resnet18", "resnet50"),
@@ -371,9 +376,6 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"config key 'compare.methods': unknown method {name!r} (one of {list(ARM_NAMES)})"
             )
-    # ranges of numeric keys: one table in fassl.validation
-    from fassl.validation import range_problems, structure_problems
-
     problems = [*range_problems(cfg), *structure_problems(cfg)]
     if problems:
         also = f"\n(also: {'; '.join(problems[1:])})" if problems[1:] else ""

@@ -17,13 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from fassl.errors import CheckpointError, ToolError
 from fassl.models import Encoder, build_backbone, mlp_head
 from fassl.models.heads import select_feature
 from fassl.models.pruning import dense_state_dict
 from fassl.models.resnet import ARCHS
 from fassl.models.state import load_state_checked, sub_state
-from fassl.train.checkpoint import CheckpointError, load_checkpoint, split_prefixed
+from fassl.train.checkpoint import load_checkpoint, split_prefixed
 
+FEATURES = ("backbone", "projection")  # the outputs a tool can read
 MAX_WIDTH = 1024  # the paper's widths are 64 (ResNet-18/50); anything this large is corrupt
 
 
@@ -43,6 +45,22 @@ class LoadedEncoder:
     def feature(self, name: str) -> nn.Module:
         """The z of Eq. 1 as a module: ``projection`` (the head's output) or ``backbone``."""
         return ProjectedFeature(self.encoder, name)
+
+    def feature_net(self, name: str) -> nn.Module:
+        """The module whose output is feature ``name``: the bare backbone (as the probes
+        run it) or the encoder through its projection head."""
+        if name not in FEATURES:
+            raise ToolError(f"feature must be one of {FEATURES}, got {name!r}")
+        return self.backbone if name == "backbone" else self.feature("projection")
+
+    @property
+    def training_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The per-channel mean / std of the images the encoder was trained on, as every
+        export a run writes records them; None for files written before they did."""
+        mean, std = self.meta.get("data_mean"), self.meta.get("data_std")
+        if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3:
+            return tuple(float(m) for m in mean), tuple(float(v) for v in std)
+        return None
 
 
 class ProjectedFeature(nn.Module):

@@ -1,16 +1,17 @@
-"""The failures a user can cause and fix, as opposed to bugs.
+"""Every exception of the package: the failures a user can cause and fix.
 
-Every expected failure (a bad config key, an unreadable checkpoint, a data folder without
-images, a run folder trained with other settings) is a ``FasslError`` or one of the few
-library exceptions mapped to it in ``expected_errors``. The command line prints those as
-one or two lines and exits with status 2; anything else is a bug and keeps its traceback.
+Each is a ``FasslError``, so the command line catches them in one place and prints one or
+two lines with exit status 2; each also keeps the built-in base that code outside the
+package would catch (``ValueError`` for a bad value, ``OSError``-like failures stay
+``OSError``). Anything else is a bug and keeps its traceback.
 
-This module imports nothing from the package, so every other module can import it.
+A leaf module: it imports nothing from the package, so every other module can import it.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 
 DEBUG_ENV = "FASSL_DEBUG"  # FASSL_DEBUG=1: tracebacks for every error, expected or not
 
@@ -19,12 +20,58 @@ class FasslError(Exception):
     """A failure the user can fix; its message names the key, file or line and what to do."""
 
 
+class ConfigError(FasslError, ValueError):
+    """A config file, override or flag that does not fit the schema or its ranges."""
+
+
 class DataError(FasslError, ValueError):
     """A data source that cannot be used as configured (no images, unknown classes, ...)."""
 
 
+class UnreadableBatch(DataError, pickle.UnpicklingError):
+    """A CIFAR batch file that would unpickle anything but plain arrays."""
+
+
 class RunConflict(FasslError):
-    """A run folder whose finished or started stages were trained with other settings."""
+    """A run folder whose finished or started stages were trained with other settings,
+    or that another run is training in."""
+
+
+class CheckpointError(FasslError, ValueError):
+    """A file that is not a readable fassl checkpoint."""
+
+
+class IncompatibleCheckpoint(FasslError, ValueError):
+    """A checkpoint whose tensors do not fit the model being built."""
+
+
+class DeviceUnavailable(FasslError, RuntimeError):
+    """The configured device does not exist on this machine."""
+
+
+class NonFiniteLoss(FasslError, FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DiskFull(FasslError, OSError):
+    """Not enough space for a file; what was written before it is intact."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM during a command; the message says where it stopped and
+    how to resume. A KeyboardInterrupt, so no ``except Exception`` swallows it."""
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class ToolError(FasslError, ValueError):
+    """A per-image tool (embed, rare, export, tsne) asked for something it cannot do."""
+
+
+class RarityError(ToolError):
+    """A weight that cannot rank this collection with this checkpoint."""
 
 
 def printable(name: str | bytes | os.PathLike[str]) -> str:
@@ -38,16 +85,9 @@ def printable(name: str | bytes | os.PathLike[str]) -> str:
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that are a user's error, not a bug.
-
-    Besides ``FasslError``: errors of modules that keep their own exception classes, and
-    OSError (missing files, permissions, full disks), which always names its path.
-    """
-    from fassl.models.state import IncompatibleCheckpoint
-    from fassl.runtime import DeviceUnavailable
-    from fassl.train.loop import NonFiniteLoss
-
-    return (FasslError, IncompatibleCheckpoint, DeviceUnavailable, NonFiniteLoss, OSError)
+    """The exception types that are a user's error, not a bug: ``FasslError``, and OSError
+    (missing files, permissions, full disks), which always names its path."""
+    return (FasslError, OSError)
 
 
 def describe(err: BaseException) -> str:
@@ -63,14 +103,3 @@ def describe(err: BaseException) -> str:
 
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-__all__ = [
-    "DataError",
-    "FasslError",
-    "RunConflict",
-    "debug_enabled",
-    "describe",
-    "expected_errors",
-    "printable",
-]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from fassl.data.bundle import normalize_images
 from fassl.runtime import Runtime
@@ -84,4 +85,30 @@ def extract_features(
         for start in range(0, images.shape[0], batch_size):
             x = prepare_batch(images[start : start + batch_size], mean, std, device, memory_format)
             chunks.append(backbone_forward(net, x, rt).cpu())
+    return torch.cat(chunks)
+
+
+PROGRESS_CHUNK = 4096  # images between progress-bar updates (each chunk is batched)
+
+
+def embed_images(
+    net: nn.Module,
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rt: Runtime,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``extract_features`` of any number of images with a progress bar: float32 (N, D) on
+    the CPU. Each chunk is the probes' own extraction, so the rows are exactly the
+    features a probe sees for the same images; a streamed split is read chunk by chunk."""
+    net = net.to(rt.device)
+    chunks = []
+    n = int(images.shape[0])
+    with tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
+        for start in range(0, n, PROGRESS_CHUNK):
+            part = images[start : start + PROGRESS_CHUNK]
+            chunks.append(extract_features(net, part, mean, std, rt, batch_size))
+            bar.update(int(part.shape[0]))
     return torch.cat(chunks)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fassl import distributed
-from fassl.runtime import float32_only
+from fassl.float32 import float32_only
 
 __all__ = [
     "byol_loss",

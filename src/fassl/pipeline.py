@@ -11,21 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from fassl import report
-from fassl.analysis.prototypes import GridLabels, prototype_group_shares, save_retrieval_grid
-from fassl.analysis.weights import all_weight_diagnostics, weight_enrichment
+from fassl.analysis.monitors import stage2_monitor
+from fassl.analysis.prototypes import GridLabels, prototype_group_shares
+from fassl.analysis.rarity import rank_collection
+from fassl.analysis.weights import all_weight_diagnostics
 from fassl.config import Config
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
+from fassl.data.collection import collection_from_data
 from fassl.encoders import load_encoder
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
+from fassl.files import write_text
+from fassl.processes import run_lock
+from fassl.report.figures import save_retrieval_grid
+from fassl.report.rarity import write_rarity
 from fassl.runsettings import RUN, pipeline_stages, prepare_pipeline, prepare_run, start_run
 from fassl.runtime import Runtime, runtime_for
 from fassl.stages import STAGE_METHODS, check_data, run_pipeline_stage, run_stage
-from fassl.tools.rare import label_free_analysis
-from fassl.train.loop import Trainer
 
 RAW_PIXELS = "raw pixels (linear)"
+RARITY_SHEET = 32  # images on each side of an unlabeled run's contact sheets
 
 
 def evaluate_export(
@@ -49,7 +55,7 @@ def evaluate_export(
         results["raw_pixels"] = reference[RAW_PIXELS]
     report.write_json(results, out_dir / "results.json")
     text = report.run_report(title, data.notes, results if data.labeled else None, reference)
-    (out_dir / "report.md").write_text(text, encoding="utf-8", errors="backslashreplace")
+    write_text(out_dir / "report.md", text)
     return results
 
 
@@ -68,7 +74,7 @@ def prototype_analysis(
     shares = prototype_group_shares(feats, prototypes, labels, groups)
     payload = {"stage": stage, "weights": diag, "prototype_nearest_image_groups": shares}
     report.write_json(payload, out_dir / f"analysis_{stage}.json")
-    (out_dir / f"analysis_{stage}.md").write_text(report.analysis_markdown(stage, diag, shares))
+    write_text(out_dir / f"analysis_{stage}.md", report.analysis_markdown(stage, diag, shares))
     save_retrieval_grid(
         data.pretrain.images,
         feats,
@@ -80,19 +86,28 @@ def prototype_analysis(
     return payload
 
 
-def stage2_monitor(data: LongTailData):
-    """During stage 2: enrichment of the configured weight on the teacher's features."""
+def label_free_analysis(
+    export: Path, cfg: Config, data: LongTailData, rt: Runtime, out_dir: Path, stage: str
+) -> list[str]:
+    """What an unlabeled pipeline run can say about its images after ``stage``: the
+    rarity ranking (``rarity_<stage>/``), prototype occupancy and the retrieval grid.
 
-    def monitor(trainer: Trainer) -> dict[str, float]:
-        log_phi = trainer.method.dataset_log_phi(trainer.embed)
-        if log_phi is None:
-            return {}
-        d = weight_enrichment(log_phi.cpu(), data.pretrain.labels, data.groups)
-        return {f"top5_share_{g}": d["top_share"][g] for g in d["top_share"]} | {
-            f"mean_log_phi_{g}": d["mean_log_phi"][g] for g in d["mean_log_phi"]
-        }
-
-    return monitor
+    With rebalance.weight=none (phi = 1) the ranking uses ``knn`` instead.
+    """
+    coll = collection_from_data(data, cfg.data)
+    weight = cfg.rebalance.weight if cfg.rebalance.weight != "none" else "knn"
+    loaded = load_encoder(export)
+    ranking, feats = rank_collection(loaded, coll, cfg, rt, [weight], progress=cfg.train.progress)
+    meta = {"checkpoint": str(export), "stage": stage, "feature": cfg.prototypes.feature}
+    folder = f"rarity_{stage}"
+    written = write_rarity(out_dir / folder, coll, ranking, meta, RARITY_SHEET, cfg.seed)
+    written = [f"{folder}/{name}" for name in written]
+    if loaded.prototypes is not None:
+        grid = f"retrieval_{stage}.png"
+        title = f"Prototypes after stage {stage} (no labels)"
+        save_retrieval_grid(coll.images, feats, loaded.prototypes, str(out_dir / grid), title)
+        written.append(grid)
+    return written
 
 
 def run_pipeline(
@@ -105,46 +120,48 @@ def run_pipeline(
     """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes.
 
     ``restart``: a stage to train again, with the stages after it (``--restart``)."""
-    out = Path(cfg.out_dir)
-    restarted = prepare_pipeline(cfg, restart)  # stages trained with other settings: error
-    rt = rt or runtime_for(cfg.train)
-    data = data or build_data(cfg.data, cfg.seed)
-    check_data(cfg, data, pipeline_stages(cfg))
-    start_run(cfg, restarted)  # clears the restarted stages, writes config.yaml
-    p = cfg.pipeline
-    labeled = data.labeled and bool(data.groups)
-    if p.prototypes_checkpoint:
-        prototypes = Path(p.prototypes_checkpoint)
-    else:
-        teacher = Path(p.teacher_checkpoint) if p.teacher_checkpoint else None
-        if teacher is None:
-            teacher = run_pipeline_stage(cfg, data, rt, "teacher")
-        prototypes = run_pipeline_stage(cfg, data, rt, "prototypes", teacher)
-    if labeled:
-        prototype_analysis(prototypes, cfg, data, rt, out, "prototypes")
-    else:
-        label_free_analysis(prototypes, cfg, data, rt, out, "prototypes")
-    monitors = [stage2_monitor(data)] if labeled else []
-    student = run_pipeline_stage(cfg, data, rt, "rebalance", prototypes, monitors)
-    if labeled:
-        prototype_analysis(student, cfg, data, rt, out, "rebalance")
-    else:
-        label_free_analysis(student, cfg, data, rt, out, "rebalance")
-    return evaluate_export(student, data, cfg, rt, out, "FASSL pipeline", with_pixels)
+    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
+        out = Path(cfg.out_dir)
+        restarted = prepare_pipeline(cfg, restart)  # stages trained with other settings: error
+        rt = rt or runtime_for(cfg.train)
+        data = data or build_data(cfg.data, cfg.seed)
+        check_data(cfg, data, pipeline_stages(cfg))
+        start_run(cfg, restarted)  # clears the restarted stages, writes config.yaml
+        p = cfg.pipeline
+        labeled = data.labeled and bool(data.groups)
+        if p.prototypes_checkpoint:
+            prototypes = Path(p.prototypes_checkpoint)
+        else:
+            teacher = Path(p.teacher_checkpoint) if p.teacher_checkpoint else None
+            if teacher is None:
+                teacher = run_pipeline_stage(cfg, data, rt, "teacher")
+            prototypes = run_pipeline_stage(cfg, data, rt, "prototypes", teacher)
+        if labeled:
+            prototype_analysis(prototypes, cfg, data, rt, out, "prototypes")
+        else:
+            label_free_analysis(prototypes, cfg, data, rt, out, "prototypes")
+        monitors = [stage2_monitor(data)] if labeled else []
+        student = run_pipeline_stage(cfg, data, rt, "rebalance", prototypes, monitors)
+        if labeled:
+            prototype_analysis(student, cfg, data, rt, out, "rebalance")
+        else:
+            label_free_analysis(student, cfg, data, rt, out, "rebalance")
+        return evaluate_export(student, data, cfg, rt, out, "FASSL pipeline", with_pixels)
 
 
 def run_pretrain(
     cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None, restart: bool = False
 ) -> dict:
     """One method trained from scratch (or from ``train.init_from``), then probed."""
-    out = Path(cfg.out_dir)
-    restarted = prepare_run(cfg, restart)
-    rt = rt or runtime_for(cfg.train)
-    data = data or build_data(cfg.data, cfg.seed)
-    check_data(cfg, data, [RUN])
-    start_run(cfg, restarted)
-    init = Path(cfg.train.init_from) if cfg.train.init_from else None
-    export = run_stage(cfg, data, rt, cfg.method, cfg.optim, out, init)
-    if cfg.method == STAGE_METHODS["prototypes"] and data.labeled and data.groups:
-        prototype_analysis(export, cfg, data, rt, out, "prototypes")
-    return evaluate_export(export, data, cfg, rt, out, f"{cfg.method} pre-training")
+    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
+        out = Path(cfg.out_dir)
+        restarted = prepare_run(cfg, restart)
+        rt = rt or runtime_for(cfg.train)
+        data = data or build_data(cfg.data, cfg.seed)
+        check_data(cfg, data, [RUN])
+        start_run(cfg, restarted)
+        init = Path(cfg.train.init_from) if cfg.train.init_from else None
+        export = run_stage(cfg, data, rt, cfg.method, cfg.optim, out, init)
+        if cfg.method == STAGE_METHODS["prototypes"] and data.labeled and data.groups:
+            prototype_analysis(export, cfg, data, rt, out, "prototypes")
+        return evaluate_export(export, data, cfg, rt, out, f"{cfg.method} pre-training")

@@ -12,18 +12,16 @@ class here (registered in ``REWEIGHTERS``) and its test.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fassl.config import WEIGHTS, RebalanceConfig
+from fassl.float32 import float32_only
 from fassl.losses import log_rebalance_weight
 from fassl.prototypes import cosine_scores, nearest_prototype, occupancy
-from fassl.runtime import float32_only
-
-if TYPE_CHECKING:
-    from fassl.config import RebalanceConfig
 
 # --------------------------------------------------------------- pure log-weight maths
 
@@ -238,6 +236,9 @@ REWEIGHTERS: dict[str, type[Reweighter]] = {
         NoWeight,
     )
 }
+
+
+assert tuple(REWEIGHTERS) == WEIGHTS, "fassl.config.WEIGHTS must list every weight, in order"
 
 
 def build_reweighter(name: str, cfg: RebalanceConfig) -> Reweighter:

@@ -18,9 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fassl.config import Config, ConfigError, OptimConfig, to_dict, to_yaml
-from fassl.errors import RunConflict
+from fassl.config import Config, OptimConfig, to_dict, to_yaml
+from fassl.errors import ConfigError, RunConflict
+from fassl.files import write_text
+from fassl.methods import METHODS
 from fassl.names import EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
+from fassl.train.checkpoint import read_meta
 
 # keys (or key prefixes ending in ".") that never change what a stage learns
 NEUTRAL = (
@@ -38,24 +41,13 @@ NEUTRAL = (
     "data.max_memory_gb",
     "data.download",
 )
-# config sections of each method's own settings
-METHOD_SECTIONS = {
-    "simclr": ("simclr", "temperature"),
-    "sdclr": ("sdclr", "temperature"),
-    "byol": ("byol",),
-    "swav": ("swav",),
-    "fassl_prototypes": ("prototypes", "temperature"),
-    "fassl_rebalance": ("prototypes", "rebalance"),
-    "bcl_i": ("simclr", "temperature", "bcl"),
-    "bcl_d": ("sdclr", "temperature", "bcl"),
-    "ldam_drw": ("ldam",),
-}
-_ALL_SECTIONS = {s for sections in METHOD_SECTIONS.values() for s in sections}
+# every section some method reads as its own (the others are shared by all methods)
+_ALL_SECTIONS = {s for cls in METHODS.values() for s in cls.sections}
 
 
 def method_sections(method: str) -> tuple[str, ...]:
-    """The config sections of ``method``'s own settings."""
-    return METHOD_SECTIONS.get(method, ())
+    """The config sections of ``method``'s own settings (the class declares them)."""
+    return METHODS[method].sections if method in METHODS else ()
 
 
 # training outputs of a stage folder, removed by a restart (reports are rewritten anyway)
@@ -107,11 +99,11 @@ def settings_for(cfg: Config, method: str, optim_cfg: OptimConfig) -> dict[str, 
     tree = to_dict(cfg)
     if section == "optim":  # a single-method run (possibly with a copied optimizer)
         tree |= {"optim": to_dict(optim_cfg), "method": method}
-        sections, keys = set(METHOD_SECTIONS.get(method, ())), ("optim", "method")
+        sections, keys = set(method_sections(method)), ("optim", "method")
         keys += ("train.init_from",)
     else:
         chain, given = _chain(cfg, section.partition(".")[2])
-        sections = {s for st in chain for s in METHOD_SECTIONS[STAGE_METHODS[st]]}
+        sections = {s for st in chain for s in method_sections(STAGE_METHODS[st])}
         keys = (*(f"pipeline.{st}" for st in chain), *given)
     flat = _flat(tree)
     return json.loads(json.dumps({k: v for k, v in flat.items() if _relevant(k, sections, keys)}))
@@ -132,9 +124,27 @@ def _has_outputs(run_dir: Path) -> bool:
     return (run_dir / OUTPUTS[0]).is_file() or (run_dir / LAST).is_file()
 
 
+def restart_flag(section: str) -> str:
+    """The command-line flag that trains the stage of optimizer ``section`` again."""
+    stage = RUN if section == "optim" else section.partition(".")[2]
+    return "--restart" if stage == RUN else f"--restart {stage}"
+
+
+def diverged_hint(cfg: Config, optim_cfg: OptimConfig, run_dir: Path) -> str:
+    """How to train a diverged stage again: resuming would repeat the divergence (a resumed
+    run continues exactly), and a lower learning rate is another setting, so it needs the
+    stage's --restart."""
+    section = optim_key(cfg, optim_cfg)
+    return (
+        f"To train {run_dir} again with a lower {section}.lr (or train.precision=fp32), add "
+        f"{restart_flag(section)} to the same command (for a fassl compare run, delete "
+        f"{run_dir} first)"
+    )
+
+
 def _restart_hint(run_dir: Path, section: str) -> str:
     stage = RUN if section == "optim" else section.partition(".")[2]
-    flag = "--restart" if stage == RUN else f"--restart {stage}"
+    flag = restart_flag(section)
     return (
         f"use another out_dir, put the settings back, or pass {flag} to train "
         f"{run_dir} again{'' if stage == RUN else ' (and the stages after it)'}"
@@ -143,8 +153,6 @@ def _restart_hint(run_dir: Path, section: str) -> str:
 
 def _check_last(run_dir: Path, method: str) -> None:
     """The checkpoint in a folder without a settings record belongs to this stage."""
-    from fassl.train.checkpoint import read_meta
-
     last = run_dir / LAST
     if not last.is_file() or (run_dir / OUTPUTS[0]).is_file():
         return  # nothing to resume, or finished: the checkpoint is not used
@@ -181,7 +189,7 @@ def record_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     if (run_dir / LAST).is_file() and not (run_dir / SETTINGS).is_file():
         return
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
-    (run_dir / SETTINGS).write_text(text, encoding="utf-8")
+    write_text(run_dir / SETTINGS, text)
 
 
 def clear_stage(run_dir: Path) -> None:
@@ -239,4 +247,4 @@ def start_run(cfg: Config, restarted: list[Path]) -> None:
         clear_stage(run_dir)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    write_text(out / "config.yaml", to_yaml(cfg))

@@ -2,9 +2,9 @@
 
 The ground floor of the package: training, evaluation and analysis all take a
 ``Runtime`` instead of passing a device and an autocast dtype by hand, and enter
-``Runtime.autocast()`` for the one autocast context of the project. Losses switch
-autocast off inside themselves with ``float32_only`` (their softmaxes and weights are
-computed in float32 whatever the caller runs under).
+``Runtime.autocast()`` for the one autocast context of the project (losses switch it off
+inside themselves, ``fassl.float32``). It also holds the memory-layout rule and reads the
+CPU's flags, so precision and layout are decided in one place for every device.
 """
 
 from __future__ import annotations
@@ -13,18 +13,15 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
 from torch import nn
 
 from fassl import distributed
-
-if TYPE_CHECKING:
-    from fassl.config import TrainConfig
+from fassl.config import TrainConfig
+from fassl.errors import DeviceUnavailable
 
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -36,10 +33,6 @@ _BF16_ISAS = ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", 
 # gradients without an error (uxlfoundation/oneDNN #6035; 16 = the AVX-512 block, so the
 # margin covers the AVX2 block of 8 with room). docs/RESULTS.md section 10.
 SAFE_POINTWISE_CHANNELS = 16
-
-
-class DeviceUnavailable(RuntimeError):
-    """The configured device does not exist on this machine."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -216,41 +209,6 @@ def setup_runtime(
 def runtime_for(train: TrainConfig) -> Runtime:
     """``setup_runtime`` with a run's ``train.*`` settings."""
     return setup_runtime(train.device, train.precision, train.memory_format)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (this process counts as not running: what it left
-    behind in an earlier call is a leftover). For temporary files named by their writer."""
-    if pid == os.getpid():
-        return False  # this process is not writing it now: a leftover of an earlier call
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def float32_only(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with autocast off on the devices of its tensor arguments.
-
-    For losses and weights: under bf16 autocast their matmuls would run in bf16 again.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        devices = {a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
-        with contextlib.ExitStack() as stack:
-            for device in devices:
-                stack.enter_context(torch.autocast(device, enabled=False))
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def machine_lines() -> list[str]:

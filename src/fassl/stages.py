@@ -17,14 +17,23 @@ from pathlib import Path
 
 import torch
 
-from fassl.config import Config, ConfigError, OptimConfig, to_yaml
+from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data.bundle import LongTailData
 from fassl.encoders import load_backbone
-from fassl.errors import printable
+from fassl.errors import ConfigError, NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
+from fassl.files import write_text
 from fassl.methods import build_method
-from fassl.names import EXPORT
-from fassl.runsettings import RUN, STAGE_METHODS, check_stage, optim_key, record_settings
+from fassl.names import CONFIG, EXPORT
+from fassl.processes import run_lock
+from fassl.runsettings import (
+    RUN,
+    STAGE_METHODS,
+    check_stage,
+    diverged_hint,
+    optim_key,
+    record_settings,
+)
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
 from fassl.train.loop import Trainer, export_encoder
@@ -96,29 +105,34 @@ def run_stage(
 ) -> Path:
     """Train ``method_name`` into ``run_dir`` (resuming what is there) and export it.
 
-    A stage whose export already exists is not trained again. Returns the export path.
+    A stage whose export already exists is not trained again. The folder is locked while
+    the stage trains (``fassl.processes.run_lock``). Returns the export path.
     """
     run_dir = Path(run_dir)
     export = run_dir / EXPORT
-    settings = check_stage(cfg, method_name, optim_cfg, run_dir)
-    if export.is_file():
-        print(f"[{run_dir.name}] already done: {export}")
-        return export
-    check_batch_size(cfg, data, optim_cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    record_settings(run_dir, settings)
-    init = None
-    if init_path is not None:
-        init, _ = load_checkpoint(Path(init_path))
-    torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
-    method = build_method(cfg, method_name, init, str(init_path))
-    if cfg.train.knn_every:
-        monitors = [knn_monitor(data, cfg.train.knn_k), *(monitors or [])]
-    Trainer(method, data, cfg, optim_cfg, run_dir, rt, run_dir.name, monitors).fit()
-    # the training images' normalisation, for tools that embed other images later
-    stats = {"data_mean": list(data.mean), "data_std": list(data.std)}
-    export_encoder(method, cfg, export, stats)
+    with run_lock(run_dir):
+        settings = check_stage(cfg, method_name, optim_cfg, run_dir)
+        if export.is_file():
+            print(f"[{run_dir.name}] already done: {export}")
+            return export
+        check_batch_size(cfg, data, optim_cfg)
+        write_text(run_dir / CONFIG, to_yaml(cfg))
+        record_settings(run_dir, settings)
+        init = None
+        if init_path is not None:
+            init, _ = load_checkpoint(Path(init_path))
+        torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
+        method = build_method(cfg, method_name, init, str(init_path))
+        if cfg.train.knn_every:
+            monitors = [knn_monitor(data, cfg.train.knn_k), *(monitors or [])]
+        trainer = Trainer(method, data, cfg, optim_cfg, run_dir, rt, run_dir.name, monitors)
+        try:
+            trainer.fit()
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(f"{err}. {diverged_hint(cfg, optim_cfg, run_dir)}") from err
+        # the training images' normalisation, for tools that embed other images later
+        stats = {"data_mean": list(data.mean), "data_std": list(data.std)}
+        export_encoder(method, cfg, export, stats)
     return export
 
 

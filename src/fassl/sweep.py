@@ -34,11 +34,14 @@ from typing import Any
 
 from fassl import report
 from fassl.arms import arm_method, arm_order, run_config
-from fassl.config import FASSL_ARMS, METHOD_VARIANTS, Config, ConfigError, load_config, to_yaml
+from fassl.config import FASSL_ARMS, METHOD_VARIANTS, Config, load_config, to_yaml
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
+from fassl.errors import ConfigError
+from fassl.files import write_text
 from fassl.names import EXPORT
 from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.processes import run_lock
 from fassl.report import sweep as sweep_report
 from fassl.runsettings import RUN, method_sections, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
@@ -175,7 +178,7 @@ def write_plan(points: list[GridPoint], out: Path) -> None:
         "points": [{"label": p.label, "values": p.values, "runs": p.run_dirs} for p in points],
     }
     (out / GRID_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out / GRID_FILE).write_text(json.dumps(payload, indent=2))
+    write_text(out / GRID_FILE, json.dumps(payload, indent=2))
 
 
 @dataclass
@@ -243,20 +246,21 @@ def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> d
 
 def run_sweep(cfg: Config) -> dict:
     """Every grid point's comparison, then the sweep tables and plot."""
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    points = plan(cfg, out)
-    write_plan(points, out)
-    rt = runtime_for(cfg.train)
-    datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
-    order = arm_order(cfg)  # every arm after the runs it starts from
-    for point in points:
-        ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
-        for seed in cfg.compare.seeds:
-            for name in order:
-                run_arm(point, name, seed, ctx)
-    return write_sweep(out)
+    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", to_yaml(cfg))
+        points = plan(cfg, out)
+        write_plan(points, out)
+        rt = runtime_for(cfg.train)
+        datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
+        order = arm_order(cfg)  # every arm after the runs it starts from
+        for point in points:
+            ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
+            for seed in cfg.compare.seeds:
+                for name in order:
+                    run_arm(point, name, seed, ctx)
+        return write_sweep(out)
 
 
 def collect_point(out: Path, point: dict) -> tuple[list[dict], list[dict]]:
@@ -294,7 +298,7 @@ def write_sweep(out: Path) -> dict:
             {m for p in grid["points"] for m, d in p["runs"].items() if d.startswith("shared/")}
         ),
     )
-    (out / "sweep.md").write_text(f"# Sweep in {out}\n\n" + sweep_report.sweep_markdown(sweep))
+    write_text(out / "sweep.md", f"# Sweep in {out}\n\n" + sweep_report.sweep_markdown(sweep))
     sweep_report.write_sweep_csv(sweep, out / "sweep.csv", out / "sweep_prototypes.csv")
     sweep_report.sweep_plot(sweep, out / "sweep.png")
     print((out / "sweep.md").read_text())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from fassl.data.bundle import GROUPS
-from fassl.prototypes import cosine_scores, nearest_images, occupancy
+from fassl.prototypes import cosine_scores, nearest_images
 
 
 def prototype_group_shares(
@@ -71,48 +71,3 @@ def grid_order(
                 picked[g].append(by_group[g][turn])
                 taken += 1
     return [(k, g) for g in names for k in picked[g]]
-
-
-def save_retrieval_grid(
-    images: torch.Tensor,
-    features: torch.Tensor,
-    prototypes: torch.Tensor,
-    path: str,
-    title: str = "Prototypes",
-    labels: GridLabels | None = None,
-    per_row: int = 8,
-    max_rows: int = 24,
-) -> None:
-    """The paper's Figure 4: one row per prototype with its nearest images (uint8
-    N,3,H,W), captioned with class and grouped by class group where labels exist."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = retrieval_rows(features, prototypes, per_row)
-    counts = occupancy(features.float().cpu(), prototypes.float().cpu())
-    order = grid_order(rows, counts, labels, max_rows)
-    cols = rows.shape[1]
-    size = (cols * 1.05 + 1.2, len(order) * 1.15 + 0.8)
-    fig, axes = plt.subplots(len(order), cols, figsize=size, squeeze=False, layout="constrained")
-    for (k, group), axrow in zip(order, axes, strict=True):
-        picked = images[rows[k]].permute(0, 2, 3, 1).numpy()
-        for ax, img, i in zip(axrow, picked, rows[k].tolist(), strict=True):
-            ax.imshow(img)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if labels is not None:
-                ax.set_title(labels.caption(i), fontsize=6, pad=1)
-        head = f"prototype {k}" + (f"\n{group.capitalize()}" if group else "")
-        axrow[0].set_ylabel(
-            f"{head}\noccupancy {int(counts[k])}", fontsize=7, rotation=0, ha="right"
-        )
-    how = "grouped by the class group of each prototype's nearest image" if labels else "unlabeled"
-    fig.suptitle(
-        f"{title}: the {cols} nearest images of {len(order)} of {len(rows)} prototypes\n"
-        f"(rows {how}; occupancy = images whose nearest prototype it is, largest first)",
-        fontsize=9,
-    )
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

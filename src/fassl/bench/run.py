@@ -36,12 +36,19 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fassl import flags
+from fassl.analysis.monitors import stage2_monitor
 from fassl.bench.data import CIFAR10_LT_IMAGES, per_image_baseline, synthetic_data
 from fassl.bench.report import device_name, markdown
 from fassl.config import METHOD_NAMES as METHODS
 from fassl.config import Config, load_config
 from fassl.data.bundle import LongTailData
+from fassl.errors import ConfigError
+from fassl.eval.knn import knn_monitor
+from fassl.files import write_text
+from fassl.methods import build_method
 from fassl.methods.base import EpochContext
+from fassl.recipes import resolve_recipe
 from fassl.runtime import Runtime, runtime_for
 from fassl.train.compile import COMPILE_CHOICES
 from fassl.train.loop import Trainer
@@ -74,8 +81,6 @@ def bench_config(
     s: BenchSettings, method: str, width: int, run_dir: Path, compile_: str = "auto"
 ) -> Config:
     """The recipe (if any), then the bench's own settings, then the user's overrides."""
-    from fassl.cli import resolve_recipe
-
     path = resolve_recipe(s.config) if s.config else None
     return load_config(
         path,
@@ -96,8 +101,6 @@ def bench_config(
 
 def make_method(cfg: Config, name: str) -> torch.nn.Module:
     """The method; stage 2 starts from a fresh stage-1 export (it needs prototypes)."""
-    from fassl.methods import build_method
-
     torch.manual_seed(cfg.seed)
     init = None
     if name == "fassl_rebalance":
@@ -108,9 +111,6 @@ def make_method(cfg: Config, name: str) -> torch.nn.Module:
 def monitors_for(cfg: Config, data: LongTailData, name: str) -> list:
     """What ``fassl pipeline`` attaches to the stage: the kNN monitor, and for stage 2 the
     weight-enrichment monitor."""
-    from fassl.eval.knn import knn_monitor
-    from fassl.pipeline import stage2_monitor
-
     monitors = [knn_monitor(data, cfg.train.knn_k)] if cfg.train.knn_every else []
     if name == "fassl_rebalance":
         monitors.append(stage2_monitor(data))
@@ -298,49 +298,69 @@ def run_bench(s: BenchSettings, command: str = "fassl bench") -> dict[str, Any]:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = s.name or f"bench_{rt.device.type}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{stem}.md").write_text(markdown(result))
+    write_text(out / f"{stem}.json", json.dumps(result, indent=2))
+    write_text(out / f"{stem}.md", markdown(result))
     print(f"results in {out / stem}.json and .md")
     return result
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``fassl bench`` flags; ``key=value`` config overrides may follow them."""
+    """The ``fassl bench`` flags, each with its range; ``key=value`` overrides may follow."""
     d = BenchSettings()
-    p.add_argument("--method", default="simclr", help="comma-separated, from: " + ",".join(METHODS))
-    p.add_argument("--width", default="32", help="comma-separated model widths")
-    p.add_argument("--batch", type=int, default=d.batch)
+    methods = flags.choice_list(METHODS)
+    p.add_argument(
+        "--method",
+        type=methods,
+        default=["simclr"],
+        help="comma-separated, from: " + ",".join(METHODS),
+    )
+    p.add_argument(
+        "--width", type=flags.int_list(1), default=[32], help="comma-separated model widths"
+    )
+    p.add_argument(
+        "--batch", type=flags.at_least(2), default=d.batch, help="images per step (>= 2)"
+    )
     p.add_argument(
         "--compile",
-        default="auto",
+        type=flags.choice_list(COMPILE_CHOICES),
+        default=["auto"],
         help="comma-separated train.compile settings (auto | compile | eager), "
         "each its own row: e.g. eager,compile for the ratio in one run",
     )
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default=d.precision, help="auto | bf16 | fp32")
-    p.add_argument("--images", type=int, default=d.images, help="synthetic training images")
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="full epochs (first = warm-up)")
-    p.add_argument("--steps", type=int, default=d.steps, help="timed steps of the step bench")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision)
+    p.add_argument(
+        "--images", type=flags.at_least(2), default=d.images, help="synthetic training images"
+    )
+    p.add_argument("--image-size", type=flags.at_least(8), default=d.image_size)
+    p.add_argument(
+        "--epochs", type=flags.at_least(1), default=d.epochs, help="full epochs (first = warm-up)"
+    )
+    p.add_argument(
+        "--steps", type=flags.at_least(1), default=d.steps, help="timed steps of the step bench"
+    )
     p.add_argument("--config", default="", help="recipe whose train.* monitors/checkpoints apply")
-    p.add_argument("--out", default=d.out, help="folder for <name>.json and <name>.md")
-    p.add_argument("--name", default="", help="file stem (default bench_<device type>)")
+    p.add_argument(
+        "--out",
+        type=flags.out_folder,
+        default=Path(d.out),
+        help="folder for <name>.json and <name>.md",
+    )
+    p.add_argument(
+        "--name", type=flags.file_stem, default=None, help="file stem (default bench_<device type>)"
+    )
     p.add_argument("--baseline", action="store_true", help="add the per-image baseline")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.log_every=50")
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    methods = [m for m in args.method.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"--method: {unknown or methods} not in {list(METHODS)}")
-    compiles = [c for c in args.compile.split(",") if c]
-    if not compiles or any(c not in COMPILE_CHOICES for c in compiles):
-        raise ValueError(f"--compile: {compiles} not all in {list(COMPILE_CHOICES)}")
+    """The flags (already typed and range-checked by ``add_arguments``) as settings."""
+    if args.images < args.batch:
+        raise ConfigError(f"--images {args.images} is smaller than --batch {args.batch}")
     return BenchSettings(
-        methods=methods,
-        widths=[int(w) for w in args.width.split(",") if w],
-        compiles=compiles,
+        methods=args.method,
+        widths=args.width,
+        compiles=args.compile,
         batch=args.batch,
         device=args.device,
         precision=args.precision,
@@ -350,7 +370,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         steps=args.steps,
         config=args.config,
         overrides=list(args.overrides),
-        out=args.out,
-        name=args.name,
+        out=str(args.out),
+        name=args.name or "",
         baseline=args.baseline,
     )

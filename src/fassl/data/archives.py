@@ -1,4 +1,5 @@
-"""Archives of image folders (.tar, .tar.gz, .tgz, .zip), unpacked once into the cache."""
+"""Archives of image folders (.tar, .tar.gz, .tgz, .zip), unpacked once into the cache,
+and data.root as a folder whichever of the two it names."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from fassl.config import DataConfig
+from fassl.data import cache
 from fassl.errors import DataError, printable
-from fassl.runtime import pid_alive
+from fassl.processes import pid_alive
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -79,3 +82,13 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
+def folder_root(cfg: DataConfig) -> Path:
+    """data.root as a folder: an archive is unpacked once into the cache."""
+    if not cfg.root:
+        raise DataError(f"data.root must name the image folder for dataset={cfg.dataset}")
+    root = Path(cfg.root).expanduser().absolute()
+    if is_archive(root):
+        root = extract_archive(root, cache.cache_root(cfg.cache_dir))
+    return root

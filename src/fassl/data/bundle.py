@@ -1,15 +1,22 @@
-"""The in-memory dataset every stage reads: uint8 image tensors and labels per split."""
+"""The in-memory dataset every stage reads: uint8 image tensors and labels per split,
+and the per-channel statistics that normalise them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from fassl.data.streaming import StreamingImages
 
 # The paper's class groups by training frequency, and the column order of every results
 # table and chart: All, then the groups, then the std of the per-group accuracies.
 GROUPS = ("frequent", "medium", "rare")
 COLUMNS = ("all", *GROUPS, "std")
+STATS_SAMPLE = 2048  # images of a streamed split that its channel statistics are drawn from
+
+Triple = tuple[float, float, float]
 
 
 @dataclass
@@ -72,6 +79,34 @@ class LongTailData:
     @property
     def image_size(self) -> int:
         return int(self.pretrain.images.shape[-1])
+
+
+def _stats_sample(images: torch.Tensor | StreamingImages) -> list[torch.Tensor]:
+    """Chunks of the images: all of a tensor, a seeded sample of a streamed set."""
+    if isinstance(images, torch.Tensor):
+        return list(images.split(4096))
+    n = len(images)
+    rows = np.sort(np.random.default_rng(0).permutation(n)[:STATS_SAMPLE])
+    return list(images.batches(np.array_split(rows, max(1, len(rows) // 256))))
+
+
+def channel_stats(images: torch.Tensor | StreamingImages) -> tuple[Triple, Triple]:
+    """Per-channel mean and std in [0, 1], accumulated in float64 chunks to bound memory.
+
+    A streamed set is summarised by a seeded sample of STATS_SAMPLE images.
+    """
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for chunk in _stats_sample(images):
+        x = chunk.to(torch.float64).div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / max(count, 1)
+    std = (squares / max(count, 1) - mean.square()).clamp_min(1e-12).sqrt()
+    (m0, m1, m2), (s0, s1, s2) = mean.tolist(), std.tolist()
+    return (m0, m1, m2), (s0, s1, s2)
 
 
 def normalize_images(

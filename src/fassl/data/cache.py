@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fassl.data.sources import ImageSet, list_files
+from fassl.data.decode import ImageSet
+from fassl.data.walk import list_files
 
 # Bump when the decoded pixels or the stored layout change (resize method, conversions).
 FORMAT_VERSION = 1

@@ -1,9 +1,11 @@
-"""Decoding one image file to a uint8 (3, size, size) array, and the report lines about it.
+"""Decoding image files to uint8 (3, size, size) arrays, and the report lines about it.
 
 Any mode PIL reads becomes 8-bit RGB (16-bit and float images scaled, not clipped); any
 size becomes ``size`` x ``size`` (shorter side resized bicubically, then centre-cropped).
 A file that cannot be decoded is returned with the reason, never raised, so one bad file
-does not stop a folder.
+does not stop a folder: ``decode_files`` drops it and names it in the set's report lines.
+The in-memory loaders and ``streaming.StreamingImages`` decode through ``decode_chunk``,
+so both give identical pixels.
 """
 
 from __future__ import annotations
@@ -12,11 +14,32 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from fassl.errors import DataError, printable
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MAX_NAMED_FILES = 20  # skipped files named individually in a report line
+
+
+@dataclass
+class ImageSet:
+    """Decoded images: uint8 (N, 3, H, W), int64 labels (N,) with -1 for unlabeled."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    report: list[str] = field(default_factory=list)
+    # Each image's file relative to the folder it was loaded from, where there is one
+    # (folder loaders; empty for CIFAR, digits and cached sets).
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
 
 
 def _conversion(img: Image.Image) -> str | None:
@@ -71,7 +94,7 @@ def _fit(img: Image.Image, size: int) -> Image.Image:
 
 
 @dataclass
-class _Decoded:
+class Decoded:
     """Outcome of decoding one file: the pixels, or why it was skipped."""
 
     pixels: np.ndarray | None
@@ -80,7 +103,7 @@ class _Decoded:
     error: str = ""
 
 
-def _decode(path: Path, size: int) -> _Decoded:
+def _decode(path: Path, size: int) -> Decoded:
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":  # let libjpeg decode big photos at 1/2..1/8 scale
@@ -93,15 +116,16 @@ def _decode(path: Path, size: int) -> _Decoded:
                 rgb = _fit(rgb, size)
             pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        return _Decoded(None, error=f"{type(err).__name__}: {err}")
-    return _Decoded(pixels, kind, resized)
+        return Decoded(None, error=f"{type(err).__name__}: {err}")
+    return Decoded(pixels, kind, resized)
 
 
-def _decode_chunk(paths: Sequence[Path], size: int) -> list[_Decoded]:
-    return [_decode(p, size) for p in paths]
+def decode_chunk(paths: Sequence[str | Path], size: int) -> list[Decoded]:
+    """Decode ``paths`` in order (module level, so worker processes can run it)."""
+    return [_decode(Path(p), size) for p in paths]
 
 
-def _decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[_Decoded]:
+def _decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[Decoded]:
     """Decode in chunks on a thread pool (PIL releases the GIL while decoding large images)."""
     if not paths:
         return []
@@ -109,21 +133,62 @@ def _decode_images(paths: Sequence[Path], size: int, workers: int = 0) -> list[_
     chunk = 256
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     if workers == 1 or len(chunks) == 1:
-        return [d for c in chunks for d in _decode_chunk(c, size)]
+        return [d for c in chunks for d in decode_chunk(c, size)]
     with ThreadPoolExecutor(workers) as pool:
-        return [d for part in pool.map(_decode_chunk, chunks, [size] * len(chunks)) for d in part]
+        return [d for part in pool.map(decode_chunk, chunks, [size] * len(chunks)) for d in part]
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def _conversion_lines(decoded: Iterable[_Decoded], size: int) -> list[str]:
+def _conversion_lines(decoded: Iterable[Decoded], size: int) -> list[str]:
     kinds = Counter(d.conversion for d in decoded if d.pixels is not None and d.conversion)
     resized = sum(1 for d in decoded if d.pixels is not None and d.resized)
-    lines = [f"converted {_plural(n, f'{k} image')} to RGB" for k, n in sorted(kinds.items())]
+    lines = [f"converted {plural(n, f'{k} image')} to RGB" for k, n in sorted(kinds.items())]
     if resized:
         lines.append(
-            f"resized {_plural(resized, 'image')} to {size}x{size} (shorter side, then centre crop)"
+            f"resized {plural(resized, 'image')} to {size}x{size} (shorter side, then centre crop)"
         )
     return lines
+
+
+def _skipped_line(skipped: list[tuple[str, str]], root: Path) -> list[str]:
+    if not skipped:
+        return []
+    named = "; ".join(f"{p} ({why})" for p, why in skipped[:MAX_NAMED_FILES])
+    more = len(skipped) - MAX_NAMED_FILES
+    tail = f"; and {more:,} more" if more > 0 else ""
+    line = f"skipped {plural(len(skipped), 'unreadable image file')} in {root}: {named}{tail}"
+    return [printable(line)]
+
+
+def decode_files(
+    root: Path,
+    files: list[str],
+    labels: list[int],
+    classes: list[str],
+    size: int,
+    report: list[str],
+) -> ImageSet:
+    """Decode ``files`` (relative to root), drop unreadable ones, assemble the ImageSet."""
+    if not files:
+        raise DataError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {printable(root)}"
+        )
+    decoded = _decode_images([root / f for f in files], size)
+    ok = [i for i, d in enumerate(decoded) if d.pixels is not None]
+    skipped = [(files[i], d.error) for i, d in enumerate(decoded) if d.pixels is None]
+    if not ok:
+        raise DataError(
+            printable(
+                f"none of the {len(files):,} image files in {root} could be decoded "
+                f"(first: {skipped[0][0]}: {skipped[0][1]})"
+            )
+        )
+    images = np.empty((len(ok), 3, size, size), dtype=np.uint8)
+    for row, i in enumerate(ok):
+        images[row] = decoded[i].pixels
+    label_arr = np.asarray([labels[i] for i in ok], dtype=np.int64)
+    lines = report + _conversion_lines(decoded, size) + _skipped_line(skipped, root)
+    return ImageSet(images, label_arr, classes, lines, [files[i] for i in ok])

@@ -1,9 +1,10 @@
-"""Splits decoded from explicit lists of files (published split lists and index files).
+"""Explicit lists of image files decoded to ImageSets and Splits (held or streamed).
 
-Unlike a folder, whose images are whatever lies below it, a published split names each
-image, so a missing or unreadable image is an error rather than a skipped file. Decoded
-lists are cached like folders, keyed by the listed files themselves (path, size, mtime),
-so a list of 12k ImageNet images never lists the 1.3M files around it.
+Unlike a folder, whose images are whatever lies below it, a list names each image (a
+published split, lists.py; Tiny-ImageNet's layout), so a missing or unreadable image is
+an error rather than a skipped file. Decoded lists are cached like folders, keyed by the
+listed files themselves (path, size, mtime), so a list of 12k ImageNet images never lists
+the 1.3M files around it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import torch
 
 from fassl.data import cache
 from fassl.data.bundle import Split
-from fassl.data.sources import ImageSet, _decode_to_set
+from fassl.data.decode import ImageSet, decode_files
 from fassl.data.streaming import StreamingImages
 from fassl.errors import DataError
-
-STATS_SAMPLE = 2048  # images of a streamed split that its channel statistics are drawn from
 
 
 @dataclass
@@ -67,7 +66,7 @@ def decode_list(files: FileList, image_size: int, cache_dir: str, kind: str) -> 
     hit = cache.load(cache_dir, key)
     if hit is not None:
         return hit
-    data = _decode_to_set(
+    data = decode_files(
         files.root, files.files, files.labels.tolist(), files.classes, image_size, []
     )
     if len(data) != len(files):
@@ -90,34 +89,3 @@ def to_split(
         return Split(streaming, labels)  # type: ignore[arg-type]
     data = decode_list(files, image_size, cache_dir, "list")
     return Split(torch.from_numpy(np.ascontiguousarray(data.images)), labels)
-
-
-Triple = tuple[float, float, float]
-
-
-def _stats_sample(images: torch.Tensor | StreamingImages) -> list[torch.Tensor]:
-    """Chunks of the images: all of a tensor, a seeded sample of a streamed set."""
-    if isinstance(images, torch.Tensor):
-        return list(images.split(4096))
-    n = len(images)
-    rows = np.sort(np.random.default_rng(0).permutation(n)[:STATS_SAMPLE])
-    return list(images.batches(np.array_split(rows, max(1, len(rows) // 256))))
-
-
-def channel_stats(images: torch.Tensor | StreamingImages) -> tuple[Triple, Triple]:
-    """Per-channel mean and std in [0, 1], accumulated in float64 chunks to bound memory.
-
-    A streamed set is summarised by a seeded sample of STATS_SAMPLE images.
-    """
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for chunk in _stats_sample(images):
-        x = chunk.to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / max(count, 1)
-    std = (squares / max(count, 1) - mean.square()).clamp_min(1e-12).sqrt()
-    (m0, m1, m2), (s0, s1, s2) = mean.tolist(), std.tolist()
-    return (m0, m1, m2), (s0, s1, s2)

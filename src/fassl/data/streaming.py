@@ -11,8 +11,8 @@
                           ``prefetch`` batches in the worker processes meanwhile
     images.close()        stops the worker processes (they also stop when it is collected)
 
-Decoding is the same as the in-memory path's (``sources._decode``: shorter side resized,
-centre crop), so the two give identical pixels. A file that cannot be decoded raises
+Decoding is the in-memory path's (``decode.decode_chunk``: shorter side resized, centre
+crop), so the two give identical pixels. A file that cannot be decoded raises
 OSError naming it: a fixed-size split cannot skip an image half-way through training.
 The worker pool is created on first use and is not pickled, so the object can be sent to
 other processes, which start their own pool.
@@ -31,18 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from fassl.data.sources import _decode
+from fassl.data.decode import Decoded, decode_chunk
 
 CHUNK = 32  # images per task sent to a worker
 
 
-def _decode_chunk(paths: Sequence[str], size: int) -> np.ndarray:
+def _stack(paths: Sequence[str], decoded: Sequence[Decoded], size: int) -> np.ndarray:
+    """The decoded chunk as one uint8 array; a file that failed raises, naming it."""
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    for row, path in enumerate(paths):
-        decoded = _decode(Path(path), size)
-        if decoded.pixels is None:
-            raise OSError(f"cannot decode {path}: {decoded.error}")
-        out[row] = decoded.pixels
+    for row, (path, image) in enumerate(zip(paths, decoded, strict=True)):
+        if image.pixels is None:
+            raise OSError(f"cannot decode {path}: {image.error}")
+        out[row] = image.pixels
     return out
 
 
@@ -125,7 +125,7 @@ class StreamingImages:
 
     def batches(self, index_batches: Iterable[Any], prefetch: int = 2) -> Iterator[torch.Tensor]:
         """Decode each batch of indices, keeping ``prefetch`` batches in flight."""
-        pending: deque[list[Any]] = deque()
+        pending: deque[list[tuple[list[str], Any]]] = deque()
         for index in index_batches:
             pending.append(self._submit(_positions(index, len(self))))
             if len(pending) > prefetch:
@@ -138,17 +138,21 @@ class StreamingImages:
             self._pool.terminate()
             self._pool = None
 
-    def _submit(self, rows: list[int]) -> list[Any]:
-        """Start decoding ``rows``: async results from the pool, or arrays decoded here."""
+    def _submit(self, rows: list[int]) -> list[tuple[list[str], Any]]:
+        """Start decoding ``rows``: per chunk, its paths and the pool's async result (or
+        the images decoded here)."""
         paths = [self.paths[r] for r in rows]
         chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
         if self.workers <= 1 or len(chunks) <= 1:
-            return [_decode_chunk(c, self.image_size) for c in chunks]
+            return [(c, decode_chunk(c, self.image_size)) for c in chunks]
         pool = self._get_pool()
-        return [pool.apply_async(_decode_chunk, (c, self.image_size)) for c in chunks]
+        return [(c, pool.apply_async(decode_chunk, (c, self.image_size))) for c in chunks]
 
-    def _collect(self, parts: list[Any]) -> torch.Tensor:
-        arrays = [p if isinstance(p, np.ndarray) else p.get() for p in parts]
+    def _collect(self, parts: list[tuple[list[str], Any]]) -> torch.Tensor:
+        arrays = [
+            _stack(paths, done if isinstance(done, list) else done.get(), self.image_size)
+            for paths, done in parts
+        ]
         if not arrays:
             return torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
         return torch.from_numpy(np.concatenate(arrays))

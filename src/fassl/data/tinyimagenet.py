@@ -6,9 +6,9 @@
     val/images/*.JPEG             the official validation images, used as the test set
     val/val_annotations.txt       file<TAB>wnid<TAB>bbox...: their labels
 
-Labels follow the sorted wnids (as an ImageFolder of train/ would). The long-tailed
-pre-training subset, the validation hold-out and the few-shot set are drawn from train
-by the same protocol as CIFAR (build.py, longtail.py).
+Labels follow the sorted wnids (as an ImageFolder of train/ would). data.root names the
+folder or an archive of it. The long-tailed pre-training subset, the validation hold-out
+and the few-shot set are drawn from train by the same protocol as CIFAR (protocol.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from fassl.config import DataConfig
+from fassl.data import protocol
+from fassl.data.archives import folder_root
+from fassl.data.bundle import LongTailData
+from fassl.data.decode import IMAGE_EXTENSIONS, ImageSet
 from fassl.data.filelist import FileList, decode_list
-from fassl.data.sources import IMAGE_EXTENSIONS, ImageSet
 from fassl.errors import DataError
 
 DISPLAY_NAME = "Tiny-ImageNet"
@@ -94,7 +97,7 @@ def val_list(root: Path, wnids: list[str], classes: list[str]) -> FileList:
     return FileList(root / "val", files, np.asarray(labels, np.int64), classes)
 
 
-def load(cfg: DataConfig, root: Path) -> tuple[ImageSet, ImageSet]:
+def load_train_test(cfg: DataConfig, root: Path) -> tuple[ImageSet, ImageSet]:
     """(train, official val as test), decoded at data.image_size through the cache."""
     if not root.is_dir():
         raise FileNotFoundError(f"Tiny-ImageNet: folder not found: {root}")
@@ -106,3 +109,9 @@ def load(cfg: DataConfig, root: Path) -> tuple[ImageSet, ImageSet]:
     )
     test = decode_list(test_files, cfg.image_size, cfg.cache_dir, "tiny-val")
     return train, test
+
+
+def load(cfg: DataConfig, seed: int) -> LongTailData:
+    """Tiny-ImageNet under the long-tailed protocol, its official val images as the test set."""
+    train, test = load_train_test(cfg, folder_root(cfg))
+    return protocol.draw(cfg, train, test, DISPLAY_NAME, seed)

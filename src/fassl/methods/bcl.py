@@ -137,6 +137,7 @@ class BCLSimCLR(SimCLR, BoostedMemorization):
     """BCL-I: SimCLR whose views are boosted by each image's momentum loss."""
 
     name = "bcl_i"
+    sections = ("simclr", "temperature", "bcl")
 
     @classmethod
     def from_config(
@@ -165,6 +166,7 @@ class BCLSDCLR(SDCLR, BoostedMemorization):
     """BCL-D: SDCLR (dense against pruned branch) whose views are boosted the same way."""
 
     name = "bcl_d"
+    sections = ("sdclr", "temperature", "bcl")
 
     @classmethod
     def from_config(

@@ -18,6 +18,7 @@ from fassl.models import Encoder, mlp_head
 
 class BYOL(MomentumTeacher):
     name = "byol"
+    sections = ("byol",)
 
     @classmethod
     def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> BYOL:

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from fassl.config import Config
+from fassl.errors import IncompatibleCheckpoint
 from fassl.losses import consistency_loss, normalize_weights, prototype_contrastive_loss
 from fassl.methods.base import EpochContext, ScheduledContrast, State, two_view_forward
 from fassl.methods.momentum import EmaSchedule, MomentumTeacher, frozen_copy
 from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder, mlp_head
 from fassl.models.heads import select_feature
-from fassl.models.state import IncompatibleCheckpoint
 from fassl.prototypes import init_prototypes
 from fassl.reweight import NoWeight, Reweighter, build_reweighter
 
@@ -40,6 +40,7 @@ class PrototypeLearning(ScheduledContrast):
     """Stage 1: teacher and prototypes trained jointly with L_contra (Eq. 1-2)."""
 
     name = "fassl_prototypes"
+    sections = ("prototypes", "temperature")
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class RebalancedBYOL(MomentumTeacher):
     """
 
     name = "fassl_rebalance"
+    sections = ("prototypes", "rebalance")
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ class LDAMDRW(Supervised):
     """The supervised reference with LDAM's margins and deferred re-weighting."""
 
     name = "ldam_drw"
+    sections = ("ldam",)
     margins: torch.Tensor
     class_weights: torch.Tensor
 

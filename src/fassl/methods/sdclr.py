@@ -27,6 +27,7 @@ from fassl.models.pruning import (
 
 class SDCLR(ScheduledContrast):
     name = "sdclr"
+    sections = ("sdclr", "temperature")
 
     def __init__(
         self,

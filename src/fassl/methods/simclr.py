@@ -13,6 +13,7 @@ from fassl.models import Encoder
 
 class SimCLR(ScheduledContrast):
     name = "simclr"
+    sections = ("simclr", "temperature")
 
     def __init__(
         self, encoder: Encoder, temperature: float, schedule: TemperatureSchedule | None = None

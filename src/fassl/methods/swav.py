@@ -19,6 +19,7 @@ from fassl.prototypes import normalize_
 
 class SwAV(Method):
     name = "swav"
+    sections = ("swav",)
 
     def __init__(self, encoder: Encoder, dim: int, cfg: SwAVConfig) -> None:
         super().__init__(encoder)

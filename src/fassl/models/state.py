@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class IncompatibleCheckpoint(ValueError):
-    """A checkpoint whose tensors do not fit the model being built."""
+from fassl.errors import IncompatibleCheckpoint
 
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fassl.data.bundle import COLUMNS, GROUPS
+from fassl.files import atomic_path
+from fassl.report.plotting import pyplot
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -163,7 +165,7 @@ def paper_elsewhere(summary: dict, dataset: str | None) -> str:
 
 
 def write_csv(summary: dict, path: Path) -> None:
-    with Path(path).open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(
             ["setting", "method", "seeds"]
@@ -178,11 +180,7 @@ def write_csv(summary: dict, path: Path) -> None:
 def bar_figure(summary: dict) -> Figure:
     """Grouped bars: All / Frequent / Medium / Rare accuracy per method, one panel a
     setting; one legend for all panels, below the axes so that it covers no bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = ("all", *GROUPS)  # the COLUMNS order, Std aside (it is not an accuracy)
     fig, axes = plt.subplots(1, len(summary), figsize=(6 * len(summary), 4.6), squeeze=False)
     names: list[str] = []
@@ -213,10 +211,10 @@ def bar_figure(summary: dict) -> Figure:
 
 def bar_chart(summary: dict, path: Path) -> None:
     """``bar_figure`` saved as a PNG."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig = bar_figure(summary)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from fassl.data.bundle import COLUMNS, GROUPS
+from fassl.files import write_text
 
 
 def _json_safe(value: Any) -> Any:
@@ -33,19 +32,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write ``results`` as JSON atomically: a temp file in the same folder, then os.replace,
-    so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``results`` as JSON atomically (``fassl.files``): a reader never sees a
+    half-written file; NaN and infinities become null."""
+    write_text(path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
 
 
 _ROW_ORDER = ("standard", "few_shot", "knn")

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fassl.data.bundle import COLUMNS, GROUPS
+from fassl.files import atomic_path
 from fassl.report.comparison import mean_spread
+from fassl.report.plotting import pyplot
 
 # setting -> method -> column -> (mean, spread, seeds), as report.summarize returns it
 Summary = dict[str, dict[str, dict[str, tuple[float, float, int]]]]
@@ -116,7 +118,7 @@ def sweep_markdown(sweep: Sweep) -> str:
 def write_sweep_csv(sweep: Sweep, path: Path, prototypes_path: Path) -> None:
     """Accuracies (one row per setting, point and method) and the prototypes' groups (one
     row per point), one column per swept key."""
-    with Path(path).open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         stats = [f"{c}_{k}" for c in COLUMNS for k in ("mean", "spread")]
         w.writerow(["setting", *sweep.keys, "method", "shared", "seeds", *stats])
@@ -130,7 +132,7 @@ def write_sweep_csv(sweep: Sweep, path: Path, prototypes_path: Path) -> None:
                     keys = [show(values[k]) for k in sweep.keys]
                     shared = name in sweep.shared
                     w.writerow([setting, *keys, name, shared, cols["all"][2], *row])
-    with Path(prototypes_path).open("w", newline="") as f:
+    with atomic_path(prototypes_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         stats = [f"{g}_{k}" for g in GROUPS for k in ("mean", "spread")]
         w.writerow([*sweep.keys, "seeds", *stats])
@@ -143,11 +145,7 @@ def write_sweep_csv(sweep: Sweep, path: Path, prototypes_path: Path) -> None:
 def sweep_plot(sweep: Sweep, path: Path) -> None:
     """Accuracy (All and each group, mean ± spread) against the grid points, evenly spaced
     in grid order; one panel per probe setting, one line style per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     settings = sweep.settings()
     fig, _ = plt.subplots(1, max(1, len(settings)), figsize=(6 * len(settings), 4))
     styles = ("-", "--", ":", "-.")
@@ -175,5 +173,6 @@ def sweep_plot(sweep: Sweep, path: Path) -> None:
         ax.set_title(f"{setting.replace('_', '-')} linear probe")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fassl import flags
 from fassl.config import Config
 
 
 def _config(args: argparse.Namespace, checkpoint: Path) -> Config:
-    from fassl.cli import resolve_recipe
+    from fassl.recipes import resolve_recipe
     from fassl.tools.common import tool_config
 
     recipe = resolve_recipe(args.config) if args.config else None
@@ -28,8 +29,8 @@ def _listing(out: Path, names: list[str]) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from fassl.data.collection import load_collection
     from fassl.runtime import runtime_for
-    from fassl.tools.collection import load_collection
     from fassl.tools.common import default_out
     from fassl.tools.embed import EmbedOptions, run_embed
 
@@ -44,8 +45,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_rare(args: argparse.Namespace) -> None:
+    from fassl.data.collection import load_collection
     from fassl.runtime import runtime_for
-    from fassl.tools.collection import load_collection
     from fassl.tools.common import default_out
     from fassl.tools.rare import RareOptions, run_rare
 
@@ -85,10 +86,12 @@ def cmd_tsne(args: argparse.Namespace) -> None:
     print(f"wrote {run_tsne(ckpts, data, runtime_for(cfg.train), opts, out)}")
 
 
-def _common(p: argparse.ArgumentParser, out_help: str) -> None:
+def _common(p: argparse.ArgumentParser, out_help: str, out_type=flags.out_folder) -> None:
     p.add_argument("--config", default=None, help="YAML recipe (default: the run's config)")
-    p.add_argument("--out", default=None, help=out_help)
-    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    p.add_argument("--out", type=out_type, default=None, help=out_help)
+    p.add_argument(
+        "--batch-size", type=flags.at_least(1), default=512, help="images per forward pass"
+    )
 
 
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:
@@ -102,26 +105,47 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help=data_help)
     p.add_argument("--feature", choices=("backbone", "projection"), default="backbone")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    _common(p, "output folder (default: <checkpoint folder>/embed-<data>)")
+    _common(
+        p,
+        "output folder for embeddings.npy, index.csv and embeddings.json "
+        "(default: <checkpoint folder>/embed-<data>)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("rare", help="rank every image by rarity: rarity.csv and figures")
     p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
     p.add_argument("data", help=data_help)
     p.add_argument("--weights", default="", help="weights to rank by, e.g. knn,cluster_size")
-    p.add_argument("--sheet", type=int, default=32, help="images on each side of the sheet")
-    _common(p, "output folder (default: <checkpoint folder>/rare-<data>)")
+    p.add_argument(
+        "--sheet", type=flags.at_least(1), default=32, help="images on each side of the sheet"
+    )
+    _common(
+        p,
+        "output folder for rarity.csv, rarity.json, rarity_contact_sheet.png, "
+        "rarity_density.png and (with labels) rarity_groups.md "
+        "(default: <checkpoint folder>/rare-<data>)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=cmd_rare)
     p = sub.add_parser("export", help="the backbone for plain PyTorch: safetensors, TorchScript")
     p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
-    p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/export)")
+    p.add_argument(
+        "--out",
+        type=flags.out_folder,
+        default=None,
+        help="output folder for backbone.safetensors, backbone.pt and backbone.json "
+        "(default: <checkpoint folder>/export)",
+    )
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("tsne", help="t-SNE of chosen classes under one or two checkpoints")
     p.add_argument("checkpoints", nargs="+", help="one or two encoder files")
     p.add_argument("--classes", default="", help="class names, e.g. cat,dog,truck")
-    p.add_argument("--split", default="test", help="test | pretrain | pool | val")
-    p.add_argument("--per-class", type=int, default=200, help="images drawn per class")
+    p.add_argument("--split", choices=("test", "pretrain", "pool", "val"), default="test")
+    p.add_argument(
+        "--per-class", type=flags.at_least(1), default=200, help="images drawn per class"
+    )
     p.add_argument("--feature", choices=("backbone", "projection"), default="backbone")
-    _common(p, "output PNG (default: <first checkpoint folder>/tsne.png)")
+    _common(
+        p, "the PNG to write (default: <first checkpoint folder>/tsne.png)", flags.out_file(".png")
+    )
     p.set_defaults(func=cmd_tsne, overrides=[])

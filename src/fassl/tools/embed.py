@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fassl.data.collection import Collection
 from fassl.encoders import load_encoder
+from fassl.errors import ToolError, printable
+from fassl.features import embed_images
+from fassl.files import OutputSet
 from fassl.report import write_json
 from fassl.runtime import Runtime
-from fassl.tools import ToolError
-from fassl.tools.collection import Collection
-from fassl.tools.common import embed_collection, feature_net, with_training_normalisation
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -40,14 +41,13 @@ def write_index(path: Path, coll: Collection) -> None:
         w = csv.writer(f)
         w.writerow(["row", "path", "label"])
         for i, name in enumerate(coll.paths):
-            w.writerow([i, name, coll.label_name(i)])
+            # names that are not valid UTF-8 as \xNN escapes, as in the run's notes
+            w.writerow([i, printable(name), printable(coll.label_name(i))])
 
 
-def write_embeddings(out: Path, feats: torch.Tensor, coll: Collection, info: dict) -> None:
-    """embeddings.npy, index.csv and embeddings.json into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "embeddings.npy", feats.numpy().astype(DTYPES[info["dtype"]]))
-    write_index(out / "index.csv", coll)
+def write_embeddings(out: Path, feats: torch.Tensor, coll: Collection, info: dict) -> list[str]:
+    """embeddings.npy, index.csv and embeddings.json into ``out``, renamed into place
+    together once all are written; returns their names."""
     meta = info | {
         "images": len(coll),
         "dim": int(feats.shape[1]),
@@ -57,7 +57,11 @@ def write_embeddings(out: Path, feats: torch.Tensor, coll: Collection, info: dic
         "labeled": coll.labels is not None,
         "notes": coll.notes,
     }
-    write_json(meta, out / "embeddings.json")
+    with OutputSet(out) as files:
+        np.save(files.path("embeddings.npy"), feats.numpy().astype(DTYPES[info["dtype"]]))
+        write_index(files.path("index.csv"), coll)
+        write_json(meta, files.path("embeddings.json"))
+    return files.names
 
 
 def run_embed(
@@ -67,9 +71,9 @@ def run_embed(
     if opts.dtype not in DTYPES:
         raise ToolError(f"--dtype must be one of {list(DTYPES)}, got {opts.dtype!r}")
     loaded = load_encoder(checkpoint)
-    coll = with_training_normalisation(coll, loaded)
-    net = feature_net(loaded, opts.feature)
-    feats = embed_collection(net, coll, rt, opts.batch_size, opts.progress)
+    coll = coll.normalised_as(loaded.training_stats, loaded.source)
+    net = loaded.feature_net(opts.feature)
+    feats = embed_images(net, coll.images, coll.mean, coll.std, rt, opts.batch_size, opts.progress)
     info = {
         "checkpoint": str(checkpoint),
         "method": loaded.meta.get("method"),

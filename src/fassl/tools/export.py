@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fassl.encoders import load_encoder
+from fassl.files import OutputSet
 from fassl.models.resnet import ResNet
 
 STEM = {"stem.0.": "conv1.", "stem.1.": "bn1."}
@@ -92,10 +93,9 @@ def export_backbone(checkpoint: Path, out: Path) -> list[Path]:
         "feature_dim": backbone.out_dim,
         "keys": "torchvision ResNet names, no fc",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "backbone.safetensors", out / "backbone.pt", out / "backbone.json"]
     meta = {k: str(v) for k, v in info.items()}
-    save_file(torchvision_state(backbone), str(paths[0]), metadata=meta)
-    torchscript(backbone).save(str(paths[1]))
-    paths[2].write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return paths
+    with OutputSet(out) as files:  # renamed into place together once all are written
+        save_file(torchvision_state(backbone), str(files.path("backbone.safetensors")), meta)
+        torchscript(backbone).save(str(files.path("backbone.pt")))
+        files.write_text("backbone.json", json.dumps(info, indent=2) + "\n")
+    return [out / name for name in files.names]

@@ -14,11 +14,13 @@ import torch
 from sklearn.manifold import TSNE
 
 from fassl.data.bundle import GROUPS, LongTailData
+from fassl.data.collection import Collection
 from fassl.encoders import load_encoder
+from fassl.errors import ToolError
+from fassl.features import embed_images
+from fassl.files import atomic_path
+from fassl.report.plotting import pyplot
 from fassl.runtime import Runtime
-from fassl.tools import ToolError
-from fassl.tools.collection import Collection
-from fassl.tools.common import embed_collection, feature_net
 
 SPLITS = ("test", "pretrain", "pool", "val")
 
@@ -89,11 +91,7 @@ def _label(coll: Collection, c: int) -> str:
 
 def plot_maps(maps: list[tuple[str, torch.Tensor]], coll: Collection, path: Path) -> None:
     """One scatter panel per checkpoint, a shared class legend below the panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     assert coll.labels is not None
     fig, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 5.4), squeeze=False)
     classes = coll.labels.unique().tolist()
@@ -108,7 +106,8 @@ def plot_maps(maps: list[tuple[str, torch.Tensor]], coll: Collection, path: Path
     fig.legend(handles, names, loc="lower center", ncol=min(5, len(names)), markerscale=2)
     fig.suptitle(f"t-SNE of {len(coll)} images of {coll.name}", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(names) // 5), 1, 1))
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -122,8 +121,10 @@ def run_tsne(
     maps = []
     for ckpt in checkpoints:
         loaded = load_encoder(ckpt)
-        net = feature_net(loaded, opts.feature)
-        feats = embed_collection(net, coll, rt, opts.batch_size, opts.progress)
+        net = loaded.feature_net(opts.feature)
+        feats = embed_images(
+            net, coll.images, coll.mean, coll.std, rt, opts.batch_size, opts.progress
+        )
         title = f"{loaded.meta.get('method', '?')}: {ckpt.parent.name}/{ckpt.name}"
         maps.append((title, tsne_map(feats, opts.seed)))
     out.parent.mkdir(parents=True, exist_ok=True)

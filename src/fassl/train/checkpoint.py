@@ -3,50 +3,88 @@
 safetensors stores raw tensors only, so loading never unpickles code; the JSON metadata
 (method, architecture, epoch, optimizer hyper-parameters) lives in the file's header.
 A file is written under a temporary name and moved into place with ``os.replace``, so a
-run killed while saving leaves the previous checkpoint intact.
+run killed while saving leaves the previous checkpoint intact. Before writing, the
+state is checked to be finite (a diverged run never overwrites its last good state) and
+the disk to have room; the header records a SHA-256 of the tensor bytes, which loading
+checks, so a damaged file is reported as corrupt rather than as a diverged run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from fassl.errors import FasslError
-from fassl.runtime import pid_alive
+from fassl.errors import CheckpointError, DiskFull
+from fassl.files import check_space, space_needed
+from fassl.processes import pid_alive
 
 FORMAT = "fassl-checkpoint-1"
 TMP_MARK = ".tmp-"  # save_checkpoint writes ".<name>.tmp-<pid>" and renames it
 
 
-class CheckpointError(FasslError, ValueError):
-    """A file that is not a readable fassl checkpoint."""
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding NaN or infinite values."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())  # no copy: a buffer
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    """Write ``tensors`` and ``meta`` to ``path`` atomically; refuse non-finite tensors
+    (CheckpointError) and a disk without room (DiskFull), leaving ``path`` as it was."""
     data = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
-    save_file(data, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    bad = non_finite(data)
+    if bad:
+        raise CheckpointError(
+            f"not writing {path}: {len(bad)} tensors hold NaN or infinite values "
+            f"(e.g. {bad[:3]}); the file keeps its previous content"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "meta": json.dumps(meta), "sha256": tensor_digest(data)}
+    needed = sum(t.numel() * t.element_size() for t in data.values())
+    check_space(path.parent, needed, path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        save_file(data, str(tmp), metadata=header)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        tmp.unlink(missing_ok=True)
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DiskFull(
+            f"could not write {path} ({space_needed(path.parent, needed)}): {cause}; "
+            "the previous checkpoint is intact"
+        ) from err
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from err
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint's header, without reading its tensors."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from err
+    header = _read_header(path)
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a fassl checkpoint")
     try:
@@ -59,9 +97,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Refuse weights with NaN or infinite values: a diverged run saved them, and training
-    or probing from them only spreads the NaNs."""
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    """Refuse weights with NaN or infinite values: a diverged run saved them (this
+    version never writes them), and training or probing from them only spreads NaNs."""
+    bad = non_finite(tensors)
     if bad:
         raise CheckpointError(
             f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}): the "
@@ -70,12 +108,20 @@ def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a checkpoint; every float tensor is checked to be finite."""
+    """Tensors and metadata of a checkpoint: the tensor bytes checked against the header's
+    checksum (files written before it existed have none), every float tensor finite."""
     meta = read_meta(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from err
+    recorded = _read_header(path).get("sha256")
+    if recorded is not None and tensor_digest(tensors) != recorded:
+        raise CheckpointError(
+            f"{path} is a corrupt file: its tensor bytes do not match the checksum written "
+            "with them (a damaged copy or a disk error, not a diverged run); use another "
+            "copy or train again"
+        )
     check_finite(tensors, path)
     return tensors, meta
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from fassl import distributed as dist
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data.augment import TwoViewAugment
 from fassl.data.bundle import LongTailData
-from fassl.errors import RunConflict
+from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
 from fassl.models.state import load_state_checked
@@ -41,6 +42,7 @@ from fassl.runtime import Runtime
 from fassl.train.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
+    non_finite,
     optimizer_state,
     prefixed,
     remove_stale_temporaries,
@@ -52,10 +54,6 @@ from fassl.train.logger import MetricLogger
 from fassl.train.optim import build_optimizer, lr_at, set_lr
 
 EMBED_BATCH = 1024
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -161,12 +159,20 @@ class Trainer:
         }
 
     def save(self, epoch: int) -> None:
+        """The checkpoint after ``epoch``, only of finite state: a model whose parameters
+        or buffers (BatchNorm statistics) went NaN or infinite while the loss still read
+        finite stops here, and the last good checkpoint stays the last one written."""
+        state = self.method.state_dict()
+        bad = non_finite(state)
+        if bad:
+            what = f"{len(bad)} tensors of the model's state hold NaN or inf (e.g. {bad[:3]})"
+            raise NonFiniteLoss(self._non_finite_message(what, epoch, self.steps_per_epoch - 1))
         self._last_save, self.saved_epoch = time.monotonic(), epoch
         if not dist.is_main():
             return
         opt_tensors, groups = optimizer_state(self.optimizer)
         meta = self.checkpoint_meta(epoch) | {"optimizer_groups": groups}
-        tensors = prefixed(self.method.state_dict(), "model") | prefixed(opt_tensors, "optim")
+        tensors = prefixed(state, "model") | prefixed(opt_tensors, "optim")
         save_checkpoint(self.run_dir / LAST, tensors, meta)
 
     def checkpoint_due(self, last: bool) -> bool:
@@ -290,12 +296,18 @@ class Trainer:
         )
         self.model.train()
         self._last_save = time.monotonic()
-        for epoch in range(self.start_epoch, self.optim_cfg.epochs):
-            self.epoch = epoch
-            summary = self._train_epoch(epoch, bar)
-            self._end_epoch(epoch, summary)
-        bar.close()
-        self.logger.close()
+        try:
+            for epoch in range(self.start_epoch, self.optim_cfg.epochs):
+                self.epoch = epoch
+                summary = self._train_epoch(epoch, bar)
+                self._end_epoch(epoch, summary)
+        except KeyboardInterrupt as err:
+            if isinstance(err, Interrupted) and str(err):
+                raise  # already says where (a nested stage)
+            raise self._interrupted(err) from err
+        finally:
+            bar.close()
+            self.logger.close()
         return self.method
 
     def _train_epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
@@ -342,16 +354,29 @@ class Trainer:
         window.clear()
         return read[checked:]
 
-    def _non_finite_message(self, value: float, epoch: int, i: int) -> str:
+    def _non_finite_message(self, what: float | str, epoch: int, i: int) -> str:
+        """Where training diverged and what is kept; how to train again is the caller's
+        to add (``fassl.stages`` names the --restart that applies)."""
         path = self.run_dir / LAST
         if self.saved_epoch is not None:
             kept = f"the last good checkpoint {path} (after epoch {self.saved_epoch + 1}) is kept"
         else:
-            kept = "there is no last good checkpoint yet (see train.checkpoint_every_s)"
-        return (
-            f"[{self.stage}] loss is {value} at epoch {epoch + 1}, step {i + 1}; {kept}. "
-            "Lower optim.lr or try train.precision=fp32, then run again to resume."
+            kept = "no checkpoint was written yet"
+        found = f"loss is {what}" if isinstance(what, float) else what
+        return f"[{self.stage}] {found} at epoch {epoch + 1}, step {i + 1}; {kept}"
+
+    def _interrupted(self, err: KeyboardInterrupt) -> Interrupted:
+        """Ctrl-C or SIGTERM: where training stopped and what the same command resumes."""
+        step = self.global_step - self.epoch * self.steps_per_epoch
+        if self.saved_epoch is not None:
+            kept = f"{self.run_dir / LAST} (after epoch {self.saved_epoch + 1}) is intact"
+        else:
+            kept = "no checkpoint was written yet"
+        message = (
+            f"[{self.stage}] interrupted at epoch {self.epoch + 1} step {step + 1}; {kept} "
+            "and the same command resumes"
         )
+        return Interrupted(message, getattr(err, "signum", signal.SIGINT))
 
     def _end_epoch(self, epoch: int, summary: dict[str, float]) -> None:
         every = self.cfg.train.knn_every

@@ -1,4 +1,5 @@
-"""Figures of ``fassl rare``: a contact sheet and label-free histograms.
+"""Figures of images: the rarity contact sheet and histograms, the prototypes' retrieval
+grid (the paper's Figure 4).
 
 The contact sheet puts the rarest images beside a random sample of the same size, so a
 reader sees what the ranking picks out against what the collection looks like.
@@ -11,14 +12,10 @@ from typing import Any
 
 import torch
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from fassl.analysis.prototypes import GridLabels, grid_order, retrieval_rows
+from fassl.files import atomic_path
+from fassl.prototypes import occupancy
+from fassl.report.plotting import pyplot
 
 
 def _panel(sub: Any, images: torch.Tensor, captions: list[str], title: str) -> None:
@@ -47,7 +44,7 @@ def contact_sheet(
 
     ``captions`` holds one line per image of the collection (rank and class, say).
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = max(len(rarest), len(sample))
     side = max(1, int(n**0.5 + 0.999))
     fig = plt.figure(figsize=(2 * side * 1.1 + 0.5, side * 1.2 + 0.8))
@@ -58,7 +55,8 @@ def contact_sheet(
     ):
         picked = images[index] if len(index) else images[:0]
         _panel(sub, picked, [captions[int(i)] for i in index], title)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -67,7 +65,7 @@ def density_histograms(
 ) -> None:
     """Histogram of local density and, with prototypes, the images per prototype sorted
     from the most occupied (a long tail shows as a steep drop)."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = 1 if occupancy is None else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     ax = axes[0][0]
@@ -84,5 +82,48 @@ def density_histograms(
         empty = int((occupancy == 0).sum())
         ax.set_title(f"Prototype occupancy ({len(counts)} prototypes, {empty} empty)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def save_retrieval_grid(
+    images: torch.Tensor,
+    features: torch.Tensor,
+    prototypes: torch.Tensor,
+    path: str,
+    title: str = "Prototypes",
+    labels: GridLabels | None = None,
+    per_row: int = 8,
+    max_rows: int = 24,
+) -> None:
+    """The paper's Figure 4: one row per prototype with its nearest images (uint8
+    N,3,H,W), captioned with class and grouped by class group where labels exist."""
+    plt = pyplot()
+    rows = retrieval_rows(features, prototypes, per_row)
+    counts = occupancy(features.float().cpu(), prototypes.float().cpu())
+    order = grid_order(rows, counts, labels, max_rows)
+    cols = rows.shape[1]
+    size = (cols * 1.05 + 1.2, len(order) * 1.15 + 0.8)
+    fig, axes = plt.subplots(len(order), cols, figsize=size, squeeze=False, layout="constrained")
+    for (k, group), axrow in zip(order, axes, strict=True):
+        picked = images[rows[k]].permute(0, 2, 3, 1).numpy()
+        for ax, img, i in zip(axrow, picked, rows[k].tolist(), strict=True):
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if labels is not None:
+                ax.set_title(labels.caption(i), fontsize=6, pad=1)
+        head = f"prototype {k}" + (f"\n{group.capitalize()}" if group else "")
+        axrow[0].set_ylabel(
+            f"{head}\noccupancy {int(counts[k])}", fontsize=7, rotation=0, ha="right"
+        )
+    how = "grouped by the class group of each prototype's nearest image" if labels else "unlabeled"
+    fig.suptitle(
+        f"{title}: the {cols} nearest images of {len(order)} of {len(rows)} prototypes\n"
+        f"(rows {how}; occupancy = images whose nearest prototype it is, largest first)",
+        fontsize=9,
+    )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

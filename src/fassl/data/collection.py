@@ -17,10 +17,12 @@ import torch
 
 from fassl.config import DataConfig
 from fassl.data import longtail
-from fassl.data.build import build_data, folder_root
-from fassl.data.bundle import LongTailData
-from fassl.data.filelist import channel_stats
-from fassl.data.sources import IMAGE_EXTENSIONS, list_files, load_unlabeled_folder
+from fassl.data.archives import folder_root
+from fassl.data.build import build_data
+from fassl.data.bundle import LongTailData, channel_stats
+from fassl.data.decode import IMAGE_EXTENSIONS
+from fassl.data.folder import load_unlabeled_folder
+from fassl.data.walk import list_files
 
 BUILTIN = ("digits", "cifar10", "cifar100", "tinyimagenet")
 PRETRAIN = "pretrain"  # DATA keyword: the config's own long-tailed pre-training set
@@ -52,6 +54,17 @@ class Collection:
     def group_of(self, label: int) -> str:
         """Frequent / Medium / Rare group of a class id ("" when unknown)."""
         return next((g for g, ids in self.groups.items() if label in ids), "")
+
+    def normalised_as(
+        self, stats: tuple[tuple[float, ...], tuple[float, ...]] | None, source: str
+    ) -> Collection:
+        """This collection fed with another set's per-channel mean / std (an encoder's
+        training images, ``LoadedEncoder.training_stats``); as it is for None."""
+        if stats is None:
+            return self
+        mean, std = stats
+        note = f"normalised with the training set's mean / std recorded in {source}"
+        return dataclasses.replace(self, mean=mean, std=std, notes=[*self.notes, note])
 
 
 def _class_parts(paths: list[str], root: Path) -> list[str] | None:

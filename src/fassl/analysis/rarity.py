@@ -1,4 +1,5 @@
-"""``fassl rare``: every image's rarity by the re-balancing weight phi, rarest first.
+"""Every image's rarity by the re-balancing weight phi, rarest first (``fassl rare`` and
+the label-free analysis of an unlabeled pipeline run).
 
 The score of an image is its log phi (``fassl.reweight``, larger = rarer) among all the
 images of the collection, with the weight the run was trained with (rebalance.weight) or
@@ -9,27 +10,24 @@ much each class group is enriched among the rarest images; the scores never see 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from fassl.analysis.weights import weight_enrichment
-from fassl.config import RebalanceConfig
-from fassl.data.bundle import GROUPS
+from fassl.config import Config, RebalanceConfig
+from fassl.data.collection import Collection
+from fassl.encoders import LoadedEncoder
+from fassl.errors import RarityError
+from fassl.features import embed_images
 from fassl.prototypes import cosine_scores, occupancy
 from fassl.reweight import REWEIGHTERS, KnnWeight, Reweighter, build_reweighter
-from fassl.tools import ToolError
+from fassl.runtime import Runtime
 
 TOP_FRACTIONS = (0.01, 0.05)
 FEATURE_FREE = ("knn",)  # the weights that need no prototypes
 BLOCK_ELEMENTS = 1 << 26  # similarities held at once when scoring (256 MB of float32)
-
-
-class RarityError(ToolError):
-    """A weight that cannot rank this collection with this checkpoint."""
 
 
 @dataclass
@@ -168,46 +166,20 @@ def group_enrichment(
     return out
 
 
-def groups_markdown(enrichment: dict, n: int) -> str:
-    """rarity_groups.md: per weight and top fraction, each group's share against its base."""
-    lines = [
-        "# Class groups among the rarest images",
-        "",
-        f"Labels used for evaluation only ({n:,} labelled images). Enrichment = share among "
-        "the top-scored images / share among all images; above 1, the ranking favours the "
-        "group.",
-        "",
-        "| weight | top | base share F / M / R | top share F / M / R | enrichment F / M / R |",
-        "|---|---|---|---|---|",
-    ]
-    for weight, tops in enrichment.items():
-        for top, d in tops.items():
-            cells = [
-                " / ".join(f"{d[kind][g]:.3f}" for g in GROUPS)
-                for kind in ("base_share", "top_share", "enrichment")
-            ]
-            lines.append(f"| {weight} | {top} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_rarity_csv(path: Path, ranking: Ranking, paths: list[str], labels: list[str]) -> None:
-    """rarity.csv, rarest first: rank, path, [label], score, local density,
-    [nearest prototype, its cosine], then score and rank under each further weight."""
-    extra = list(ranking.scores)[1:]
-    extra_ranks = {w: ranks(ranking.scores[w]) for w in extra}
-    header = ["rank", "path", *(["label"] if labels else []), "score", "local_density"]
-    if ranking.nearest is not None:
-        header += ["nearest_prototype", "prototype_cosine"]
-    header += [f"{kind}_{w}" for w in extra for kind in ("score", "rank")]
-    primary = ranking.scores[ranking.primary]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for pos, i in enumerate(ranking.order().tolist(), start=1):
-            row = [pos, paths[i], *([labels[i]] if labels else [])]
-            row += [f"{primary[i]:.6g}", f"{ranking.density[i]:.6g}"]
-            if ranking.nearest is not None and ranking.cosine is not None:
-                row += [int(ranking.nearest[i]), f"{ranking.cosine[i]:.6g}"]
-            for name in extra:
-                row += [f"{ranking.scores[name][i]:.6g}", int(extra_ranks[name][i])]
-            w.writerow(row)
+def rank_collection(
+    loaded: LoadedEncoder,
+    coll: Collection,
+    cfg: Config,
+    rt: Runtime,
+    weights: list[str],
+    batch_size: int = 512,
+    progress: bool = True,
+) -> tuple[Ranking, torch.Tensor]:
+    """(ranking, features): every image of ``coll`` scored by ``weights`` (empty: the
+    config's rebalance.weight) on the feature the prototypes live on, normalised as the
+    encoder's training images were."""
+    coll = coll.normalised_as(loaded.training_stats, loaded.source)
+    net = loaded.feature_net(cfg.prototypes.feature)
+    feats = embed_images(net, coll.images, coll.mean, coll.std, rt, batch_size, progress)
+    chosen = weights or [cfg.rebalance.weight]
+    return rank_images(feats, loaded.prototypes, chosen, cfg.rebalance, loaded.source), feats
