@@ -20,7 +20,8 @@ demo: $(VENV)/.installed
 AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 
 test: $(VENV)/.installed
-	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/fassl info
 	$(PY) -m pytest -q
 	$(AVX2_ENV) $(VENV)/bin/fassl info | grep capability

@@ -3,8 +3,9 @@ import math
 
 import pytest
 
-from fassl.bench import BenchSettings, run_bench
 from fassl.bench.data import synthetic_data
+from fassl.bench.run import run_bench
+from fassl.bench.settings import BenchSettings
 from fassl.cli import main
 
 # Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).

@@ -256,3 +256,135 @@ def test_embed_and_rare_without_a_run_config_ask_for_one(capsys, tmp_path):
     lonely.write_bytes((out / EXPORT).read_bytes())
     for command in ("embed", "rare"):
         fails(capsys, [command, str(lonely), "digits"], "--config", str(lonely))
+
+
+# ---- archives: keyed on content, bounded before unpacking -----------------------------
+
+
+def _zip_of(folder: Path, archive: Path, colour: int) -> None:
+    import zipfile
+
+    from PIL import Image
+
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for c in ("a", "b"):
+            for i in range(6):
+                img = Image.new("RGB", (8, 8), (colour, 10 * i, 40 if c == "a" else 200))
+                path = folder / f"{c}{i}.png"
+                folder.mkdir(parents=True, exist_ok=True)
+                img.save(path)
+                zf.write(path, f"photos/{c}/{i}.png")
+
+
+def test_two_archives_of_one_name_size_and_time_never_share_a_cache_entry(tmp_path):
+    from fassl.config import DataConfig
+    from fassl.data.build import build_data
+
+    first, second = tmp_path / "x" / "photos.zip", tmp_path / "y" / "photos.zip"
+    _zip_of(tmp_path / "src1", first, 10)
+    _zip_of(tmp_path / "src2", second, 250)
+    assert first.stat().st_size == second.stat().st_size  # same size, other pixels
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    cfg = dict(dataset="folder", labeled=False, image_size=8, cache_dir=str(tmp_path / "cache"))
+    a = build_data(DataConfig(root=str(first), **cfg)).pretrain.images
+    b = build_data(DataConfig(root=str(second), **cfg)).pretrain.images
+    assert a[:, 0].float().mean() < 50 < b[:, 0].float().mean()  # each its own images
+
+
+def test_a_compressed_bomb_is_refused_before_anything_is_written(capsys, tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("photos/a/huge.png", b"\0" * (64 << 20))  # 64 MiB of zeros, ~64 KiB packed
+    cache = tmp_path / "cache"
+    err = fails(
+        capsys,
+        run_args(
+            tmp_path / "run",
+            "data.dataset=folder",
+            f"data.root={bomb}",
+            f"data.cache_dir={cache}",
+            "data.labeled=false",
+        ),
+        "bomb.zip",
+        "times its own size",
+        "refusing",
+    )
+    assert "GiB" in err
+    extracted = cache / "extracted"
+    left = [p.name for p in extracted.iterdir()] if extracted.is_dir() else []
+    assert all(not name.startswith("bomb.zip") for name in left), left  # nothing unpacked
+
+
+# ---- checkpoints handed to a stage ------------------------------------------------------
+
+
+def test_a_stage_checkpoint_without_what_the_stage_needs_fails_first(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(run_args(out)) == 0  # a simclr export: no prototypes
+    pipeline = ["pipeline", "demo", *TINY, f"out_dir={tmp_path / 'p'}"]
+    fails(
+        capsys,
+        [*pipeline, f"pipeline.prototypes_checkpoint={out / EXPORT}"],
+        "pipeline.prototypes_checkpoint",
+        "no prototypes",
+    )
+    fails(
+        capsys,
+        [*pipeline, f"pipeline.teacher_checkpoint={out / EXPORT}", "model.width=8"],
+        "pipeline.teacher_checkpoint",
+        "model.width 4",
+    )
+    assert not (tmp_path / "p" / "rebalance").exists()  # refused before anything trained
+
+
+# ---- every flag of every command has a range ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["embed", "C", "digits", "--batch-size", "0"], "--batch-size"),
+        (["embed", "C", "digits", "--dtype", "int8"], "--dtype"),
+        (["rare", "C", "digits", "--sheet", "-3"], "--sheet"),
+        (["rare", "C", "digits", "--batch-size", "x"], "--batch-size"),
+        (["tsne", "C", "--per-class", "0"], "--per-class"),
+        (["tsne", "C", "--split", "train"], "--split"),
+        (["tsne", "C", "--out", "map.jpg"], "--out"),
+        (["bench", "--batch", "1"], "--batch"),
+        (["bench", "--width", "0,32"], "--width"),
+        (["bench", "--method", "simclr,nope"], "--method"),
+        (["bench", "--steps", "0"], "--steps"),
+        (["bench", "--name", "../x"], "--name"),
+    ],
+)
+def test_out_of_range_flags_are_refused_naming_the_flag(capsys, argv, flag):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3  # usage, maybe wrapped, and the one error
+
+
+def test_out_that_is_a_file_is_refused(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for argv in (["embed", "C", "digits"], ["export", "C"], ["rare", "C", "digits"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--out", str(taken)])
+        assert "is a file; --out takes a folder" in capsys.readouterr().err
+    assert taken.read_text() == "a file"
+
+
+def test_recipe_whose_top_level_is_not_a_mapping(capsys, tmp_path):
+    recipe = tmp_path / "list.yaml"
+    recipe.write_text("- a\n- b\n")
+    fails(capsys, ["pretrain", str(recipe)], "list.yaml", "mapping")
+
+
+def test_an_override_error_names_the_override(capsys, tmp_path):
+    err = fails(capsys, ["pretrain", "demo", "optim.lr=fast"], "optim.lr=fast")
+    assert "demo.yaml" not in err

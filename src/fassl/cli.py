@@ -6,13 +6,14 @@ import argparse
 import signal
 import sys
 import traceback
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from fassl.config import Config, load_config
+from fassl.config import Config, OptimConfig, PipelineConfig, load_config
 from fassl.errors import Interrupted, debug_enabled, describe, expected_errors
+from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
-from fassl.runsettings import PIPELINE_STAGES
 from fassl.validation import check_paths
 
 # One example line per sub-command, shown in its --help and in ``fassl --help``.
@@ -34,10 +35,6 @@ EXAMPLES = {
 
 def _pipeline_keys() -> str:
     """The ``pipeline.*`` keys, for ``fassl pipeline --help``."""
-    from dataclasses import fields
-
-    from fassl.config import OptimConfig, PipelineConfig
-
     plain = [f"pipeline.{f.name}" for f in fields(PipelineConfig) if f.name not in PIPELINE_STAGES]
     optim = ", ".join(f.name for f in fields(OptimConfig))
     return (
@@ -78,6 +75,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.pipeline import run_pretrain
 
     cfg = _config(args)
@@ -86,6 +84,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.pipeline import run_pipeline
 
     cfg = _config(args)
@@ -111,6 +110,7 @@ def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.build import build_data
     from fassl.encoders import load_encoder
     from fassl.pipeline import evaluate_export
@@ -133,6 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def demo_config(overrides: list[str]) -> Config:
     """demo.yaml, with its fp32 size laid over it where training would run in fp32."""
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runtime import resolve_autocast, resolve_device
 
     cfg = load_config(RECIPES / "demo.yaml", overrides)
@@ -145,6 +146,7 @@ def demo_config(overrides: list[str]) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.pipeline import run_pipeline
 
     cfg = demo_config([f"out_dir={args.out}", *args.overrides])
@@ -154,6 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.compare import run_comparison
 
     cfg = _config(args)
@@ -161,6 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.compare import collect_runs, write_comparison
     from fassl.sweep import GRID_FILE, write_sweep
 
@@ -188,19 +192,30 @@ def _paper_dataset(out: Path) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fassl.bench import run_bench, settings_from_args
+    # start-up time: the command's layers (and torch) load when it runs
+    from fassl.bench.run import run_bench
+    from fassl.bench.settings import settings_from_args
 
     run_bench(settings_from_args(args), "fassl bench " + " ".join(sys.argv[2:]))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runtime import machine_lines
 
     print("\n".join(machine_lines()))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the flag, what is wrong, where the help is (the
+    usage block would bury the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fassl",
         description="Frequency-aware self-supervised learning on long-tailed images.",
     )
@@ -252,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     with_restart(p)
     p.set_defaults(func=cmd_demo)
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.tools.commands import add_tool_commands
 
     add_tool_commands(sub)
-    from fassl.bench import add_arguments as bench_arguments
+    # start-up time: the command's layers (and torch) load when it runs
+    from fassl.bench.settings import add_arguments as bench_arguments
 
     p = sub.add_parser("bench", help="training throughput, MFU and memory of the loop")
     bench_arguments(p)

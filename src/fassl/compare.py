@@ -96,7 +96,9 @@ def write_comparison(
     """comparison.md / .csv / .png / .json from a list of finished runs, and weights.md
     from the FASSL arms' weight analyses when there are any."""
     summary = report.summarize(runs)
-    header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+    meta = next((r["results"].get("meta", {}) for r in runs if "meta" in r["results"]), {})
+    lines = [*notes, *report.group_lines(meta)]
+    header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in lines) + "\n\n"
     write_text(
         out / "comparison.md",
         header

@@ -50,6 +50,7 @@ METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ldam_drw_ssp": ("ldam_drw", {}),
 }
 ARM_NAMES = (*METHOD_NAMES, *FASSL_ARMS, *METHOD_VARIANTS)
+COMPILE_MODES = ("auto", "compile", "eager")  # train.compile
 
 
 @dataclass
@@ -79,7 +80,7 @@ class DataConfig:
     # tinyimagenet: the tiny-imagenet-200 folder, or a .zip / .tar.gz of it.
     root: str = ""
     labeled: bool = True  # folder: one sub-folder per class; False: images found recursively
-    image_size: int = ranged(32, ">=8")  # folder images are resized to this square size
+    image_size: int = ranged(32, "[8,4096]")  # folder images are resized to this square size
     # Long-tailed subset of the probe pool: "pool" (SDCLR: n_max = pool size / C),
     # "full" (max 5000 per class drawn from the whole train set), "none" (use as found).
     longtail: str = "pool"
@@ -347,7 +348,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.optimizer": ("sgd", "lars"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.memory_format": ("auto", "channels_last", "contiguous"),
-    "train.compile": ("auto", "compile", "eager"),
+    "train.compile": COMPILE_MODES,
     "prototypes.feature": ("projection", "backbone"),
     "rebalance.weight": WEIGHTS,
     "rebalance.weight_view": ("first", "mean"),

@@ -1,4 +1,4 @@
-"""Process-group helpers. Every function works unchanged in a single process."""
+"""Process-group helpers; every function works unchanged in a single process."""
 
 from __future__ import annotations
 

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from fassl.errors import CheckpointError, ToolError
+from fassl.config import ModelConfig
+from fassl.errors import CheckpointError, IncompatibleCheckpoint, ToolError
 from fassl.models import Encoder, build_backbone, mlp_head
 from fassl.models.heads import select_feature
 from fassl.models.pruning import dense_state_dict
 from fassl.models.resnet import ARCHS
 from fassl.models.state import load_state_checked, sub_state
-from fassl.train.checkpoint import load_checkpoint, split_prefixed
+from fassl.train.checkpoint import load_checkpoint, read_meta, split_prefixed
 
 FEATURES = ("backbone", "projection")  # the outputs a tool can read
 MAX_WIDTH = 1024  # the paper's widths are 64 (ResNet-18/50); anything this large is corrupt
@@ -130,6 +132,32 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
     load_state_checked(encoder, state, str(path))
     prototypes = tensors.get("prototypes", tensors.get("model/prototypes"))
     return LoadedEncoder(encoder, prototypes, meta, str(path))
+
+
+def check_encoder_file(
+    path: str | Path, model: ModelConfig, key: str, needs_prototypes: bool = False
+) -> None:
+    """Before any work: the file ``key`` names holds an encoder of ``model``'s architecture
+    and width (and prototypes, for stage 2's input), read from its header and tensor names
+    without loading a tensor; an IncompatibleCheckpoint naming the key otherwise."""
+    path = Path(path)
+    spec = _model_spec(read_meta(path), path)
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+    problems = []
+    for field in ("arch", "width", "cifar_stem"):
+        if spec.get(field) != getattr(model, field):
+            problems.append(
+                f"model.{field} {spec.get(field)!r} (the config: {getattr(model, field)!r})"
+            )
+    if not any(n.startswith(("backbone.", "model/encoder.backbone.")) for n in names):
+        problems.append("no encoder weights")
+    if needs_prototypes and not {"prototypes", "model/prototypes"} & names:
+        problems.append("no prototypes (stage 2 starts from a FASSL stage-1 export)")
+    if problems:
+        raise IncompatibleCheckpoint(
+            f"config key '{key}': {path} does not fit this run: " + "; ".join(problems)
+        )
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,5 +1,7 @@
-"""Types of the command-line flags: every numeric flag has a range, every list its
-choices, every ``--out`` its kind, checked by argparse before any work starts.
+"""Types of the command-line flags: ranges, choices and ``--out`` kinds, checked first.
+
+Every numeric flag has a range, every list its choices, every ``--out`` its kind, checked
+by argparse before any work starts.
 
 A violation ends the command with argparse's usage line and one line naming the flag
 (``fassl embed: error: argument --batch-size: must be >= 1, got 0``), exit status 2.

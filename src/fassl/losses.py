@@ -1,4 +1,4 @@
-"""Loss functions of FASSL and its baselines (SimCLR, SDCLR, BYOL, SwAV).
+"""Loss functions of FASSL and its baselines (SimCLR, SDCLR, BYOL, SwAV, BCL, LDAM-DRW).
 
 Every function is pure: no module state. Inputs are cast to float32 and autocast is
 switched off inside (``fassl.runtime.float32_only``: autocast would run the matmuls in

@@ -19,7 +19,7 @@ from fassl.config import Config
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
 from fassl.data.collection import collection_from_data
-from fassl.encoders import load_encoder
+from fassl.encoders import check_encoder_file, load_encoder
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
 from fassl.files import write_text
@@ -110,6 +110,19 @@ def label_free_analysis(
     return written
 
 
+def check_given_checkpoints(cfg: Config) -> None:
+    """The checkpoints the config hands to a stage fit it, before anything trains."""
+    p = cfg.pipeline
+    if p.prototypes_checkpoint:
+        keys = "pipeline.prototypes_checkpoint"
+        check_encoder_file(p.prototypes_checkpoint, cfg.model, keys, needs_prototypes=True)
+    elif p.teacher_checkpoint:
+        check_encoder_file(p.teacher_checkpoint, cfg.model, "pipeline.teacher_checkpoint")
+    if cfg.train.init_from:
+        rebalance = cfg.method == STAGE_METHODS["rebalance"]
+        check_encoder_file(cfg.train.init_from, cfg.model, "train.init_from", rebalance)
+
+
 def run_pipeline(
     cfg: Config,
     with_pixels: bool = False,
@@ -122,6 +135,7 @@ def run_pipeline(
     ``restart``: a stage to train again, with the stages after it (``--restart``)."""
     with run_lock(cfg.out_dir):  # a second run into this folder fails at once
         out = Path(cfg.out_dir)
+        check_given_checkpoints(cfg)
         restarted = prepare_pipeline(cfg, restart)  # stages trained with other settings: error
         rt = rt or runtime_for(cfg.train)
         data = data or build_data(cfg.data, cfg.seed)
@@ -155,6 +169,7 @@ def run_pretrain(
     """One method trained from scratch (or from ``train.init_from``), then probed."""
     with run_lock(cfg.out_dir):  # a second run into this folder fails at once
         out = Path(cfg.out_dir)
+        check_given_checkpoints(cfg)
         restarted = prepare_run(cfg, restart)
         rt = rt or runtime_for(cfg.train)
         data = data or build_data(cfg.data, cfg.seed)

@@ -1,4 +1,4 @@
-"""Where and how tensors run: the device, the process group and the precision.
+"""Where and how tensors run: the device, the process group, the precision and the layout.
 
 The ground floor of the package: training, evaluation and analysis all take a
 ``Runtime`` instead of passing a device and an autocast dtype by hand, and enter

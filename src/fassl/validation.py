@@ -23,6 +23,10 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     ">=1": (lambda v: v >= 1, "must be >= 1"),
     ">=2": (lambda v: v >= 2, "must be >= 2 (contrastive losses need two images a batch)"),
     ">=8": (lambda v: v >= 8, "must be >= 8 (the network downsamples the image 8 times)"),
+    "[8,4096]": (
+        lambda v: 8 <= v <= 4096,
+        "must be in [8, 4096] (the network downsamples 8 times; a 4096 px image is 48 MiB decoded)",
+    ),
     "(0,1]": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "[0,1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),

@@ -1,1 +1,1 @@
-"""Label-using analyses: weight enrichment, prototypes, reports and figures."""
+"""Analyses: rarity rankings, weight enrichment, the prototypes' classes, training monitors."""

@@ -1,5 +1,4 @@
-"""``fassl bench``: throughput, utilisation and memory of the training loop, per method."""
+"""``fassl bench``: throughput, utilisation and memory of the training loop, per method.
 
-from fassl.bench.run import BenchSettings, add_arguments, run_bench, settings_from_args
-
-__all__ = ["BenchSettings", "add_arguments", "run_bench", "settings_from_args"]
+``fassl.bench.settings`` holds the flags (torch-free), ``fassl.bench.run`` the measurement.
+"""

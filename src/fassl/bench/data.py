@@ -9,11 +9,10 @@ from collections.abc import Callable
 
 import torch
 
+from fassl.bench.settings import CIFAR10_LT_IMAGES
 from fassl.data.augment import RATIO
 from fassl.data.bundle import LongTailData, Split
 from fassl.train.loop import Trainer
-
-CIFAR10_LT_IMAGES = 11_165
 
 
 def synthetic_data(n: int, size: int, classes: int = 10, seed: int = 0) -> LongTailData:
@@ -54,7 +53,7 @@ def per_image_augment(trainer: Trainer) -> tuple[str, Callable[[torch.Tensor], t
     operations, image by image); ImportError when neither library imports."""
     a, d = trainer.cfg.augment, trainer.data
     size = d.image_size
-    try:
+    try:  # an optional dependency: the baseline's library, where it imports
         from torchvision import transforms as T
     except ImportError:
         pass
@@ -71,7 +70,7 @@ def per_image_augment(trainer: Trainer) -> tuple[str, Callable[[torch.Tensor], t
                 T.Normalize(d.mean, d.std),
             ]
         )
-    import kornia.augmentation as K  # ImportError when kornia is missing too
+    import kornia.augmentation as K  # optional too (dev extra): ImportError when missing
 
     aug = torch.nn.Sequential(
         K.RandomResizedCrop((size, size), scale=(a.crop_scale_min, 1.0), ratio=RATIO),

@@ -23,58 +23,31 @@ JSON and a markdown table (device name, torch version) go under ``benchmarks/res
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import resource
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fassl import flags
 from fassl.analysis.monitors import stage2_monitor
-from fassl.bench.data import CIFAR10_LT_IMAGES, per_image_baseline, synthetic_data
+from fassl.bench.data import per_image_baseline, synthetic_data
 from fassl.bench.report import device_name, markdown
-from fassl.config import METHOD_NAMES as METHODS
+from fassl.bench.settings import BenchSettings
 from fassl.config import Config, load_config
 from fassl.data.bundle import LongTailData
-from fassl.errors import ConfigError
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method
 from fassl.methods.base import EpochContext
 from fassl.recipes import resolve_recipe
 from fassl.runtime import Runtime, runtime_for
-from fassl.train.compile import COMPILE_CHOICES
 from fassl.train.loop import Trainer
-
-RESULTS = Path("benchmarks/results")
-
-
-@dataclass
-class BenchSettings:
-    """What ``fassl bench`` measures; the command-line flags one to one."""
-
-    methods: list[str] = field(default_factory=lambda: ["simclr"])
-    widths: list[int] = field(default_factory=lambda: [32])
-    compiles: list[str] = field(default_factory=lambda: ["auto"])  # train.compile settings
-    batch: int = 256
-    device: str = "auto"
-    precision: str = "auto"
-    images: int = CIFAR10_LT_IMAGES
-    image_size: int = 32
-    epochs: int = 2
-    steps: int = 5
-    config: str = ""
-    overrides: list[str] = field(default_factory=list)
-    out: str = str(RESULTS)
-    name: str = ""
-    baseline: bool = False
 
 
 def bench_config(
@@ -302,75 +275,3 @@ def run_bench(s: BenchSettings, command: str = "fassl bench") -> dict[str, Any]:
     write_text(out / f"{stem}.md", markdown(result))
     print(f"results in {out / stem}.json and .md")
     return result
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``fassl bench`` flags, each with its range; ``key=value`` overrides may follow."""
-    d = BenchSettings()
-    methods = flags.choice_list(METHODS)
-    p.add_argument(
-        "--method",
-        type=methods,
-        default=["simclr"],
-        help="comma-separated, from: " + ",".join(METHODS),
-    )
-    p.add_argument(
-        "--width", type=flags.int_list(1), default=[32], help="comma-separated model widths"
-    )
-    p.add_argument(
-        "--batch", type=flags.at_least(2), default=d.batch, help="images per step (>= 2)"
-    )
-    p.add_argument(
-        "--compile",
-        type=flags.choice_list(COMPILE_CHOICES),
-        default=["auto"],
-        help="comma-separated train.compile settings (auto | compile | eager), "
-        "each its own row: e.g. eager,compile for the ratio in one run",
-    )
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision)
-    p.add_argument(
-        "--images", type=flags.at_least(2), default=d.images, help="synthetic training images"
-    )
-    p.add_argument("--image-size", type=flags.at_least(8), default=d.image_size)
-    p.add_argument(
-        "--epochs", type=flags.at_least(1), default=d.epochs, help="full epochs (first = warm-up)"
-    )
-    p.add_argument(
-        "--steps", type=flags.at_least(1), default=d.steps, help="timed steps of the step bench"
-    )
-    p.add_argument("--config", default="", help="recipe whose train.* monitors/checkpoints apply")
-    p.add_argument(
-        "--out",
-        type=flags.out_folder,
-        default=Path(d.out),
-        help="folder for <name>.json and <name>.md",
-    )
-    p.add_argument(
-        "--name", type=flags.file_stem, default=None, help="file stem (default bench_<device type>)"
-    )
-    p.add_argument("--baseline", action="store_true", help="add the per-image baseline")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.log_every=50")
-
-
-def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    """The flags (already typed and range-checked by ``add_arguments``) as settings."""
-    if args.images < args.batch:
-        raise ConfigError(f"--images {args.images} is smaller than --batch {args.batch}")
-    return BenchSettings(
-        methods=args.method,
-        widths=args.width,
-        compiles=args.compile,
-        batch=args.batch,
-        device=args.device,
-        precision=args.precision,
-        images=args.images,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        steps=args.steps,
-        config=args.config,
-        overrides=list(args.overrides),
-        out=str(args.out),
-        name=args.name or "",
-        baseline=args.baseline,
-    )

@@ -93,6 +93,13 @@ def _fit(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def image_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """Any PIL image as uint8 (3, size, size): converted to RGB as files are (grayscale,
+    palette, 16-bit, ...), the shorter side resized to ``size``, centre-cropped."""
+    square = _fit(_to_rgb(img, _conversion(img)), size)
+    return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1))
+
+
 @dataclass
 class Decoded:
     """Outcome of decoding one file: the pixels, or why it was skipped."""
@@ -163,6 +170,22 @@ def _skipped_line(skipped: list[tuple[str, str]], root: Path) -> list[str]:
     return [printable(line)]
 
 
+def check_fits_in_memory(n: int, size: int, where: str) -> None:
+    """A DataError when ``n`` decoded images of ``size`` px would not fit in this
+    machine's memory (twice: decoded images, then the assembled array)."""
+    needed = 2 * n * 3 * size * size
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (not POSIX): cannot tell
+        return
+    if needed > total:
+        raise DataError(
+            f"{n:,} images at data.image_size={size} from {where} would need "
+            f"{needed / 2**30:.1f} GiB decoded, more than this machine's "
+            f"{total / 2**30:.1f} GiB: lower data.image_size"
+        )
+
+
 def decode_files(
     root: Path,
     files: list[str],
@@ -171,11 +194,15 @@ def decode_files(
     size: int,
     report: list[str],
 ) -> ImageSet:
-    """Decode ``files`` (relative to root), drop unreadable ones, assemble the ImageSet."""
+    """Decode ``files`` (relative to root), drop unreadable ones, assemble the ImageSet.
+
+    Refused before decoding when the decoded images would not fit in memory (they are
+    held twice while assembled): ``data.image_size`` names the knob."""
     if not files:
         raise DataError(
             f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {printable(root)}"
         )
+    check_fits_in_memory(len(files), size, printable(root))
     decoded = _decode_images([root / f for f in files], size)
     ok = [i for i, d in enumerate(decoded) if d.pixels is not None]
     skipped = [(files[i], d.error) for i, d in enumerate(decoded) if d.pixels is None]

@@ -12,7 +12,7 @@ from torch import nn
 
 from fassl.config import ProbeConfig
 from fassl.data.bundle import LongTailData, Split, normalize_images
-from fassl.eval.knn import knn_predict
+from fassl.eval.knn import capped_k, knn_predict
 from fassl.eval.metrics import group_metrics
 from fassl.eval.probe import (
     FastProbeSettings,
@@ -144,10 +144,41 @@ def _sdclr_probes(
     return _each_setting(data, cfg, progress, probe)
 
 
+def small_data_notes(data: LongTailData, cfg: ProbeConfig) -> list[str]:
+    """Warnings for probes and splits too small to mean much, and what to change."""
+    notes = []
+    c = max(1, data.num_classes)
+    k = capped_k(cfg.knn_k, data.pool.labels, data.num_classes)
+    if k < cfg.knn_k:
+        notes.append(
+            f"kNN: k = {k} (probe.knn_k={cfg.knn_k} capped at the probe pool's smallest "
+            f"class, {k} images)"
+        )
+    if "few_shot" in cfg.settings and 0 < len(data.few_shot) < 2 * c:
+        notes.append(
+            f"few-shot probe: {len(data.few_shot)} training images for {c} classes, too few "
+            "to mean much; raise data.few_shot_fraction"
+        )
+    per_val = len(data.val) / c
+    if len(data.val) and per_val < 5:
+        notes.append(
+            f"validation: {per_val:.1f} images per class choose the probe's epoch, a noisy "
+            "choice; raise data.val_per_class (or give more images)"
+        )
+    if len(data.test) and len(data.test) / c < 10:
+        notes.append(
+            f"test: {len(data.test) / c:.1f} images per class, so one image moves a class's "
+            f"accuracy by {100 * c / len(data.test):.0f} points"
+        )
+    return notes
+
+
 def _knn_entry(
     feats: dict[str, torch.Tensor], data: LongTailData, k: int, device: torch.device
 ) -> dict[str, Any]:
-    """Weighted kNN from the probe pool to the test split, with group metrics."""
+    """Weighted kNN from the probe pool to the test split, with group metrics; k capped
+    at the pool's smallest class (``capped_k``)."""
+    k = capped_k(k, data.pool.labels, data.num_classes)
     pred = knn_predict(
         feats["pool"].to(device),
         data.pool.labels.to(device),
@@ -196,8 +227,13 @@ def evaluate(
         results = _sdclr_probes(backbone, data, cfg, seed, rt, progress)
     if len(data.pool) > 0:
         results["knn"] = _knn_entry(feats, data, cfg.knn_k, rt.device)
-        _log(progress, f"knn (k={cfg.knn_k}): all {results['knn']['all']:.2f}")
+        _log(progress, f"knn (k={results['knn']['k']}): all {results['knn']['all']:.2f}")
     results["meta"] = meta
+    notes = small_data_notes(data, cfg)
+    if notes:
+        results["notes"] = notes
+        for note in notes:
+            print(f"fassl: warning: {note}", file=sys.stderr)
     return results
 
 

@@ -56,6 +56,14 @@ def knn_predict(
     return torch.cat(preds)
 
 
+def capped_k(k: int, labels: torch.Tensor, num_classes: int) -> int:
+    """kNN's k, at most the images the bank holds of its smallest class: with more, every
+    vote is dominated by the largest classes (158 images and k = 200 is a majority vote)."""
+    counts = torch.bincount(labels[labels >= 0], minlength=num_classes)
+    present = counts[counts > 0]
+    return max(1, min(k, int(present.min()))) if len(present) else k
+
+
 def knn_val_accuracy(
     backbone: torch.nn.Module,
     data: LongTailData,
@@ -71,6 +79,7 @@ def knn_val_accuracy(
     train = bank if bank is not None else knn_bank(data)
     f_train = extract_features(backbone, train.images, data.mean, data.std, rt)
     f_val = extract_features(backbone, data.val.images, data.mean, data.std, rt)
+    k = capped_k(k, train.labels, data.num_classes)
     pred = knn_predict(f_train, train.labels, f_val, k, num_classes=data.num_classes)
     return float(per_class_accuracy(pred, data.val.labels, data.num_classes).nanmean())
 

@@ -1,4 +1,4 @@
-"""Reports: results.json and report.md of a run, analyses, comparison tables and charts."""
+"""Every file written for people: results, reports, comparison and sweep tables, figures."""
 
 from fassl.report.comparison import (
     PAPER,
@@ -14,6 +14,7 @@ from fassl.report.comparison import (
 from fassl.report.results import (
     analysis_markdown,
     enrichment_table,
+    group_lines,
     results_table,
     run_report,
     write_json,
@@ -25,6 +26,7 @@ __all__ = [
     "analysis_markdown",
     "bar_chart",
     "enrichment_table",
+    "group_lines",
     "markdown_tables",
     "paper_dataset",
     "paper_elsewhere",

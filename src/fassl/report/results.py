@@ -111,11 +111,31 @@ def analysis_markdown(stage: str, diagnostics: dict, shares: dict[str, float]) -
     )
 
 
+def group_lines(meta: dict[str, Any]) -> list[str]:
+    """One line per class group: its classes with their pre-training image counts
+    (``Rare: airplane (50), automobile (77), ship (129)``), from results.json's meta."""
+    classes, counts = meta.get("classes") or [], meta.get("class_counts") or []
+    lines = []
+    for group in GROUPS:
+        ids = (meta.get("groups") or {}).get(group)
+        if not ids or not classes:
+            continue
+        named = ", ".join(
+            f"{classes[c]} ({counts[c]:,})" if c < len(counts) else classes[c] for c in ids
+        )
+        lines.append(f"{group.capitalize()}: {named}")
+    return lines
+
+
 def run_report(
     title: str, notes: list[str], results: dict[str, Any] | None, reference: dict | None = None
 ) -> str:
-    """report.md of a run: title, data notes and the results table (None: no labels)."""
-    text = f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+    """report.md of a run: title, data notes, which classes are Frequent / Medium / Rare,
+    warnings about splits too small to mean much, and the results table (None: no labels)."""
+    extra = []
+    if results is not None:
+        extra = [*group_lines(results.get("meta", {})), *results.get("notes", [])]
+    text = f"# {title}\n\n" + "\n".join(f"- {n}" for n in [*notes, *extra]) + "\n\n"
     if results is not None:
         text += results_table(results, reference) + "\n"
     return text

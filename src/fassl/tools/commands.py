@@ -15,6 +15,7 @@ from fassl.config import Config
 
 
 def _config(args: argparse.Namespace, checkpoint: Path) -> Config:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.recipes import resolve_recipe
     from fassl.tools.common import tool_config
 
@@ -29,6 +30,7 @@ def _listing(out: Path, names: list[str]) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.collection import load_collection
     from fassl.runtime import runtime_for
     from fassl.tools.common import default_out
@@ -45,6 +47,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_rare(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.collection import load_collection
     from fassl.runtime import runtime_for
     from fassl.tools.common import default_out
@@ -61,6 +64,7 @@ def cmd_rare(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.tools.export import export_backbone
 
     ckpt = Path(args.checkpoint)
@@ -70,6 +74,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_tsne(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.build import build_data
     from fassl.runtime import runtime_for
     from fassl.tools.tsne import TsneOptions, run_tsne

@@ -93,6 +93,8 @@ def export_backbone(checkpoint: Path, out: Path) -> list[Path]:
         "feature_dim": backbone.out_dim,
         "keys": "torchvision ResNet names, no fc",
     }
+    if loaded.training_stats is not None:  # what images must be normalised with
+        info["data_mean"], info["data_std"] = map(list, loaded.training_stats)
     meta = {k: str(v) for k, v in info.items()}
     with OutputSet(out) as files:  # renamed into place together once all are written
         save_file(torchvision_state(backbone), str(files.path("backbone.safetensors")), meta)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-COMPILE_CHOICES = ("auto", "compile", "eager")
+from fassl.config import COMPILE_MODES
+
+COMPILE_CHOICES = COMPILE_MODES
 
 
 def wants_compile(setting: str, device: torch.device) -> bool:

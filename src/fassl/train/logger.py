@@ -63,6 +63,8 @@ class MetricLogger:
         self._opened = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_metrics(self.path, self.start_step)
+        # start-up time: TensorBoard's writer takes about a second to import, paid only by
+        # a run that logs a row
         from torch.utils.tensorboard import SummaryWriter
 
         tb = self.run_dir / "tb"

@@ -299,6 +299,7 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, self.optim_cfg.epochs):
                 self.epoch = epoch
+                bar.set_description(f"{self.stage} epoch {epoch + 1}/{self.optim_cfg.epochs}")
                 summary = self._train_epoch(epoch, bar)
                 self._end_epoch(epoch, summary)
         except KeyboardInterrupt as err:
