@@ -16,6 +16,11 @@
 #   5. SimCLR and BYOL from scratch for TEACHER + STAGE1 + STAGE2 epochs, seed 0, when
 #      the teacher's wall clock says they fit in what is left          -> RUNS/split1
 #   6. split 2: phases 1-3 again, when the wall clock of 1-2 says they fit -> RUNS/split2
+#   7. the field's label-free re-balancers on split 1, seed 0, when they fit: BCL-I with
+#      the common augmentations (the paper's row), BCL-D, SimCLR with the cosine
+#      temperature schedule (each from scratch for TEACHER + STAGE1 + STAGE2 epochs, as
+#      phase 5's baselines), and LDAM-DRW+SSP (LDAM-DRW from the split's SDCLR teacher
+#      for STAGE1 + STAGE2 epochs)                                         -> RUNS/split1
 # then `fassl tables` of each folder and a report of small files in RUNS/report/
 # (results.json of each run renamed by run, tables, log tails, per-epoch throughput,
 # summary.md with the GPU, the epochs, seeds, split and wall clock of every phase),
@@ -244,6 +249,19 @@ scratch() {  # SimCLR and BYOL from scratch for the teacher's and the stages' ep
   done
 }
 
+rebalancers() {  # phase 7: BCL-I (common), BCL-D, SimCLR + temperature schedule; LDAM+SSP
+  local n=$((ET + ES1 + ES2)) m
+  for m in bcl_i_common bcl_d simclr_ts; do
+    run "${TAG}_${m}_seed0" "$D/$m/seed0" $FASSL compare "${A[@]}" "out_dir=$D" \
+      "compare.methods=[$m]" "compare.seeds=[0]" "compare.baseline_epochs=$n" \
+      "train.compile=$TEACHER_COMPILE"
+  done
+  run "${TAG}_ldam_drw_ssp_seed0" "$D/ldam_drw_ssp/seed0" $FASSL pretrain "${A[@]}" \
+    method=ldam_drw seed=0 "train.init_from=$TEACHER" "optim.epochs=$((ES1 + ES2))" \
+    "optim.lr=$CONT_LR" "optim.warmup_epochs=$CONT_WARMUP" \
+    "train.compile=$STAGE_COMPILE" "out_dir=$D/ldam_drw_ssp/seed0"
+}
+
 fits() {  # fits PHASE NEED_S: enough budget left for a phase that needs NEED_S seconds
   if [ "$BUDGET_S" -eq 0 ] || [ "$(left)" -ge "$2" ]; then return 0; fi
   echo "== $1: skipped, needs about $2 s, $(left) s left"
@@ -288,6 +306,10 @@ PHASE=scratch_split1
 use_experiment split1 split1 cifar10_lt_paper_width 1 "$T" "$S1" "$S2"
 fits "$PHASE" $((${TEACHER_S:-999999} * (T + S1 + S2) / T)) && scratch
 if [ "$SPLIT2" = 1 ] && fits split2 "${ARMS_S:-999999}"; then main_experiment 2; fi
+PHASE=rebalancers_split1
+use_experiment split1 split1 cifar10_lt_paper_width 1 "$T" "$S1" "$S2"
+fits "$PHASE" $((${TEACHER_S:-999999} * 3 * (T + S1 + S2) / T)) && wait_for "$TEACHER" \
+  && rebalancers
 wait
 
 echo "== tables ($(elapsed) s elapsed)"

@@ -12,7 +12,7 @@ from fassl.names import EXPORT
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+# The training loop end to end: `make test` runs these again on the AVX2 kernels (Makefile).
 pytestmark = pytest.mark.trains
 
 TINY = ("probe.fast_epochs=2", "probe.few_shot_epochs=2", "optim.epochs=1")
@@ -77,3 +77,33 @@ def test_compare_runs_the_new_arms_end_to_end(tmp_path, monkeypatch, capsys) -> 
     assert main(["tables", str(tmp_path), "--paper", "cifar100"]) == 0
     printed = capsys.readouterr().out
     assert "*BCL-I (paper)* | | 52.22 |" in printed and "43.43" in printed
+
+
+def test_each_mechanism_has_its_base():
+    from fassl.arms import base_of
+
+    assert base_of("bcl_i") == base_of("bcl_i_common") == base_of("simclr_ts") == "simclr"
+    assert base_of("bcl_d") == base_of("sdclr_ts") == "sdclr"
+    assert base_of("fassl") == base_of("fassl_paper") == "fassl_phi1"
+    assert base_of("ldam_drw_ssp") == "supervised"
+    assert base_of("simclr") is base_of("fassl_phi1") is base_of("byol") is None
+
+
+def test_differences_are_paired_by_seed():
+    from fassl.report.comparison import difference_tables
+
+    def row(all_: float, rare: float) -> dict:
+        return {"standard": {"all": all_, "frequent": 0.0, "medium": 0.0, "rare": rare, "std": 1.0}}
+
+    runs = [
+        {"method": "simclr", "seed": 0, "results": row(50.0, 40.0)},
+        {"method": "simclr", "seed": 1, "results": row(52.0, 44.0)},
+        {"method": "bcl_i", "seed": 0, "results": row(51.0, 43.0)},
+        {"method": "bcl_i", "seed": 1, "results": row(55.0, 45.0)},
+        {"method": "bcl_i", "seed": 2, "results": row(99.0, 99.0)},  # no base: left out
+    ]
+    text = difference_tables(runs, {"bcl_i": "simclr"})
+    # All: +1 and +3 -> +2.00 ± 1.00; Rare: +3 and +1 -> +2.00 ± 1.00
+    assert (
+        "| bcl_i − simclr | 2 | +2.00 ± 1.00 | +0.00 ± 0.00 | +0.00 ± 0.00 | +2.00 ± 1.00 |" in text
+    )

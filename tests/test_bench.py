@@ -8,7 +8,7 @@ from fassl.bench.run import run_bench
 from fassl.bench.settings import BenchSettings
 from fassl.cli import main
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+# The training loop end to end: `make test` runs these again on the AVX2 kernels (Makefile).
 pytestmark = pytest.mark.trains
 
 

@@ -7,11 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
-pytestmark = pytest.mark.trains
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -25,9 +25,6 @@ from fassl.train.loop import Trainer
 from tests.data_fixtures import save_image, write_cifar10, write_class_folder
 from tests.helpers import tiny_config, tiny_data
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
-pytestmark = pytest.mark.trains
-
 # digits at 8x8 and a width-4 network: a whole run takes a few seconds
 TINY = [
     "model.width=4",

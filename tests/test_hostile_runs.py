@@ -28,9 +28,6 @@ from fassl.train import checkpoint
 from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from tests.test_hostile import TINY, fails, run_args, snapshot
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
-pytestmark = pytest.mark.trains
-
 REPO = Path(__file__).resolve().parents[1]
 
 

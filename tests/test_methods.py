@@ -9,7 +9,7 @@ from fassl.methods import build_method
 from fassl.models.pruning import pruned_batchnorms
 from tests.helpers import tiny_config
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+# The training loop end to end: `make test` runs these again on the AVX2 kernels (Makefile).
 pytestmark = pytest.mark.trains
 
 METHODS = ["simclr", "sdclr", "byol", "swav", "fassl_prototypes"]

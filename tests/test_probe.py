@@ -26,9 +26,6 @@ from fassl.report import results_table as format_results_table
 from fassl.report import write_json as write_results
 from fassl.runtime import Runtime
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
-pytestmark = pytest.mark.trains
-
 CPU = torch.device("cpu")
 CPU_RT = Runtime.cpu()
 MEAN = (0.5, 0.5, 0.5)

@@ -11,7 +11,7 @@ from fassl.errors import ConfigError
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+# The training loop end to end: `make test` runs these again on the AVX2 kernels (Makefile).
 pytestmark = pytest.mark.trains
 
 TINY = (

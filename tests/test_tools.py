@@ -31,9 +31,6 @@ from fassl.tools.tsne import TsneOptions, run_tsne
 from fassl.train.loop import export_encoder
 from tests.helpers import tiny_config, tiny_data
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
-pytestmark = pytest.mark.trains
-
 CPU = Runtime.cpu()
 CPU_ARGS = ["train.device=cpu", "train.precision=fp32", "train.progress=false"]
 

@@ -10,7 +10,7 @@ from fassl.train.checkpoint import load_checkpoint
 from fassl.train.loop import Trainer, batch_indices
 from tests.helpers import tiny_config, tiny_data
 
-# Trains networks: `make test` runs these again on the AVX2 kernels (Makefile).
+# The training loop end to end: `make test` runs these again on the AVX2 kernels (Makefile).
 pytestmark = pytest.mark.trains
 
 CPU = Runtime.cpu()

@@ -109,3 +109,19 @@ def run_config(cfg: Config, name: str, seed: int, out: Path) -> Config:
     if name == "ldam_drw_ssp":  # SSP: from the self-supervised run of the same seed
         c.train.init_from = str(out / cfg.ldam.ssp_method / f"seed{seed}" / EXPORT)
     return c
+
+
+# The arm each label-free mechanism is measured against: the same method without it.
+_BASES = {"bcl_i": "simclr", "bcl_d": "sdclr", "ldam_drw": "supervised"}
+
+
+def base_of(name: str) -> str | None:
+    """The arm ``name`` differs from by one mechanism: BCL-I -> SimCLR, BCL-D -> SDCLR,
+    ``<method>_ts`` -> the method, a FASSL weight -> phi = 1, LDAM-DRW(+SSP) ->
+    supervised; None for a base itself."""
+    if name in FASSL_ARMS:
+        return None if name == "fassl_phi1" else "fassl_phi1"
+    if name in METHOD_VARIANTS:
+        method, keys = METHOD_VARIANTS[name]
+        return _BASES.get(method, method) if keys.get("temperature.schedule") is None else method
+    return _BASES.get(name)

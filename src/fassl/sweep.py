@@ -41,7 +41,6 @@ from fassl.errors import ConfigError
 from fassl.files import write_text
 from fassl.names import EXPORT
 from fassl.pipeline import run_pipeline, run_pretrain
-from fassl.processes import run_lock
 from fassl.report import sweep as sweep_report
 from fassl.runsettings import RUN, method_sections, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
@@ -246,21 +245,20 @@ def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> d
 
 def run_sweep(cfg: Config) -> dict:
     """Every grid point's comparison, then the sweep tables and plot."""
-    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", to_yaml(cfg))
-        points = plan(cfg, out)
-        write_plan(points, out)
-        rt = runtime_for(cfg.train)
-        datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
-        order = arm_order(cfg)  # every arm after the runs it starts from
-        for point in points:
-            ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
-            for seed in cfg.compare.seeds:
-                for name in order:
-                    run_arm(point, name, seed, ctx)
-        return write_sweep(out)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", to_yaml(cfg))
+    points = plan(cfg, out)
+    write_plan(points, out)
+    rt = runtime_for(cfg.train)
+    datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
+    order = arm_order(cfg)  # every arm after the runs it starts from
+    for point in points:
+        ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
+        for seed in cfg.compare.seeds:
+            for name in order:
+                run_arm(point, name, seed, ctx)
+    return write_sweep(out)
 
 
 def collect_point(out: Path, point: dict) -> tuple[list[dict], list[dict]]:

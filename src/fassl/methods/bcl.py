@@ -14,7 +14,7 @@ every checkpoint saves, so a resumed run continues exactly.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -125,15 +125,26 @@ class BoostedMemorization(Method):
             self.momentum, self.seen, index, loss, self.beta
         )
 
-    def log_boost(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"boost_strength": self.strength[index.to(self.strength.device)].mean()}
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        super().on_epoch_start(ctx)  # the base method's own (SDCLR re-prunes)
+        self.refresh_strength()
+
+    def boosted_loss(
+        self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor, temperature: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """NT-Xent of the pair, its per-image values remembered: (loss, logs)."""
+        per_image = nt_xent_per_image(z1, z2, temperature)
+        self.remember(index, per_image)
+        loss = per_image.mean()
+        strength = self.strength[index.to(self.strength.device)].mean()
+        return loss, {"loss": loss.detach(), "boost_strength": strength}
 
 
 def _boost_spec(cfg: Config) -> BoostSpec:
     return BoostSpec(cfg.bcl.ops, cfg.bcl.num_ops, cfg.bcl.max_magnitude)
 
 
-class BCLSimCLR(SimCLR, BoostedMemorization):
+class BCLSimCLR(BoostedMemorization, SimCLR):
     """BCL-I: SimCLR whose views are boosted by each image's momentum loss."""
 
     name = "bcl_i"
@@ -148,21 +159,14 @@ class BCLSimCLR(SimCLR, BoostedMemorization):
         method.init_boost(cfg.bcl.beta, _boost_spec(cfg))
         return method
 
-    def on_epoch_start(self, ctx: EpochContext) -> None:
-        super().on_epoch_start(ctx)
-        self.refresh_strength()
-
     def forward(  # type: ignore[override]
         self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
-        per_image = nt_xent_per_image(z1, z2, self.temperature)
-        self.remember(index, per_image)
-        loss = per_image.mean()
-        return loss, {"loss": loss.detach(), **self.log_boost(index)}
+        return self.boosted_loss(z1, z2, index, self.temperature)
 
 
-class BCLSDCLR(SDCLR, BoostedMemorization):
+class BCLSDCLR(BoostedMemorization, SDCLR):
     """BCL-D: SDCLR (dense against pruned branch) whose views are boosted the same way."""
 
     name = "bcl_d"
@@ -178,15 +182,8 @@ class BCLSDCLR(SDCLR, BoostedMemorization):
         method.init_boost(cfg.bcl.beta, _boost_spec(cfg))
         return method
 
-    def on_epoch_start(self, ctx: EpochContext) -> None:
-        super().on_epoch_start(ctx)
-        self.refresh_strength()
-
     def forward(  # type: ignore[override]
         self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z1, z2 = self.dense_and_pruned(view1, view2)
-        per_image = nt_xent_per_image(z1, z2, self.temperature)
-        self.remember(index, per_image)
-        loss = per_image.mean()
-        return loss, {"loss": loss.detach(), **self.log_boost(index)}
+        return self.boosted_loss(z1, z2, index, self.temperature)

@@ -132,6 +132,43 @@ def markdown_tables(summary: dict, paper: dict | None = None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def difference_tables(runs: list[dict], pairs: dict[str, str]) -> str:
+    """Each arm minus its base (``pairs``: arm -> base), paired by seed: the mean of the
+    per-seed differences ± their population spread, per probe and column; only seeds
+    both arms finished count. Empty when no pair has a common seed."""
+    by = {(r["method"], r["seed"]): r["results"] for r in runs}
+    parts = []
+    for setting in ("standard", "few_shot"):
+        lines = []
+        for arm, base in pairs.items():
+            seeds = sorted(
+                s
+                for (m, s) in by
+                if m == arm and (base, s) in by
+                if setting in by[(arm, s)] and setting in by[(base, s)]
+            )
+            if not seeds:
+                continue
+            cells = []
+            for c in COLUMNS:
+                diffs = [by[(arm, s)][setting][c] - by[(base, s)][setting][c] for s in seeds]
+                m, spread = mean_spread(diffs)
+                cells.append(f"{m:+.2f} ± {spread:.2f}")
+            lines.append(f"| {arm} − {base} | {len(seeds)} | " + " | ".join(cells) + " |")
+        if lines:
+            head = [
+                f"### {setting.replace('_', '-')} probe: each mechanism against its base",
+                "",
+                "Per-seed differences (arm minus base on the same seed), mean ± population "
+                "spread over seeds; for Std, lower is more even.",
+                "",
+                "| arm − base | seeds | All | Frequent | Medium | Rare | Std |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            parts.append("\n".join(head + lines))
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
 def paper_dataset(num_classes: int, dataset: str) -> str | None:
     """The key of ``PAPER`` for a comparison's data: CIFAR-10-LT or CIFAR-100-LT by class
     count (a folder of CIFAR images counts too), None for anything else."""
