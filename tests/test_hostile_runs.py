@@ -385,3 +385,33 @@ def test_recipe_whose_top_level_is_not_a_mapping(capsys, tmp_path):
 def test_an_override_error_names_the_override(capsys, tmp_path):
     err = fails(capsys, ["pretrain", "demo", "optim.lr=fast"], "optim.lr=fast")
     assert "demo.yaml" not in err
+
+
+def test_a_non_finite_buffer_stops_training_before_it_is_saved(tmp_path, monkeypatch):
+    """The loss still reads finite, but a BatchNorm statistic went infinite: the state is
+    not written, the epoch-0 checkpoint stays the last one, the message names the buffer."""
+    from fassl.errors import NonFiniteLoss
+    from fassl.methods import build_method
+    from fassl.runtime import Runtime
+    from fassl.train.loop import Trainer
+    from tests.helpers import tiny_config, tiny_data
+
+    cfg = tiny_config(tmp_path, "optim.epochs=3", "train.checkpoint_every_s=0")
+    torch.manual_seed(0)
+    trainer = Trainer(
+        build_method(cfg, "simclr"), tiny_data(), cfg, cfg.optim, tmp_path, Runtime.cpu(), "s"
+    )
+    original = Trainer._end_epoch
+
+    def poison_after_the_first_epoch(self, epoch, summary):
+        if epoch == 1:
+            self.method.encoder.backbone.stem[1].running_var.fill_(float("inf"))
+        original(self, epoch, summary)
+
+    monkeypatch.setattr(Trainer, "_end_epoch", poison_after_the_first_epoch)
+    with pytest.raises(NonFiniteLoss, match=r"state hold NaN or inf.*running_var.*after epoch 1"):
+        trainer.fit()
+    tensors, meta = load_checkpoint(tmp_path / LAST)
+    assert meta["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()
+    )

@@ -10,10 +10,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fassl.bench.settings import add_arguments as bench_arguments
 from fassl.config import Config, OptimConfig, PipelineConfig, load_config
 from fassl.errors import Interrupted, debug_enabled, describe, expected_errors
 from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
+from fassl.tools.commands import add_tool_commands
 from fassl.validation import check_paths
 
 # One example line per sub-command, shown in its --help and in ``fassl --help``.
@@ -214,37 +216,34 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="fassl",
-        description="Frequency-aware self-supervised learning on long-tailed images.",
+def _with_config(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("--config", default=None, help="YAML recipe (path or packaged name)")
+    else:
+        p.add_argument("config", help="YAML recipe (path or packaged name)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.3")
+
+
+def _with_restart(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--restart",
+        choices=PIPELINE_STAGES,
+        help="train this stage again, and the stages after it, in an existing out_dir",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser, optional: bool = False) -> None:
-        if optional:
-            p.add_argument("--config", default=None, help="YAML recipe (path or packaged name)")
-        else:
-            p.add_argument("config", help="YAML recipe (path or packaged name)")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.3")
 
-    def with_restart(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--restart",
-            choices=PIPELINE_STAGES,
-            help="train this stage again, and the stages after it, in an existing out_dir",
-        )
-
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """pretrain, pipeline, compare, tables, eval and demo."""
     p = sub.add_parser("pretrain", help="train one method, then run the probes")
-    with_config(p)
+    _with_config(p)
     p.add_argument("--restart", action="store_true", help="train again in an existing out_dir")
     p.set_defaults(func=cmd_pretrain)
     p = sub.add_parser("pipeline", help="FASSL: SDCLR teacher, prototypes, student, probes")
-    with_config(p)
-    with_restart(p)
+    _with_config(p)
+    _with_restart(p)
     p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("compare", help="train several methods over seeds; write tables")
-    with_config(p)
+    _with_config(p)
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser(
         "tables", help="comparison (or sweep) tables from the finished runs of a compare"
@@ -260,20 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tables)
     p = sub.add_parser("eval", help="linear / few-shot probes and kNN of a checkpoint")
     p.add_argument("checkpoint", help="encoder.safetensors or checkpoints/last.safetensors")
-    with_config(p, optional=True)
+    _with_config(p, optional=True)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits (minutes)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("overrides", nargs="*")
-    with_restart(p)
+    _with_restart(p)
     p.set_defaults(func=cmd_demo)
-    # start-up time: the command's layers (and torch) load when it runs
-    from fassl.tools.commands import add_tool_commands
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="fassl",
+        description="Frequency-aware self-supervised learning on long-tailed images.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
     add_tool_commands(sub)
-    # start-up time: the command's layers (and torch) load when it runs
-    from fassl.bench.settings import add_arguments as bench_arguments
-
     p = sub.add_parser("bench", help="training throughput, MFU and memory of the loop")
     bench_arguments(p)
     p.set_defaults(func=cmd_bench)

@@ -279,6 +279,19 @@ def collect_point(out: Path, point: dict) -> tuple[list[dict], list[dict]]:
     return runs, analyses
 
 
+def _group_notes(points: list[dict], collected: list[tuple[list[dict], list[dict]]]) -> list[str]:
+    """Which classes are Frequent / Medium / Rare: once when every point has the same
+    groups (a K or tau sweep), else per point (a rho sweep changes the counts)."""
+    per_point = []
+    for point, (runs, _) in zip(points, collected, strict=True):
+        meta = next((r["results"].get("meta", {}) for r in runs if "meta" in r["results"]), {})
+        per_point.append((point["label"], report.group_lines(meta)))
+    distinct = {tuple(lines) for _, lines in per_point if lines}
+    if len(distinct) <= 1:
+        return list(next(iter(distinct), ()))
+    return [f"{label}: {'; '.join(lines)}" for label, lines in per_point if lines]
+
+
 def write_sweep(out: Path) -> dict:
     """sweep.md / sweep.csv / sweep_prototypes.csv / sweep.png from ``grid/grid.json``
     and the runs finished so far; returns the per-point summaries."""
@@ -296,7 +309,11 @@ def write_sweep(out: Path) -> dict:
             {m for p in grid["points"] for m, d in p["runs"].items() if d.startswith("shared/")}
         ),
     )
-    write_text(out / "sweep.md", f"# Sweep in {out}\n\n" + sweep_report.sweep_markdown(sweep))
+    groups = _group_notes(grid["points"], collected)
+    header = f"# Sweep in {out}\n\n" + "".join(f"- {line}\n" for line in groups)
+    write_text(
+        out / "sweep.md", header + ("\n" if groups else "") + sweep_report.sweep_markdown(sweep)
+    )
     sweep_report.write_sweep_csv(sweep, out / "sweep.csv", out / "sweep_prototypes.csv")
     sweep_report.sweep_plot(sweep, out / "sweep.png")
     print((out / "sweep.md").read_text())
