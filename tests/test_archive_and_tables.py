@@ -11,10 +11,10 @@ from fassl.arms import baseline_epochs, run_config
 from fassl.cli import main
 from fassl.config import DataConfig, load_config
 from fassl.data.build import build_data
-from fassl.data.bundle import COLUMNS
 from fassl.errors import ConfigError
 from fassl.names import EXPORT
 from fassl.recipes import resolve_recipe
+from fassl.report.results import COLUMNS
 
 
 def make_folder(root, per_class=12, size=8):

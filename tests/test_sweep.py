@@ -6,8 +6,8 @@ import pytest
 
 import fassl.sweep as sweep
 from fassl.cli import main
-from fassl.data.bundle import COLUMNS
 from fassl.errors import ConfigError
+from fassl.report.results import COLUMNS
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data
 

@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fassl.data.bundle import COLUMNS, GROUPS
+from fassl.data.bundle import GROUPS
 from fassl.files import atomic_path
 from fassl.report.plotting import pyplot
+from fassl.report.results import COLUMNS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

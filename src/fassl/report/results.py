@@ -2,7 +2,7 @@
 
 One writer for results.json / analysis_*.json (atomic, strict JSON) and one formatter per
 table; the pipeline, ``fassl eval`` and ``fassl compare`` only decide what to write
-where. Columns follow ``fassl.data.bundle.COLUMNS`` (All, Frequent, Medium, Rare, Std).
+where. Columns follow ``COLUMNS`` (All, Frequent, Medium, Rare, Std).
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
-from fassl.data.bundle import COLUMNS, GROUPS
+from fassl.data.bundle import GROUPS
 from fassl.files import write_text
+
+# The column order of every results table and chart: All, then the groups, then the std
+# of the per-group accuracies.
+COLUMNS = ("all", *GROUPS, "std")
 
 
 def _json_safe(value: Any) -> Any:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fassl.data.bundle import COLUMNS, GROUPS
+from fassl.data.bundle import GROUPS
 from fassl.files import atomic_path
 from fassl.report.comparison import mean_spread
 from fassl.report.plotting import pyplot
+from fassl.report.results import COLUMNS
 
 # setting -> method -> column -> (mean, spread, seeds), as report.summarize returns it
 Summary = dict[str, dict[str, dict[str, tuple[float, float, int]]]]
