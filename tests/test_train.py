@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fassl.errors import NonFiniteLoss, RunConflict
+from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
 from fassl.names import LAST
@@ -164,6 +164,33 @@ def test_nan_is_caught_within_log_every_steps(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLoss, match="at epoch 2, step 2; no checkpoint was written yet"):
         t.fit()
     assert calls["n"] == 7  # global step 6 is a log step (6 % 3 == 0): caught at once
+
+
+def test_interrupt_says_whether_the_rerun_resumes_or_starts_over(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, "optim.epochs=3", "train.checkpoint_every_s=0")
+    t = make_trainer(cfg)
+    original = type(t.method).forward
+    calls = {"n": 0}
+
+    def stop_at(n: int):
+        def forward(self, v1, v2):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return original(self, v1, v2)
+
+        return forward
+
+    monkeypatch.setattr(type(t.method), "forward", stop_at(2))  # epoch 1: nothing saved
+    starts_over = "no checkpoint was written yet, so the same command starts this stage over"
+    with pytest.raises(Interrupted, match=starts_over):
+        t.fit()
+    calls["n"] = 0
+    t = make_trainer(cfg)
+    monkeypatch.setattr(type(t.method), "forward", stop_at(7))  # epoch 2, after epoch 1's save
+    resumes = r"\(after epoch 1\) is intact and the same command resumes from it"
+    with pytest.raises(Interrupted, match=resumes):
+        t.fit()
 
 
 def test_embed_is_memoised_per_optimizer_step(tmp_path):

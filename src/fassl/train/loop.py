@@ -370,13 +370,13 @@ class Trainer:
         """Ctrl-C or SIGTERM: where training stopped and what the same command resumes."""
         step = self.global_step - self.epoch * self.steps_per_epoch
         if self.saved_epoch is not None:
-            kept = f"{self.run_dir / LAST} (after epoch {self.saved_epoch + 1}) is intact"
+            kept = (
+                f"{self.run_dir / LAST} (after epoch {self.saved_epoch + 1}) is intact "
+                "and the same command resumes from it"
+            )
         else:
-            kept = "no checkpoint was written yet"
-        message = (
-            f"[{self.stage}] interrupted at epoch {self.epoch + 1} step {step + 1}; {kept} "
-            "and the same command resumes"
-        )
+            kept = "no checkpoint was written yet, so the same command starts this stage over"
+        message = f"[{self.stage}] interrupted at epoch {self.epoch + 1} step {step + 1}; {kept}"
         return Interrupted(message, getattr(err, "signum", signal.SIGINT))
 
     def _end_epoch(self, epoch: int, summary: dict[str, float]) -> None:
