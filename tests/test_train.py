@@ -168,29 +168,28 @@ def test_nan_is_caught_within_log_every_steps(tmp_path, monkeypatch):
 
 def test_interrupt_says_whether_the_rerun_resumes_or_starts_over(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, "optim.epochs=3", "train.checkpoint_every_s=0")
-    t = make_trainer(cfg)
-    original = type(t.method).forward
-    calls = {"n": 0}
+    method_class = type(make_trainer(cfg).method)
+    original = method_class.forward
 
-    def stop_at(n: int):
+    def interrupted_at_call(n: int) -> None:
+        """Ctrl-C in the n-th forward of a fresh trainer (5 steps an epoch)."""
+        t, calls = make_trainer(cfg), []
+
         def forward(self, v1, v2):
-            calls["n"] += 1
-            if calls["n"] == n:
+            calls.append(1)
+            if len(calls) == n:
                 raise KeyboardInterrupt
             return original(self, v1, v2)
 
-        return forward
+        monkeypatch.setattr(method_class, "forward", forward)
+        t.fit()
 
-    monkeypatch.setattr(type(t.method), "forward", stop_at(2))  # epoch 1: nothing saved
     starts_over = "no checkpoint was written yet, so the same command starts this stage over"
     with pytest.raises(Interrupted, match=starts_over):
-        t.fit()
-    calls["n"] = 0
-    t = make_trainer(cfg)
-    monkeypatch.setattr(type(t.method), "forward", stop_at(7))  # epoch 2, after epoch 1's save
+        interrupted_at_call(2)  # epoch 1: nothing saved
     resumes = r"\(after epoch 1\) is intact and the same command resumes from it"
     with pytest.raises(Interrupted, match=resumes):
-        t.fit()
+        interrupted_at_call(7)  # epoch 2, after epoch 1's save
 
 
 def test_embed_is_memoised_per_optimizer_step(tmp_path):
