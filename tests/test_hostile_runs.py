@@ -60,8 +60,9 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
         pass
 
 
-def test_two_runs_started_together_get_one_lock(tmp_path):
-    """Two processes race for the same folder: exactly one holds it."""
+def test_runs_started_together_get_one_lock(tmp_path):
+    """Four processes race for the same folder: exactly one holds it (a lock seen before
+    its holder had written it used to read as a killed run's and be taken over)."""
     script = (
         "import sys, time\n"
         "from fassl.processes import run_lock\n"
@@ -77,10 +78,22 @@ def test_two_runs_started_together_get_one_lock(tmp_path):
         subprocess.Popen(
             [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
         )
-        for _ in range(2)
+        for _ in range(4)
     ]
     said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
-    assert said == ["held", "refused"]
+    assert said == ["held", "refused", "refused", "refused"]
+
+
+def test_lock_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "hard links not supported", str(dst))
+
+    monkeypatch.setattr(processes.os, "link", no_links)
+    with run_lock(tmp_path):
+        assert processes.lock_holder(tmp_path)["pid"] == os.getpid()
+        assert not processes._create_complete(tmp_path / LOCK, "{}")  # exists: refused
+        assert [p.name for p in tmp_path.iterdir()] == [LOCK]  # no temporary left
+    assert not (tmp_path / LOCK).exists()
 
 
 def test_busy_folder_message_names_pid_host_and_start(tmp_path, monkeypatch):

@@ -54,7 +54,8 @@ def lock_holder(folder: Path) -> dict[str, Any] | None:
 
 
 def is_stale(holder: dict[str, Any]) -> bool:
-    """A lock whose process has died on this host (or that was never fully written)."""
+    """A lock whose process has died on this host (or whose file is unreadable: locks
+    appear whole, so that is damage, not a run still writing it)."""
     pid, host = holder.get("pid"), holder.get("host")
     if not isinstance(pid, int):
         return True
@@ -65,8 +66,8 @@ def is_stale(holder: dict[str, Any]) -> bool:
 def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
     """Hold ``folder`` for this run: a second run into it fails at once naming the first
     (RunConflict), a lock left by a killed run is taken over, nested use by the same
-    process is allowed. The lock file is created with O_EXCL, so two runs starting
-    together cannot both get it."""
+    process is allowed. The lock file appears complete or not at all
+    (``_create_complete``), so two runs starting together cannot both get it."""
     path = Path(folder).absolute()
     if _HELD.get(path):
         _HELD[path] += 1
@@ -83,17 +84,12 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         "command": " ".join(sys.argv)[:300],
     }
     for _ in range(3):  # a stale lock is removed, then taken: retry a couple of times
-        try:
-            fd = os.open(path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = lock_holder(path)
-            if holder is not None and not is_stale(holder):
-                raise RunConflict(_busy(path, holder)) from None
-            (path / LOCK).unlink(missing_ok=True)  # its run was killed: take it over
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        break
+        if _create_complete(path / LOCK, json.dumps(me)):
+            break
+        holder = lock_holder(path)
+        if holder is not None and not is_stale(holder):
+            raise RunConflict(_busy(path, holder))
+        (path / LOCK).unlink(missing_ok=True)  # its run was killed: take it over
     else:
         raise RunConflict(_busy(path, lock_holder(path) or {}))
     _HELD[path] = 1
@@ -103,6 +99,33 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
         _HELD.pop(path, None)
         if (lock_holder(path) or {}).get("pid") == os.getpid():
             (path / LOCK).unlink(missing_ok=True)
+
+
+def _create_complete(lock: Path, text: str) -> bool:
+    """Create ``lock`` holding ``text``, whole or not at all; False when it exists.
+
+    Written under a temporary name and hard-linked into place (the link fails on an
+    existing name, as O_EXCL does), so a run racing for the folder never reads a
+    half-written lock, which it would take for a killed run's. Where the file system has
+    no hard links, the lock is created with O_EXCL and written after."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True
 
 
 def _busy(path: Path, holder: dict[str, Any]) -> str:
