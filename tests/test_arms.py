@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fassl import compare
@@ -102,8 +104,101 @@ def test_differences_are_paired_by_seed():
         {"method": "bcl_i", "seed": 1, "results": row(55.0, 45.0)},
         {"method": "bcl_i", "seed": 2, "results": row(99.0, 99.0)},  # no base: left out
     ]
-    text = difference_tables(runs, {"bcl_i": "simclr"})
+    text = difference_tables(runs, [("bcl_i", "simclr")])
     # All: +1 and +3 -> +2.00 ± 1.00; Rare: +3 and +1 -> +2.00 ± 1.00
     assert (
         "| bcl_i − simclr | 2 | +2.00 ± 1.00 | +0.00 ± 0.00 | +0.00 ± 0.00 | +2.00 ± 1.00 |" in text
     )
+
+
+def test_paper_structure_starts_from_the_sdclr_arm(tmp_path) -> None:
+    """FASSL as the paper composes it: stages 1-2 on the sdclr arm's export, phi = 1 from
+    the same stage 1, SDCLR trained on for the same extra epochs at stage 2's settings."""
+    cfg = tiny_config(
+        tmp_path,
+        "compare.methods=[fassl_from_sdclr_phi1,fassl_from_sdclr,sdclr_continued]",
+        "pipeline.prototypes.epochs=3",
+        "pipeline.rebalance.epochs=4",
+        "pipeline.rebalance.lr=0.07",
+    )
+    order = arm_order(cfg)
+    assert (
+        order.index("sdclr")
+        < order.index("fassl_from_sdclr")
+        < order.index("fassl_from_sdclr_phi1")
+    )
+    assert order.index("sdclr") < order.index("sdclr_continued")
+    sdclr_export = str(tmp_path / "sdclr" / "seed1" / EXPORT)
+    paper = run_config(cfg, "fassl_from_sdclr", 1, tmp_path)
+    assert paper.pipeline.teacher_checkpoint == sdclr_export
+    assert paper.rebalance.weight == cfg.rebalance.weight
+    assert not paper.pipeline.prototypes_checkpoint
+    phi1 = run_config(cfg, "fassl_from_sdclr_phi1", 1, tmp_path)
+    assert phi1.rebalance.weight == "none"
+    assert phi1.pipeline.prototypes_checkpoint == str(
+        tmp_path / "fassl_from_sdclr" / "seed1" / "prototypes" / EXPORT
+    )
+    more = run_config(cfg, "sdclr_continued", 1, tmp_path)
+    assert more.method == "sdclr" and more.train.init_from == sdclr_export
+    assert more.optim.epochs == 3 + 4 and more.optim.lr == 0.07
+    assert run_config(cfg, "sdclr", 1, tmp_path).optim.epochs == baseline_epochs(cfg)
+    # equal compute keeps its own teacher
+    plain = run_config(tiny_config(tmp_path, "compare.methods=[fassl]"), "fassl", 0, tmp_path)
+    assert not plain.pipeline.teacher_checkpoint
+
+
+def test_paper_structure_bases() -> None:
+    from fassl.arms import bases_of
+
+    assert bases_of("fassl_from_sdclr") == ["fassl_from_sdclr_phi1", "sdclr_continued"]
+    assert bases_of("fassl_from_sdclr_phi1") == ["sdclr_continued"]
+    assert bases_of("sdclr_continued") == ["sdclr"]
+    assert bases_of("fassl") == ["fassl_phi1"] and bases_of("sdclr") == []
+
+
+def test_compare_runs_the_paper_structure_end_to_end(tmp_path, monkeypatch) -> None:
+    """The paper's arms train from the sdclr arm; every FASSL report probes its teacher;
+    the tables set FASSL beside SDCLR continued and name each arm's structure."""
+    monkeypatch.setattr(compare, "runtime_for", lambda _: Runtime.cpu())
+    monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
+    cfg = tiny_config(
+        tmp_path,
+        *TINY,
+        "compare.methods=[fassl,fassl_from_sdclr,fassl_from_sdclr_phi1,sdclr_continued]",
+        "compare.seeds=[0]",
+        "compare.baseline_epochs=1",
+        *(
+            f"pipeline.{s}.{k}"
+            for s in ("teacher", "prototypes", "rebalance")
+            for k in ("epochs=1", "batch_size=8", "warmup_epochs=0")
+        ),
+    )
+    compare.run_comparison(cfg)
+    text = (tmp_path / "comparison.md").read_text()
+    for arm in ("fassl", "fassl_teacher", "sdclr", "fassl_from_sdclr", "sdclr_continued"):
+        assert f"| {arm} | 1 |" in text, arm
+    assert "| fassl_from_sdclr − sdclr_continued | 1 |" in text
+    assert "| fassl_from_sdclr − fassl_from_sdclr_phi1 | 1 |" in text
+    assert "fassl: equal compute" in text and "fassl_from_sdclr: paper's structure" in text
+    # the paper's arm started from the sdclr arm's export and reports its probes
+    paper = json.loads((tmp_path / "fassl_from_sdclr" / "seed0" / "results.json").read_text())
+    sdclr = json.loads((tmp_path / "sdclr" / "seed0" / "results.json").read_text())
+    assert paper["teacher"]["standard"] == sdclr["standard"]
+    assert not (tmp_path / "fassl_from_sdclr" / "seed0" / "teacher").exists()
+    # the equal-compute arm probed the teacher it trained, once
+    own = json.loads((tmp_path / "fassl" / "seed0" / "results.json").read_text())
+    probed = tmp_path / "fassl" / "seed0" / "teacher" / "results.json"
+    assert own["teacher"]["checkpoint"] == json.loads(probed.read_text())["checkpoint"]
+    assert "SDCLR teacher" in (tmp_path / "fassl" / "seed0" / "report.md").read_text()
+
+
+def test_compare_help_lists_every_arm(capsys) -> None:
+    from fassl.config import ARM_NAMES
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    printed = capsys.readouterr().out
+    for arm in ARM_NAMES:
+        if arm in ("fassl_prototypes", "fassl_rebalance"):  # stages, not arms to compare
+            continue
+        assert arm in printed, arm

@@ -92,11 +92,18 @@ def test_cosine_temperature_by_hand() -> None:
 def test_schedule_periods() -> None:
     fixed = TemperatureSchedule(0.2)
     assert fixed.at(37, 100, 10) == 0.2
-    five = TemperatureSchedule(0.2, "cosine", 0.1, 1.0, period_epochs=0)
+    five = TemperatureSchedule(0.2, "cosine", 0.1, 1.0, period_epochs=0, rule="step")
     assert five.at(10, 100, 10) == pytest.approx(0.1)  # 5 periods of 20 steps: a trough
-    two_epochs = TemperatureSchedule(0.2, "cosine", 0.1, 1.0, period_epochs=2)
+    two_epochs = TemperatureSchedule(0.2, "cosine", 0.1, 1.0, period_epochs=2, rule="step")
     assert two_epochs.at(10, 100, 10) == pytest.approx(0.1)  # 10 steps an epoch: T = 20
     assert two_epochs.at(20, 100, 10) == pytest.approx(1.0)
+    # epoch rule: held for the epoch, t = the 1-based epoch; T = 4 epochs of 10 steps
+    held = TemperatureSchedule(0.2, "cosine", 0.1, 1.0, period_epochs=4)
+    assert [held.at(s, 100, 10) for s in (0, 9)] == [pytest.approx(0.55)] * 2  # epoch 1
+    assert held.at(10, 100, 10) == pytest.approx(0.1)  # epoch 2: the trough
+    assert held.at(39, 100, 10) == pytest.approx(1.0)  # epoch 4: a whole period
+    with pytest.raises(ValueError, match="rule"):
+        TemperatureSchedule(0.2, "cosine", rule="batch")
 
 
 # --------------------------------------------------------------------------- LDAM-DRW
@@ -200,7 +207,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, name, extra) ->
 
 
 def test_scheduled_temperature_reaches_the_loss(tmp_path) -> None:
-    cfg = tiny_config(tmp_path, "temperature.schedule=cosine", "temperature.period_epochs=2")
+    cfg = tiny_config(
+        tmp_path, "temperature.schedule=cosine", "temperature.period_epochs=2",
+        "temperature.rule=step",
+    )
     method = build_method(cfg, "simclr")
     trainer = Trainer(method, tiny_data(), cfg, cfg.optim, tmp_path, Runtime.cpu(), "s")
     steps = trainer.steps_per_epoch  # the period is 2 epochs: a trough after one epoch

@@ -63,6 +63,9 @@ def test_what_each_sweep_shares(tmp_path):
     rho = plan(tmp_path, "{data.imbalance: [10, 100]}", methods)
     assert all(p.teacher_group is None and p.prototypes_group is None for p in rho)
     assert rho[0].run_dirs["supervised"] == "grid/data.imbalance=10/supervised"
+    # the teacher (SDCLR) and stage 1 read the temperature schedule: nothing is shared
+    temp = plan(tmp_path, "{temperature.tau_max: [0.5, 1.0]}")
+    assert all(p.teacher_group is None and p.prototypes_group is None for p in temp)
     both = plan(tmp_path, "{data.imbalance: [10, 100], prototypes.num_prototypes: [4, 6]}")
     assert len(both) == 4 and both[3].teacher_group == "data.imbalance=100"
     assert both[3].cfg.out_dir == str(

@@ -8,11 +8,21 @@ import sys
 import traceback
 from dataclasses import fields
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
 from fassl.bench.settings import add_arguments as bench_arguments
-from fassl.config import Config, OptimConfig, PipelineConfig, load_config
-from fassl.errors import Interrupted, debug_enabled, describe, expected_errors
+from fassl.config import (
+    FASSL_ARMS,
+    METHOD_NAMES,
+    METHOD_VARIANTS,
+    PAPER_ARMS,
+    Config,
+    OptimConfig,
+    PipelineConfig,
+    load_config,
+)
+from fassl.errors import Interrupted, PeerFailed, debug_enabled, describe, expected_errors
 from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
 from fassl.tools.commands import add_tool_commands
@@ -46,12 +56,27 @@ def _pipeline_keys() -> str:
     )
 
 
+def _compare_arms() -> str:
+    """The arms ``compare.methods`` takes, for ``fassl compare --help``."""
+    equal = [a for a in FASSL_ARMS if a not in PAPER_ARMS]
+    methods = [m for m in METHOD_NAMES if not m.startswith("fassl_")]
+    return (
+        f"arms (compare.methods):\n  methods: {', '.join(methods)}\n"
+        f"  FASSL at equal compute (its own teacher): {', '.join(equal)}\n"
+        f"  FASSL as the paper composes it (on the sdclr arm's export), beside SDCLR trained\n"
+        f"  on as long: {', '.join(PAPER_ARMS)}, sdclr_continued\n"
+        f"  variants: {', '.join(v for v in METHOD_VARIANTS if v != 'sdclr_continued')}"
+    )
+
+
 def _epilog(command: str) -> str:
     text = f"example:\n  {EXAMPLES[command]}"
     if command in ("pretrain", "pipeline", "compare", "eval", "demo"):
         text += f"\n\nrecipes (configs/): {', '.join(recipe_names())}"
     if command == "pipeline":
         text += "\n\n" + _pipeline_keys()
+    if command == "compare":
+        text += "\n\n" + _compare_arms()
     return text
 
 
@@ -76,13 +101,27 @@ def _config(args: argparse.Namespace) -> Config:
     return check_paths(load_config(path, args.overrides))
 
 
+def _join(cfg: Config) -> bool:
+    """The device, and torchrun's process group when there is one, set up first: before
+    any lock or file, so every later step knows which rank it runs on. True on rank 0
+    (the rank that prints what a run wrote)."""
+    # start-up time: the command's layers (and torch) load when it runs
+    from fassl.distributed import is_main
+    from fassl.runtime import runtime_for
+
+    runtime_for(cfg.train)
+    return is_main()
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
     from fassl.pipeline import run_pretrain
 
     cfg = _config(args)
+    main_rank = _join(cfg)
     run_pretrain(cfg, restart=args.restart)
-    print(f"outputs in {cfg.out_dir}: results.json, report.md, encoder.safetensors")
+    if main_rank:
+        print(f"outputs in {cfg.out_dir}: results.json, report.md, encoder.safetensors")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -90,8 +129,10 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from fassl.pipeline import run_pipeline
 
     cfg = _config(args)
+    main_rank = _join(cfg)
     run_pipeline(cfg, restart=args.restart or "")
-    print(f"outputs in {cfg.out_dir}: {_outputs(Path(cfg.out_dir))}")
+    if main_rank:
+        print(f"outputs in {cfg.out_dir}: {_outputs(Path(cfg.out_dir))}")
 
 
 def _outputs(out: Path) -> str:
@@ -152,9 +193,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fassl.pipeline import run_pipeline
 
     cfg = demo_config([f"out_dir={args.out}", *args.overrides])
+    main_rank = _join(cfg)
     run_pipeline(cfg, with_pixels=True, restart=args.restart or "")
-    print((Path(cfg.out_dir) / "report.md").read_text())
-    print(f"report in {Path(cfg.out_dir) / 'report.md'}")
+    if main_rank:
+        print((Path(cfg.out_dir) / "report.md").read_text())
+        print(f"report in {Path(cfg.out_dir) / 'report.md'}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -162,6 +205,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from fassl.compare import run_comparison
 
     cfg = _config(args)
+    _join(cfg)
     run_comparison(cfg)
 
 
@@ -298,21 +342,49 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, the usual exit status
+        group = _group()
+        if group is not None:
+            group.announce_stop(group.INTERRUPTED)
+            peer = None if group.is_main() else group.stopped_peer()
+            if peer is not None and peer[1] == group.FAILED:  # torchrun stopping the group
+                print(f"fassl: error: {group.peer_stopped(peer)}", file=sys.stderr)
+                return 2
         if debug_enabled():
             traceback.print_exc()
-        where = str(err) or "interrupted; what was written before is intact, run it again"
-        print(f"fassl: {where}", file=sys.stderr)
+        if group is None or group.is_main():  # every rank was stopped: rank 0 says where
+            where = str(err) or "interrupted; what was written before is intact, run it again"
+            print(f"fassl: {where}", file=sys.stderr)
         return 128 + int(getattr(err, "signum", signal.SIGINT))
     except Exception as err:  # the one error boundary: expected errors become a message
+        group = _group()
+        prefix = ""
+        if group is not None and not isinstance(err, PeerFailed):
+            group.announce_stop(group.FAILED)
+            peer = None if isinstance(err, expected_errors()) else group.stopped_peer()
+            if peer is not None:  # a collective failed because that rank's process ended
+                err = group.peer_stopped(peer)
+            elif not group.is_main():
+                prefix = f"rank {group.rank()}: "
         if not isinstance(err, expected_errors()):
             raise  # a bug: keep the traceback
         if debug_enabled():
             traceback.print_exc()
-        print(f"fassl: error: {describe(err)}", file=sys.stderr)
+        print(f"fassl: error: {prefix}{describe(err)}", file=sys.stderr)
         return 2
     finally:
         _on_sigterm(previous)
+    group = _group()
+    if group is not None:
+        group.shutdown()
     return 0
+
+
+def _group() -> ModuleType | None:
+    """``fassl.distributed`` when this command joined a process group of several ranks;
+    None otherwise. Looked up, not imported: a command that never loaded it (nor torch)
+    has no group, and its errors stay fast."""
+    group = sys.modules.get("fassl.distributed")
+    return group if group is not None and group.world_size() > 1 else None
 
 
 def _on_sigterm(handler: Any) -> Any:

@@ -13,9 +13,18 @@ import json
 from pathlib import Path
 
 from fassl import report
-from fassl.arms import arm_order, base_of, baseline_epochs, is_pipeline, run_config
-from fassl.config import Config, to_yaml
+from fassl.arms import (
+    arm_order,
+    arm_structure,
+    baseline_epochs,
+    bases_of,
+    is_pipeline,
+    run_config,
+    stage1_lead,
+)
+from fassl.config import PAPER_ARMS, Config, to_yaml
 from fassl.data.build import build_data
+from fassl.distributed import on_all, on_main
 from fassl.files import write_text
 from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.runtime import runtime_for
@@ -25,15 +34,23 @@ from fassl.validation import check_paths
 
 def run_comparison(cfg: Config) -> dict:
     """Every arm of ``compare.methods`` at every seed, then the tables; with a
-    ``compare.grid``, one comparison per grid point (``fassl.sweep``)."""
+    ``compare.grid``, one comparison per grid point (``fassl.sweep``).
+
+    Under torchrun every rank trains every run; rank 0 alone decides which runs are done
+    and writes config.yaml and the tables (``fassl.distributed.on_main``)."""
     if cfg.compare.grid:
         return run_sweep(cfg)
     out = Path(cfg.out_dir)
     check_paths(cfg)
-    rt = runtime_for(cfg.train)
-    data = build_data(cfg.data, cfg.seed)  # a bad data folder fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", to_yaml(cfg))
+    rt = runtime_for(cfg.train)  # joins the process group before anything else
+    # a bad data folder fails before anything is written, on every rank together
+    data = on_all(lambda: build_data(cfg.data, cfg.seed))
+
+    def start() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", to_yaml(cfg))
+
+    on_main(start)
     # every arm after the runs it starts from (fassl's stages, an SSP encoder)
     order = arm_order(cfg)
     runs = []
@@ -41,32 +58,44 @@ def run_comparison(cfg: Config) -> dict:
         for name in order:
             c = run_config(cfg, name, seed, out)
             done = Path(c.out_dir) / "results.json"
-            if done.is_file():
-                results = json.loads(done.read_text())
-            elif is_pipeline(name):
-                results = run_pipeline(c, data=data, rt=rt)
-            else:
-                results = run_pretrain(c, data=data, rt=rt)
+            # read by rank 0 alone, so every rank reuses or trains the same runs
+            results = on_main(lambda done=done: _finished(done))
+            if results is None:
+                train = run_pipeline if is_pipeline(name) else run_pretrain
+                results = train(c, data=data, rt=rt)
             runs.append({"method": name, "seed": seed, "results": results})
     note = (
         f"seeds: {list(cfg.compare.seeds)}; baselines trained for {baseline_epochs(cfg)} "
-        "epochs (FASSL: teacher + prototypes + student)"
+        "epochs (FASSL at equal compute: teacher + prototypes + student)"
     )
-    return write_comparison(
-        out,
-        runs,
-        data.name,
-        [*data.notes, note],
-        paper=report.paper_dataset(data.num_classes, cfg.data.dataset),
-    )
+    notes = [*data.notes, note, *(arm_structure(name, cfg) for name in order)]
+    paper = report.paper_dataset(data.num_classes, cfg.data.dataset)
+    return on_main(lambda: write_comparison(out, runs, data.name, notes, paper))
+
+
+def _finished(done: Path) -> dict | None:
+    """The results of a finished run, None when it has none yet."""
+    return json.loads(done.read_text()) if done.is_file() else None
 
 
 def _differences(runs: list[dict]) -> str:
-    """Each label-free mechanism against its own base, where both arms ran."""
+    """Each label-free mechanism against its own bases, where both arms ran."""
     arms = {r["method"] for r in runs}
-    pairs = {a: b for a in sorted(arms) if (b := base_of(a)) is not None and b in arms}
+    pairs = [(a, b) for a in sorted(arms) for b in bases_of(a) if b in arms]
     text = report.difference_tables(runs, pairs)
     return f"\n{text}" if text else ""
+
+
+def teacher_runs(runs: list[dict]) -> list[dict]:
+    """A row ``<arm>_teacher`` for the SDCLR teacher of every FASSL arm that trained its
+    own (equal compute: ``fassl``); the paper's structure starts from the sdclr arm,
+    which is a row already, and the other FASSL arms share their lead's teacher."""
+    rows = []
+    for r in runs:
+        name, teacher = r["method"], r["results"].get("teacher")
+        if teacher and is_pipeline(name) and name == stage1_lead(name) and name not in PAPER_ARMS:
+            rows.append({"method": f"{name}_teacher", "seed": r["seed"], "results": teacher})
+    return rows
 
 
 def collect_runs(out: Path) -> list[dict]:
@@ -103,6 +132,7 @@ def write_comparison(
 ) -> dict:
     """comparison.md / .csv / .png / .json from a list of finished runs, and weights.md
     from the FASSL arms' weight analyses when there are any."""
+    runs = [*runs, *teacher_runs(runs)]
     summary = report.summarize(runs)
     meta = next((r["results"].get("meta", {}) for r in runs if "meta" in r["results"]), {})
     lines = [*notes, *report.group_lines(meta)]

@@ -37,17 +37,28 @@ METHOD_NAMES = (
 WEIGHTS = ("paper", "paper_normalized", "softmax_density", "cluster_size", "knn", "none")
 # The dataset sources (fassl.data's registry checks that it lists the same).
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "splitfile", "tinyimagenet")
-# Comparison arms of FASSL: the configured weight, the phi = 1 ablation, and one arm
-# per weight variant, all from the same teacher and prototypes.
-FASSL_ARMS = ("fassl", "fassl_phi1", *(f"fassl_{w}" for w in WEIGHTS if w != "none"))
+# FASSL as the paper composes it (Algorithm 1: the teacher is "initialized from" SDCLR):
+# stages 1-2 from the sdclr arm's final export, and phi = 1 from the same stage 1.
+PAPER_ARMS = ("fassl_from_sdclr", "fassl_from_sdclr_phi1")
+# Comparison arms of FASSL: at equal compute, the configured weight, the phi = 1
+# ablation and one arm per weight variant, all from the same teacher and prototypes;
+# then the paper's structure.
+FASSL_ARMS = (
+    "fassl",
+    "fassl_phi1",
+    *(f"fassl_{w}" for w in WEIGHTS if w != "none"),
+    *PAPER_ARMS,
+)
 # Comparison arms that are a method with some keys set: name -> (method, {key: value}).
-# ldam_drw_ssp also starts from the ldam.ssp_method run of the same seed (fassl.arms).
+# ldam_drw_ssp and sdclr_continued also start from another arm's run of the same seed
+# (fassl.arms.starts_from).
 METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "simclr_ts": ("simclr", {"temperature.schedule": "cosine"}),
     "sdclr_ts": ("sdclr", {"temperature.schedule": "cosine"}),
     "bcl_i_common": ("bcl_i", {"bcl.ops": "common"}),
     "bcl_d_common": ("bcl_d", {"bcl.ops": "common"}),
     "ldam_drw_ssp": ("ldam_drw", {}),
+    "sdclr_continued": ("sdclr", {}),
 }
 ARM_NAMES = (*METHOD_NAMES, *FASSL_ARMS, *METHOD_VARIANTS)
 COMPILE_MODES = ("auto", "compile", "eager")  # train.compile
@@ -130,6 +141,10 @@ class ModelConfig:
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool
     proj_hidden: int = ranged(512, ">=1")
     proj_dim: int = ranged(128, ">=1")
+    # projection head: bn (a BatchNorm on the output, as SimCLR's, SDCLR's and BCL's code)
+    # | plain (ends in a linear layer, as BYOL's and SwAV's) | auto (the method's own; a
+    # run started from weights keeps the head they have)
+    head: str = "auto"
 
 
 @dataclass
@@ -178,9 +193,12 @@ class TemperatureConfig:
 
     schedule: str = "fixed"  # fixed (each method's own temperature) | cosine
     tau_min: float = ranged(0.1, ">0")
-    tau_max: float = ranged(1.0, ">0")  # the value at step 0, and at every whole period
+    tau_max: float = ranged(1.0, ">0")  # the value at t = 0, and at every whole period
     # 0: a fifth of the run (Kukleva et al.: 400 of 2,000 epochs)
     period_epochs: float = ranged(0.0, ">=0")
+    # epoch: tau held for a whole epoch, t the 1-based epoch (Kukleva et al.'s code) |
+    # step: tau moves every step, t the 0-based step over steps per epoch
+    rule: str = "epoch"
 
 
 @dataclass
@@ -189,12 +207,16 @@ class BCLConfig:
     on SDCLR. Each image's loss, averaged over epochs, sets how strongly its views are
     augmented on top of the common augmentation (fassl.data.boost)."""
 
-    # momentum of each image's loss from epoch to epoch (BCL's code)
-    beta: float = ranged(0.95, "[0,1)")
+    # momentum of each image's loss from epoch to epoch (BCL's train.py and train_sdclr.py)
+    beta: float = ranged(0.97, "[0,1)")
     ops: str = "randaugment"  # randaugment (BCL's own 15 operations) | common (SSL's own)
-    num_ops: int = ranged(1, ">=1")  # operations drawn per view (RandAugment's N; BCL: 1)
-    # magnitude at strength 1, as a share of each op's range
+    # operations drawn per view (RandAugment's N); 0: BCL's README, 1 for bcl_i, 2 for bcl_d
+    num_ops: int = ranged(0, ">=0")
+    # magnitude at strength 1, as a share of each op's range (BCL's rand_strength / 30)
     max_magnitude: float = ranged(1.0, "(0,1]")
+    # bcl: BCL's rule, one magnitude an image for both views, floored at 10 (one op) or 5
+    # (more) of 30 | uniform: strength * u, u drawn per view and op
+    magnitude: str = "bcl"
 
 
 @dataclass
@@ -345,6 +367,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.longtail": ("pool", "full", "none"),
     "data.groups": ("thirds", "counts"),
     "model.arch": ("resnet18", "resnet50"),
+    "model.head": ("auto", "bn", "plain"),
     "optim.optimizer": ("sgd", "lars"),
     "train.precision": ("auto", "bf16", "fp32"),
     "train.memory_format": ("auto", "channels_last", "contiguous"),
@@ -356,7 +379,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "byol.ema_schedule": ("fixed", "cosine"),
     "probe.variant": ("fast", "sdclr"),
     "temperature.schedule": ("fixed", "cosine"),
+    "temperature.rule": ("epoch", "step"),
     "bcl.ops": ("randaugment", "common"),
+    "bcl.magnitude": ("bcl", "uniform"),
     "ldam.ssp_method": ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d"),
 }
 

@@ -1,11 +1,38 @@
-"""Process-group helpers; every function works unchanged in a single process."""
+"""Process-group helpers; every function works unchanged in a single process.
+
+Under torchrun every rank runs the same command. Work that must happen once (the run
+lock, settings records, exports, probes, reports) runs on rank 0 inside ``on_main``; work
+every rank does outside the training loop (loading the data) runs inside ``on_all``. Both
+end in one exchange of outcomes on a gloo group of their own, so every rank leaves them
+together, and a failure on one rank stops the others at once with one line
+(``PeerFailed``) instead of leaving them in a collective. A rank that fails in the
+training loop leaves word in the group's store (``announce_stop``) and exits; its
+closed gloo connections fail the others' next collective at once, and the command line
+then names the rank that failed (``stopped_peer``) in one line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 import torch.distributed as dist
+
+from fassl.errors import Interrupted, PeerFailed, describe
+from fassl.processes import run_lock
+
+T = TypeVar("T")
+# Rank 0's own work (probes of a large set, an analysis) may take hours while the other
+# ranks wait in the exchange; a rank that dies is seen at once, so this only bounds a hang.
+CONTROL_TIMEOUT = timedelta(hours=24)
+_STOPPED_KEY = "fassl/stopped/{rank}"  # in the group's store: this rank stopped, and how
+_control: dist.ProcessGroup | None = None
 
 
 def is_distributed() -> bool:
@@ -30,11 +57,169 @@ def init_from_env(device_type: str) -> bool:
         return is_distributed()
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
+    _control_group()  # a collective: every rank makes it here, before any other work
     return True
+
+
+def shutdown() -> None:
+    """Leave the process group (after a command that succeeded on every rank)."""
+    global _control
+    if is_distributed():
+        dist.destroy_process_group()
+    _control = None
 
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _control_group() -> dist.ProcessGroup:
+    """The gloo group of the outcome exchanges: on the CPU whatever the training backend
+    (NCCL would not notice a dead peer), with its own long timeout."""
+    global _control
+    if _control is None:
+        _control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    return _control
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one rank says in an exchange: ok (with rank 0's shared result) or failed."""
+
+    ok: bool
+    value: Any = None
+    message: str = ""  # the failure, as the failed rank prints it
+    signum: int = 0  # an interrupt's signal; 0 for an error
+
+
+def _outcome(value: Any, error: BaseException | None) -> _Outcome:
+    if error is None:
+        return _Outcome(True, value)
+    if isinstance(error, KeyboardInterrupt):
+        return _Outcome(False, message=str(error), signum=getattr(error, "signum", signal.SIGINT))
+    return _Outcome(False, message=describe(error))
+
+
+def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None]:
+    try:
+        return fn(), None
+    except BaseException as err:  # interrupts too: the other ranks must hear of them
+        return None, err
+
+
+def _exchange(mine: _Outcome) -> list[_Outcome]:
+    gathered: list[Any] = [None] * world_size()
+    try:
+        dist.all_gather_object(gathered, mine, group=_control_group())
+    except RuntimeError as err:  # a rank died: gloo reports its closed connection
+        raise peer_stopped() from err
+    return gathered
+
+
+def _settle(error: BaseException | None, outcomes: list[_Outcome]) -> None:
+    """Raise this rank's own error; else stop when another rank failed."""
+    if error is not None:
+        first = outcomes[0]
+        if not is_main() and not first.ok and first.message == outcomes[rank()].message:
+            raise peer_stopped((0, FAILED)) from error  # rank 0's failure too: it says it
+        raise error
+    for r, outcome in enumerate(outcomes):
+        if not outcome.ok:
+            if outcome.signum:
+                _quiet_signals()
+                raise Interrupted("", outcome.signum)
+            raise peer_stopped((r, FAILED))
+
+
+@overload
+def on_main(fn: Callable[[], T]) -> T: ...
+@overload
+def on_main(fn: Callable[[], object], share: Literal[False]) -> None: ...
+
+
+def on_main(fn: Callable[[], Any], share: bool = True) -> Any:
+    """``fn()`` on rank 0 only; every rank returns when it is done, with its result
+    (``share=False``: None, for results that stay on rank 0 or need no pickling). When
+    it fails on rank 0, rank 0 raises its error and the other ranks ``PeerFailed``. Must
+    be called by every rank at the same point, and ``fn`` itself must not run
+    collectives."""
+    if world_size() == 1:
+        result = fn()
+        return result if share else None
+    result, error = _attempt(fn) if is_main() else (None, None)
+    outcomes = _exchange(_outcome(result if share else None, error))
+    _settle(error, outcomes)
+    return outcomes[0].value if not is_main() else (result if share else None)
+
+
+def on_all(fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank (no collectives inside); all return together, or all stop
+    when it failed on any rank (that rank with its error, the others ``PeerFailed``)."""
+    if world_size() == 1:
+        return fn()
+    result, error = _attempt(fn)
+    _settle(error, _exchange(_outcome(None, error)))
+    return result  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def main_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """``fassl.processes.run_lock`` on ``folder``, taken and released by rank 0 alone: the
+    other ranks wait until rank 0 holds it, or stop with its RunConflict."""
+    with contextlib.ExitStack() as held:
+        on_main(lambda: held.enter_context(run_lock(folder)), share=False)
+        yield
+
+
+def _store() -> Any:
+    return dist.distributed_c10d._get_default_store()
+
+
+FAILED, INTERRUPTED = "failed", "interrupted"  # how a rank stopped, as it announces it
+
+
+def announce_stop(how: str) -> None:
+    """Leave word in the group's store that this rank stopped (``FAILED`` or
+    ``INTERRUPTED``), for the ranks whose collective fails next because this process is
+    gone (``stopped_peer``)."""
+    if world_size() == 1:
+        return
+    with contextlib.suppress(Exception):  # best effort: the store may be gone
+        _store().set(_STOPPED_KEY.format(rank=rank()), how)
+
+
+def stopped_peer() -> tuple[int, str] | None:
+    """(rank, how) of the first other rank that announced it stopped, or None."""
+    if world_size() == 1:
+        return None
+    try:
+        store = _store()
+        for r in range(world_size()):
+            key = _STOPPED_KEY.format(rank=r)
+            if r != rank() and store.check([key]):
+                return r, store.get(key).decode()
+    except Exception:  # the store is gone: nobody can be asked
+        return None
+    return None
+
+
+def peer_stopped(peer: tuple[int, str] | None = None) -> PeerFailed:
+    """The error of a rank that stops because ``peer`` (rank, how; looked up when None)
+    stopped. Further SIGTERM / SIGINT (torchrun stopping the group) are ignored from
+    here on, so that this rank's one line is not replaced by an interrupt's."""
+    peer = peer or stopped_peer()
+    if peer is None:
+        what = "another process of this run ended"
+    else:
+        what = f"rank {peer[0]} {'was interrupted' if peer[1] == INTERRUPTED else 'failed'}"
+    _quiet_signals()
+    return PeerFailed(f"rank {rank()} stopped: {what}")
+
+
+def _quiet_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, TypeError):  # not the main thread
+            signal.signal(signum, signal.SIG_IGN)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -20,7 +20,7 @@ from torch import nn
 
 from fassl.config import ModelConfig
 from fassl.errors import CheckpointError, IncompatibleCheckpoint, ToolError
-from fassl.models import Encoder, build_backbone, mlp_head
+from fassl.models import Encoder, build_backbone, head_of_state, projection_head
 from fassl.models.heads import select_feature
 from fassl.models.pruning import dense_state_dict
 from fassl.models.resnet import ARCHS
@@ -128,7 +128,8 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
     backbone = build_backbone(model["arch"], model["width"], model["cifar_stem"])
     hidden = model.get("proj_hidden") or _rows(state, "projector.0.weight", path)
     out_dim = model.get("proj_dim") or _rows(state, "projector.3.weight", path)
-    encoder = Encoder(backbone, mlp_head(backbone.out_dim, hidden, out_dim))
+    head = projection_head(head_of_state(state), backbone.out_dim, hidden, out_dim)
+    encoder = Encoder(backbone, head)
     load_state_checked(encoder, state, str(path))
     prototypes = tensors.get("prototypes", tensors.get("model/prototypes"))
     return LoadedEncoder(encoder, prototypes, meta, str(path))

@@ -57,6 +57,11 @@ class DiskFull(FasslError, OSError):
     """Not enough space for a file; what was written before it is intact."""
 
 
+class PeerFailed(FasslError):
+    """Another process of a multi-process run (torchrun) failed or stopped; this one
+    stops with it. The failed process prints its own error."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM during a command; the message says where it stopped and
     how to resume. A KeyboardInterrupt, so no ``except Exception`` swallows it."""

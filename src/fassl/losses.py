@@ -1,7 +1,7 @@
 """Loss functions of FASSL and its baselines (SimCLR, SDCLR, BYOL, SwAV, BCL, LDAM-DRW).
 
 Every function is pure: no module state. Inputs are cast to float32 and autocast is
-switched off inside (``fassl.runtime.float32_only``: autocast would run the matmuls in
+switched off inside (``fassl.float32.float32_only``: autocast would run the matmuls in
 bf16 again), so callers running under bf16 autocast get float32 losses, softmaxes and
 weights.
 Equation numbers refer to the FASSL paper (Lin, Chen, Wang, "Frequency-Aware
@@ -69,8 +69,9 @@ def _nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tupl
     self_idx = torch.cat([offset + local, total + offset + local])
     pos_idx = torch.cat([total + offset + local, offset + local])
     rows = torch.arange(2 * n, device=z1.device)
-    # An anchor is never its own candidate: exp(-inf) = 0 drops it from the softmax.
-    logits = logits.index_put((rows, self_idx), torch.tensor(float("-inf"), device=z1.device))
+    # An anchor is never its own candidate: exp(-inf) = 0 drops it from the softmax. The
+    # -inf is filled on the device (new_full), not copied from the host.
+    logits = logits.index_put((rows, self_idx), logits.new_full((), float("-inf")))
     return logits, pos_idx
 
 
@@ -293,8 +294,11 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------ SwAV
 
 
-def _logsumexp_over_batch(log_q: Tensor) -> Tensor:
-    """logsumexp over dim 0 of the global batch: (1, K), identical on every rank."""
+def _logsumexp_over_batch(log_q: Tensor, valid: Tensor | None = None) -> Tensor:
+    """logsumexp over dim 0 of the global batch: (1, K), identical on every rank; rows
+    where ``valid`` (B,) is False count as absent (exp(-inf) = 0)."""
+    if valid is not None:
+        log_q = log_q.masked_fill(~valid.view(-1, 1), float("-inf"))
     if not distributed.is_distributed() or distributed.world_size() == 1:
         return torch.logsumexp(log_q, dim=0, keepdim=True)
     top = log_q.max(dim=0, keepdim=True).values
@@ -306,7 +310,9 @@ def _logsumexp_over_batch(log_q: Tensor) -> Tensor:
 
 @float32_only
 @torch.no_grad()
-def sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
+def sinkhorn(
+    scores: Tensor, epsilon: float, iterations: int, valid: Tensor | None = None
+) -> Tensor:
     """Sinkhorn-Knopp codes of SwAV (Caron et al., NeurIPS 2020, Sec. 3.1 and Alg. 1).
 
     Solves the entropic equipartition problem for Q proportional to
@@ -324,24 +330,35 @@ def sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
 
     The codes are targets, so no gradient flows through them.
 
+    ``valid`` leaves rows out as if they were not there (SwAV's partly filled queue): B
+    counts the valid rows, the columns sum over them only, and the left-out rows get
+    codes 0. A mask rather than a slice keeps the shapes fixed, so a compiled step
+    neither reads the count on the host nor recompiles as the queue fills.
+
     Args:
         scores: (B, K) prototype scores of this rank's samples.
         epsilon: entropy regularisation (0.05 in SwAV).
         iterations: Sinkhorn iterations (3 in SwAV).
+        valid: (B,) bool, the rows that take part; None = all of them.
 
     Returns:
         (B, K) float32 codes Q.
     """
     log_q = scores.float() / epsilon
     num_protos = log_q.shape[1]
-    global_batch = log_q.shape[0] * distributed.world_size()
-    log_col_target = math.log(global_batch / num_protos)
+    world = distributed.world_size()
+    log_col_target: float | Tensor
+    if valid is None:
+        log_col_target = math.log(log_q.shape[0] * world / num_protos)
+    else:  # on the device: the number of valid rows is never read on the host
+        log_col_target = torch.log(valid.sum(dtype=torch.float64) * (world / num_protos)).float()
     for _ in range(iterations):
-        log_q = log_q - _logsumexp_over_batch(log_q) + log_col_target
+        log_q = log_q - _logsumexp_over_batch(log_q, valid) + log_col_target
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
     if iterations == 0:
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-    return torch.exp(log_q)
+    codes = torch.exp(log_q)
+    return codes if valid is None else codes.masked_fill(~valid.view(-1, 1), 0.0)
 
 
 @float32_only
@@ -411,7 +428,7 @@ def drw_class_weights(class_counts: Tensor, beta: float) -> Tensor:
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     counts = class_counts.double()
-    weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    weights = (1.0 - beta) / (1.0 - torch.pow(beta, counts))
     return (weights / weights.sum() * counts.numel()).float()
 
 

@@ -8,6 +8,7 @@ the same command resumes where it stopped. This module only orchestrates: traini
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fassl import report
@@ -19,11 +20,12 @@ from fassl.config import Config
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
 from fassl.data.collection import collection_from_data
+from fassl.distributed import main_lock, on_all, on_main
 from fassl.encoders import check_encoder_file, load_encoder
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
 from fassl.files import write_text
-from fassl.processes import run_lock
+from fassl.names import SETTINGS
 from fassl.report.figures import save_retrieval_grid
 from fassl.report.rarity import write_rarity
 from fassl.runsettings import RUN, pipeline_stages, prepare_pipeline, prepare_run, start_run
@@ -31,6 +33,7 @@ from fassl.runtime import Runtime, runtime_for
 from fassl.stages import STAGE_METHODS, check_data, run_pipeline_stage, run_stage
 
 RAW_PIXELS = "raw pixels (linear)"
+TEACHER = "SDCLR teacher"
 RARITY_SHEET = 32  # images on each side of an unlabeled run's contact sheets
 
 
@@ -42,21 +45,46 @@ def evaluate_export(
     out_dir: Path,
     title: str,
     with_pixels: bool = False,
+    teacher: dict | None = None,
 ) -> dict:
-    """Probe the backbone in ``export``; write results.json and report.md into ``out_dir``."""
+    """Probe the backbone in ``export``; write results.json and report.md into ``out_dir``.
+    ``teacher``: the probes of the encoder it started from, kept as ``results["teacher"]``
+    and shown beside it in report.md."""
     loaded = load_encoder(export)
     backbone = loaded.backbone.to(rt.device)
     results = evaluate(backbone, data, cfg.probe, rt, cfg.seed, cfg.train.progress)
     results["checkpoint"] = str(export)
     results["method"] = loaded.meta.get("method")
-    reference = None
+    reference = {}
+    if teacher is not None:
+        reference[TEACHER] = results["teacher"] = teacher
     if with_pixels and data.labeled:
-        reference = {RAW_PIXELS: raw_pixel_reference(data, cfg.probe, cfg.seed)}
+        reference[RAW_PIXELS] = raw_pixel_reference(data, cfg.probe, cfg.seed)
         results["raw_pixels"] = reference[RAW_PIXELS]
+    reference = reference or None
     report.write_json(results, out_dir / "results.json")
     text = report.run_report(title, data.notes, results if data.labeled else None, reference)
     write_text(out_dir / "report.md", text)
     return results
+
+
+def teacher_results(
+    teacher: Path, data: LongTailData, cfg: Config, rt: Runtime, out: Path
+) -> dict | None:
+    """The probes of the pipeline's teacher: the results.json beside its export when that
+    is newer than the export (a finished SDCLR run given as the teacher, or a resumed
+    pipeline), else probed now, into the teacher's own folder when it is a run of this
+    project (a sweep's shared teacher: probed once for every point), else into
+    ``out/teacher/``; None without labels."""
+    if not data.labeled:
+        return None
+    beside = teacher.parent / "results.json"
+    if beside.is_file() and beside.stat().st_mtime >= teacher.stat().st_mtime:
+        return json.loads(beside.read_text())
+    own_run = (teacher.parent / SETTINGS).is_file()
+    folder = teacher.parent if own_run else out / "teacher"
+    folder.mkdir(parents=True, exist_ok=True)
+    return evaluate_export(teacher, data, cfg, rt, folder, TEACHER)
 
 
 def prototype_analysis(
@@ -123,6 +151,12 @@ def check_given_checkpoints(cfg: Config) -> None:
         check_encoder_file(cfg.train.init_from, cfg.model, "train.init_from", rebalance)
 
 
+def load_data(cfg: Config) -> LongTailData:
+    """``build_data`` on every rank (each needs the images), all ranks stopping together
+    when it fails on one."""
+    return on_all(lambda: build_data(cfg.data, cfg.seed))
+
+
 def run_pipeline(
     cfg: Config,
     with_pixels: bool = False,
@@ -132,51 +166,62 @@ def run_pipeline(
 ) -> dict:
     """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes.
 
-    ``restart``: a stage to train again, with the stages after it (``--restart``)."""
-    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
+    ``restart``: a stage to train again, with the stages after it (``--restart``).
+
+    Under torchrun every rank trains every stage; rank 0 alone locks the folders, checks
+    and records settings, writes exports, analyses, results.json and report.md, while
+    the others wait (``fassl.distributed.on_main``). Every rank returns the results."""
+    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
+    with main_lock(cfg.out_dir):  # a second run into this folder fails at once
         out = Path(cfg.out_dir)
-        check_given_checkpoints(cfg)
-        restarted = prepare_pipeline(cfg, restart)  # stages trained with other settings: error
-        rt = rt or runtime_for(cfg.train)
-        data = data or build_data(cfg.data, cfg.seed)
-        check_data(cfg, data, pipeline_stages(cfg))
-        start_run(cfg, restarted)  # clears the restarted stages, writes config.yaml
+        on_main(lambda: check_given_checkpoints(cfg))
+        # stages trained with other settings: error
+        restarted = on_main(lambda: prepare_pipeline(cfg, restart))
+        data = data or load_data(cfg)
+        on_all(lambda: check_data(cfg, data, pipeline_stages(cfg)))
+        on_main(lambda: start_run(cfg, restarted))  # clears the restarted stages, config.yaml
         p = cfg.pipeline
         labeled = data.labeled and bool(data.groups)
+        analyse = prototype_analysis if labeled else label_free_analysis
+        probed = None  # the teacher's probes (none when stage 1 is given: its own run has them)
         if p.prototypes_checkpoint:
             prototypes = Path(p.prototypes_checkpoint)
         else:
             teacher = Path(p.teacher_checkpoint) if p.teacher_checkpoint else None
             if teacher is None:
                 teacher = run_pipeline_stage(cfg, data, rt, "teacher")
+            probed = on_main(lambda: teacher_results(teacher, data, cfg, rt, out))
             prototypes = run_pipeline_stage(cfg, data, rt, "prototypes", teacher)
-        if labeled:
-            prototype_analysis(prototypes, cfg, data, rt, out, "prototypes")
-        else:
-            label_free_analysis(prototypes, cfg, data, rt, out, "prototypes")
+        on_main(lambda: analyse(prototypes, cfg, data, rt, out, "prototypes"), share=False)
         monitors = [stage2_monitor(data)] if labeled else []
         student = run_pipeline_stage(cfg, data, rt, "rebalance", prototypes, monitors)
-        if labeled:
-            prototype_analysis(student, cfg, data, rt, out, "rebalance")
-        else:
-            label_free_analysis(student, cfg, data, rt, out, "rebalance")
-        return evaluate_export(student, data, cfg, rt, out, "FASSL pipeline", with_pixels)
+        on_main(lambda: analyse(student, cfg, data, rt, out, "rebalance"), share=False)
+        title = "FASSL pipeline"
+        return on_main(
+            lambda: evaluate_export(student, data, cfg, rt, out, title, with_pixels, probed)
+        )
 
 
 def run_pretrain(
     cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None, restart: bool = False
 ) -> dict:
-    """One method trained from scratch (or from ``train.init_from``), then probed."""
-    with run_lock(cfg.out_dir):  # a second run into this folder fails at once
+    """One method trained from scratch (or from ``train.init_from``), then probed.
+
+    Under torchrun: as ``run_pipeline``, rank 0 alone locks, checks, exports and probes."""
+    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
+    with main_lock(cfg.out_dir):  # a second run into this folder fails at once
         out = Path(cfg.out_dir)
-        check_given_checkpoints(cfg)
-        restarted = prepare_run(cfg, restart)
-        rt = rt or runtime_for(cfg.train)
-        data = data or build_data(cfg.data, cfg.seed)
-        check_data(cfg, data, [RUN])
-        start_run(cfg, restarted)
+        on_main(lambda: check_given_checkpoints(cfg))
+        restarted = on_main(lambda: prepare_run(cfg, restart))
+        data = data or load_data(cfg)
+        on_all(lambda: check_data(cfg, data, [RUN]))
+        on_main(lambda: start_run(cfg, restarted))
         init = Path(cfg.train.init_from) if cfg.train.init_from else None
         export = run_stage(cfg, data, rt, cfg.method, cfg.optim, out, init)
-        if cfg.method == STAGE_METHODS["prototypes"] and data.labeled and data.groups:
-            prototype_analysis(export, cfg, data, rt, out, "prototypes")
-        return evaluate_export(export, data, cfg, rt, out, f"{cfg.method} pre-training")
+
+        def probe() -> dict:
+            if cfg.method == STAGE_METHODS["prototypes"] and data.labeled and data.groups:
+                prototype_analysis(export, cfg, data, rt, out, "prototypes")
+            return evaluate_export(export, data, cfg, rt, out, f"{cfg.method} pre-training")
+
+        return on_main(probe)

@@ -67,7 +67,9 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
     """Hold ``folder`` for this run: a second run into it fails at once naming the first
     (RunConflict), a lock left by a killed run is taken over, nested use by the same
     process is allowed. The lock file appears complete or not at all
-    (``_create_complete``), so two runs starting together cannot both get it."""
+    (``_create_complete``), so two runs starting together cannot both get it. Under
+    torchrun only rank 0 takes it, through ``fassl.distributed.main_lock``: the other
+    processes of the same run would otherwise find it held by rank 0."""
     path = Path(folder).absolute()
     if _HELD.get(path):
         _HELD[path] += 1

@@ -102,7 +102,9 @@ def resolve_channels_last(setting: str, device_type: str, pointwise_channels: in
 
 @functools.cache
 def _warn_unsafe_layout(channels: int) -> None:
-    """Once per process and channel count."""
+    """Once per process and channel count, from rank 0 only (every rank has the model)."""
+    if not distributed.is_main():
+        return
     print(
         f"fassl: warning: train.memory_format=channels_last ignored: the model has a strided "
         f"1x1 convolution with {channels} input channels (< {SAFE_POINTWISE_CHANNELS}), where "
@@ -189,6 +191,9 @@ def setup_runtime(
     device: str = "auto", precision: str = "auto", memory_format: str = "auto"
 ) -> Runtime:
     """Pick the device, join torchrun's process group if there is one, choose precision.
+
+    Commands that train call this first, before any lock or file is touched, so that
+    every later step can tell rank 0 from the others; joining is done once per process.
 
     ``memory_format`` is ``train.memory_format`` (auto | channels_last | contiguous),
     resolved per model (``Runtime.memory_format_for``).

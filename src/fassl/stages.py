@@ -19,13 +19,13 @@ import torch
 
 from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data.bundle import LongTailData
+from fassl.distributed import is_main, main_lock, on_main, world_size
 from fassl.encoders import load_backbone
 from fassl.errors import ConfigError, NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method
 from fassl.names import CONFIG, EXPORT
-from fassl.processes import run_lock
 from fassl.runsettings import (
     RUN,
     STAGE_METHODS,
@@ -50,12 +50,18 @@ __all__ = [
 
 
 def check_batch_size(cfg: Config, data: LongTailData, optim_cfg: OptimConfig) -> None:
-    """A batch larger than the pre-training set would train zero steps an epoch."""
-    n, batch = len(data.pretrain), optim_cfg.batch_size
+    """A batch larger than the pre-training set would train zero steps an epoch; under
+    torchrun the global batch must split evenly over the processes."""
+    n, batch, world = len(data.pretrain), optim_cfg.batch_size, world_size()
     if batch > n:
         raise ConfigError(
             f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) is larger than the "
             f"{n:,} pre-training images of {data.name}; lower it to at most {n}"
+        )
+    if batch % world:  # the global batch is split evenly over the processes
+        raise ConfigError(
+            f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) does not split "
+            f"evenly over {world} processes; make it a multiple of {world}"
         )
 
 
@@ -87,7 +93,8 @@ def check_data(cfg: Config, data: LongTailData, stages: list[str]) -> None:
             f"warning: {len(unsplit)} classes of {data.name} have too few images to split "
             f"and no test image (their accuracy is not measured): {unsplit[:10]}"
         )
-        print(f"fassl: {line}", file=sys.stderr)
+        if is_main():  # every rank has the data; one of them says so
+            print(f"fassl: {line}", file=sys.stderr)
         if line not in data.notes:
             data.notes.append(line)
     check_batch_sizes(cfg, data, stages)
@@ -107,17 +114,28 @@ def run_stage(
 
     A stage whose export already exists is not trained again. The folder is locked while
     the stage trains (``fassl.processes.run_lock``). Returns the export path.
+
+    Under torchrun every rank trains; rank 0 alone locks the folder, checks and records
+    its settings and writes the export, and every rank returns only once the export is
+    written, so the next stage's ranks all read a complete file.
     """
     run_dir = Path(run_dir)
     export = run_dir / EXPORT
-    with run_lock(run_dir):
+
+    def prepare() -> bool:
+        """Rank 0: the settings check and records; True when the stage is done already."""
         settings = check_stage(cfg, method_name, optim_cfg, run_dir)
         if export.is_file():
             print(f"[{run_dir.name}] already done: {export}")
-            return export
+            return True
         check_batch_size(cfg, data, optim_cfg)
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_settings(run_dir, settings)
+        return False
+
+    with main_lock(run_dir):
+        if on_main(prepare):
+            return export
         init = None
         if init_path is not None:
             init, _ = load_checkpoint(Path(init_path))
@@ -132,7 +150,7 @@ def run_stage(
             raise NonFiniteLoss(f"{err}. {diverged_hint(cfg, optim_cfg, run_dir)}") from err
         # the training images' normalisation, for tools that embed other images later
         stats = {"data_mean": list(data.mean), "data_std": list(data.std)}
-        export_encoder(method, cfg, export, stats)
+        on_main(lambda: export_encoder(method, cfg, export, stats))
     return export
 
 

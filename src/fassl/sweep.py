@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from fassl import report
-from fassl.arms import arm_method, arm_order, run_config
-from fassl.config import FASSL_ARMS, METHOD_VARIANTS, Config, load_config, to_yaml
+from fassl.arms import arm_method, arm_order, run_config, set_dotted, starts_from
+from fassl.config import FASSL_ARMS, METHOD_VARIANTS, PAPER_ARMS, Config, load_config, to_yaml
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
 from fassl.errors import ConfigError
@@ -44,24 +44,26 @@ from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.report import sweep as sweep_report
 from fassl.runsettings import RUN, method_sections, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
-from fassl.stages import check_batch_sizes, run_pipeline_stage
+from fassl.stages import STAGE_METHODS, check_batch_sizes, run_pipeline_stage
 
 GRID_FILE = "grid/grid.json"
 # Config sections (dotted prefixes) each shareable part reads; a grid key under none of
 # them leaves that part unchanged. Whole sections: sharing errs on the side of retraining.
+# A stage's own sections come from its method class (``Method.sections``), so a key the
+# stage reads (e.g. ``temperature``) is never missed here.
 TEACHER_READS = (
     "seed",
     "data",
     "augment",
     "model",
     "train",
-    "sdclr",
+    *method_sections(STAGE_METHODS["teacher"]),
     "pipeline.teacher",
     "pipeline.teacher_checkpoint",
 )
 PROTOTYPES_READS = (
     *TEACHER_READS,
-    "prototypes",
+    *method_sections(STAGE_METHODS["prototypes"]),
     "pipeline.prototypes",
     "pipeline.prototypes_checkpoint",
 )
@@ -152,7 +154,8 @@ def arm_sections(name: str) -> tuple[str, ...]:
     SSP source for ldam_drw_ssp)."""
     method = arm_method(name)
     keys = tuple(METHOD_VARIANTS.get(name, ("", {}))[1])
-    return (*method_sections(method), *keys, *(("ldam",) if name == "ldam_drw_ssp" else ()))
+    start = ("ldam",) if name == "ldam_drw_ssp" else ()  # ldam.ssp_method names its source
+    return (*method_sections(method), *keys, *start)
 
 
 def plan(cfg: Config, out: Path) -> list[GridPoint]:
@@ -207,15 +210,16 @@ def shared_stage(point: GridPoint, stage: str, seed: int, ctx: SweepContext) -> 
 def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     """One method at one seed of one grid point (reused when its results exist)."""
     cfg = copy.deepcopy(point.cfg)
-    if name in FASSL_ARMS and point.prototypes_group:
+    own_teacher = name in FASSL_ARMS and name not in PAPER_ARMS  # the paper's: the sdclr arm
+    if own_teacher and point.prototypes_group:
         cfg.pipeline.prototypes_checkpoint = str(shared_stage(point, "prototypes", seed, ctx))
-    elif name in FASSL_ARMS and point.teacher_group:
+    elif own_teacher and point.teacher_group:
         cfg.pipeline.teacher_checkpoint = str(shared_stage(point, "teacher", seed, ctx))
     c = run_config(cfg, name, seed, Path(point.cfg.out_dir))
     c.out_dir = str(ctx.out / point.run_dirs[name] / f"seed{seed}")
-    if name == "ldam_drw_ssp":  # the SSP source may live in a shared folder
-        source = point.run_dirs[cfg.ldam.ssp_method]
-        c.train.init_from = str(ctx.out / source / f"seed{seed}" / EXPORT)
+    if start := starts_from(name, cfg):  # the run it starts from may live in a shared folder
+        arm, key = start
+        set_dotted(c, key, str(ctx.out / point.run_dirs[arm] / f"seed{seed}" / EXPORT))
     done = Path(c.out_dir) / "results.json"
     if done.is_file():
         return json.loads(done.read_text())

@@ -23,8 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fassl.config import AugmentConfig
-from fassl.data.boost import BoostSpec, boost_views
-from fassl.data.colour import GRAY_WEIGHTS, blur_kernel_size, gaussian_blur, hue_matrices
+from fassl.data.boost import BoostSpec, boost_two_views
+from fassl.data.colour import (
+    GRAY_WEIGHTS,
+    blur_kernel_size,
+    device_constant,
+    gaussian_blur,
+    hue_matrices,
+)
+from fassl.float32 import autocast_off
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of RandomResizedCrop
 CROP_ATTEMPTS = 10  # torchvision's tries before falling back to the whole image
@@ -92,8 +99,8 @@ def crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: in
 
 
 def _gray_matrix(device: torch.device) -> torch.Tensor:
-    """(3, 3): every output channel is the luma of the input."""
-    return torch.tensor(GRAY_WEIGHTS, device=device).expand(3, 3).clone()
+    """(3, 3): every output channel is the luma of the input (a shared constant: read only)."""
+    return device_constant((GRAY_WEIGHTS,) * 3, device)
 
 
 def _factor(n: int, strength: float, device: torch.device) -> torch.Tensor:
@@ -126,13 +133,14 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
         dim=1,
     )  # (n, 4, 3, 3)
     ops = torch.where(apply.view(n, 1, 1, 1), ops, eye.unsqueeze(1))
-    gray_w = torch.tensor(GRAY_WEIGHTS, device=dev)
+    gray_w = device_constant(GRAY_WEIGHTS, dev)
     flat = x.flatten(2)  # (n, 3, H*W)
     for step in range(4):
         op = order[:, step]
         matrix = ops[torch.arange(n, device=dev), op]
         mean_luma = torch.einsum("c,nc->n", gray_w, flat.mean(dim=2))
-        offset = torch.where(apply & (op == 1), (1 - contrast) * mean_luma, 0.0)
+        # times the mask rather than where(..., 0.0): no scalar tensor made per step
+        offset = (1 - contrast) * mean_luma * (apply & (op == 1))
         flat = torch.bmm(matrix, flat).add_(offset.view(n, 1, 1)).clamp_(0, 1)
     return flat.view_as(x)
 
@@ -140,7 +148,7 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
 def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     """RandomGrayscale: the luma in all three channels, for a share ``p`` of the images."""
     pick = torch.rand(x.shape[0], device=x.device) < p
-    luma = torch.einsum("c,nchw->nhw", torch.tensor(GRAY_WEIGHTS, device=x.device), x)
+    luma = torch.einsum("c,nchw->nhw", device_constant(GRAY_WEIGHTS, x.device), x)
     return torch.where(pick.view(-1, 1, 1, 1), luma.unsqueeze(1).expand_as(x), x)
 
 
@@ -201,11 +209,11 @@ class TwoViewAugment(nn.Module):
             raise ValueError(
                 f"expected uint8 (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
             )
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        with autocast_off(images.device.type):
             x = images.float().div_(255.0)
             both = self.augment(torch.cat([x, x]))  # one call draws both views independently
             if strength is not None and self.boost is not None:
-                both = boost_views(both, torch.cat([strength, strength]), self.boost)
+                both = boost_two_views(both, strength, self.boost)
             both = (both - self.mean.to(x.device)) / self.std.to(x.device)
         view1, view2 = both.chunk(2)
         return view1, view2

@@ -1,10 +1,14 @@
 """Per-image extra augmentation of a batch, at a strength given per image (BCL).
 
 Boosted contrastive learning (Zhou et al., ICML 2022) augments each view once more after
-the common augmentation: ``num_ops`` operations are drawn uniformly from a set, each is
-applied with probability s_i (the image's strength) at a magnitude of s_i * u, u uniform
-in [0, 1), as a share of the operation's range (BCL's ``RandAugment_prob``). The
-strength comes from the image's loss history (``fassl.methods.bcl``).
+the common augmentation: ``num_ops`` operations are drawn uniformly from a set (with
+replacement), each applied with probability s_i (the image's strength), all at one
+magnitude per image shared by both views (BCL's ``RandAugment_prob`` inside
+``memoboosted_CIFAR100.__getitem__``). As a share of each operation's range, that
+magnitude is (10 + 20 s_i) / 30 with one operation a view (BCL-I, ``--rand_k 1``) and
+(5 + 25 s_i r_i) / 30 with more (BCL-D, ``--rand_k 2``), r_i uniform, drawn once an
+image (``boost_magnitude``). The strength comes from the image's loss history
+(``fassl.methods.bcl``).
 
 Two sets: ``randaugment``, BCL's own 15 operations with its ranges, and ``common``, only
 the operations of the usual SSL augmentation (crop, flip, colour, grayscale, blur), as
@@ -26,7 +30,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fassl.data.colour import GRAY_WEIGHTS, blur_kernel_size, gaussian_blur, hue_matrices
+from fassl.data.colour import (
+    GRAY_WEIGHTS,
+    blur_kernel_size,
+    device_constant,
+    gaussian_blur,
+    hue_matrices,
+)
 
 CUTOUT_FILL = (125 / 255, 123 / 255, 114 / 255)  # BCL's (and RandAugment's) grey
 # BCL's ranges at magnitude 1 (data/randaug.py of its code)
@@ -40,6 +50,8 @@ MAX_CUTOUT = 0.4  # share of the image side
 MAX_CROP = 0.9  # the crop keeps at least 10 % of the area (SDCLR's crop_scale_min)
 MAX_HUE = 0.5  # share of the colour circle
 MAX_BLUR = 2.0  # sigma, SimCLR's upper bound
+# PIL's ImageFilter.SMOOTH: 3x3, centre weight 5, normalised
+SMOOTH = tuple(tuple(v / 13 for v in row) for row in ((1, 1, 1), (1, 5, 1), (1, 1, 1)))
 
 GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "crop", "flip")
 RANDAUGMENT = (
@@ -63,26 +75,62 @@ COMMON = ("crop", "flip", "brightness", "contrast", "color", "hue", "grayscale",
 OP_SETS = {"randaugment": RANDAUGMENT, "common": COMMON}
 
 
+# BCL's magnitude scale (RandAugment's 0-30) and its floors "for training stability"
+# (data/memoboosted_cifar100.py): 10 with one operation a view, 5 with more.
+MAGNITUDE_SCALE = 30.0
+MIN_MAGNITUDE = {1: 10.0, 2: 5.0}
+MAGNITUDES = ("bcl", "uniform")
+
+
 @dataclass(frozen=True)
 class BoostSpec:
-    """Which operations boost a view, how many are drawn, and the magnitude at strength 1."""
+    """Which operations boost a view, how many are drawn, and the magnitude rule.
+
+    ``magnitude="bcl"``: BCL's, one value an image for both views and every operation,
+    reaching ``max_magnitude`` of each range at strength 1 (BCL's ``rand_strength`` / 30).
+    ``"uniform"``: s_i * u * max_magnitude, u drawn anew for every view and operation.
+    """
 
     ops: str = "randaugment"  # a key of OP_SETS
     num_ops: int = 1
     max_magnitude: float = 1.0
+    magnitude: str = "bcl"
 
     def __post_init__(self) -> None:
         if self.ops not in OP_SETS:
             raise ValueError(f"boost ops must be one of {list(OP_SETS)}, got {self.ops!r}")
+        if self.magnitude not in MAGNITUDES:
+            raise ValueError(
+                f"boost magnitude must be one of {list(MAGNITUDES)}, got {self.magnitude!r}"
+            )
+        if self.num_ops < 1:
+            raise ValueError(f"boost num_ops must be >= 1, got {self.num_ops}")
+
+
+def boost_magnitude(strength: torch.Tensor, spec: BoostSpec) -> torch.Tensor | None:
+    """(N,) BCL's magnitude of each image as a share of every operation's range, or None
+    for ``magnitude="uniform"`` (drawn per view and operation in ``boost_views``).
+
+    With one operation a view, m = (10 + (30 max - 10) s) / 30: no random draw; with more,
+    m = (5 + (30 max - 5) s r) / 30, r uniform in [0, 1), one draw an image.
+    """
+    if spec.magnitude == "uniform":
+        return None
+    s = strength.clamp(0, 1)
+    floor = MIN_MAGNITUDE[min(spec.num_ops, 2)]
+    top = spec.max_magnitude * MAGNITUDE_SCALE
+    if spec.num_ops > 1:
+        s = s * torch.rand(s.shape, device=s.device, dtype=s.dtype)
+    return (floor + (top - floor) * s) / MAGNITUDE_SCALE
 
 
 def _sign(n: int, device: torch.device) -> torch.Tensor:
-    return torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
+    return 1.0 - 2.0 * (torch.rand(n, device=device) < 0.5).float()  # no scalar tensor
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) luma of (N, 3, H, W)."""
-    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    w = device_constant(GRAY_WEIGHTS, x.device, x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
 
 
@@ -102,8 +150,7 @@ def geometric_matrices(op: list[str], m: torch.Tensor) -> dict[str, torch.Tensor
     n, dev = m.shape[0], m.device
     out = {}
     for name in op:
-        theta = torch.zeros(n, 2, 3, device=dev)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta = torch.eye(2, 3, device=dev).repeat(n, 1, 1)
         sign = _sign(n, dev)
         if name == "shear_x":
             theta[:, 0, 1] = sign * MAX_SHEAR * m
@@ -184,12 +231,10 @@ def brightness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Blend with PIL's SMOOTH filter (3x3, centre weight 5), borders kept as they are."""
-    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    kernel = device_constant(SMOOTH, x.device, x.dtype).expand(x.shape[1], 1, 3, 3)
     smooth = F.conv2d(x, kernel, padding=1, groups=x.shape[1])
-    border = torch.ones_like(x[:1, :1], dtype=torch.bool)
-    border[..., 1:-1, 1:-1] = False
+    inner = torch.zeros(1, 1, x.shape[2] - 2, x.shape[3] - 2, device=x.device)
+    border = F.pad(inner, (1, 1, 1, 1), value=1.0) > 0
     return _blend(torch.where(border, x, smooth), x, _factor(m))
 
 
@@ -202,7 +247,7 @@ def cutout(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + 0.5
     xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + 0.5
     inside = ((ys - cy).abs() < side / 2) & ((xs - cx).abs() < side / 2)
-    fill = torch.tensor(CUTOUT_FILL, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    fill = device_constant(CUTOUT_FILL, x.device, x.dtype).view(1, 3, 1, 1)
     return torch.where(inside.unsqueeze(1), fill, x)
 
 
@@ -239,14 +284,21 @@ PIXEL_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def boost_views(x: torch.Tensor, strength: torch.Tensor, spec: BoostSpec) -> torch.Tensor:
+def boost_views(
+    x: torch.Tensor,
+    strength: torch.Tensor,
+    spec: BoostSpec,
+    magnitude: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``spec.num_ops`` rounds: each image draws one operation of ``spec.ops`` uniformly and
-    applies it with probability s_i at magnitude s_i * u * max_magnitude (u uniform).
+    applies it with probability s_i at magnitude ``magnitude`` (a share of the range), or,
+    when None, at s_i * u * max_magnitude with u drawn anew each round.
 
     Args:
         x: (N, 3, H, W) float views in [0, 1] (after the common augmentation).
         strength: (N,) per-image strength in [0, 1]; 0 leaves an image exactly as it is.
         spec: the operation set, rounds and magnitude at strength 1.
+        magnitude: (N,) share of each operation's range, or None.
 
     Returns:
         (N, 3, H, W) float views in [0, 1].
@@ -256,11 +308,16 @@ def boost_views(x: torch.Tensor, strength: torch.Tensor, spec: BoostSpec) -> tor
     s = strength.to(device=dev, dtype=x.dtype).clamp(0, 1)
     if s.shape != (n,):
         raise ValueError(f"strength must have shape ({n},), got {tuple(s.shape)}")
+    if magnitude is not None and magnitude.shape != (n,):
+        raise ValueError(f"magnitude must have shape ({n},), got {tuple(magnitude.shape)}")
     geometric = [name for name in names if name in GEOMETRIC]
     for _ in range(spec.num_ops):
         pick = torch.randint(len(names), (n,), device=dev)
         apply = torch.rand(n, device=dev) < s
-        m = s * torch.rand(n, device=dev) * spec.max_magnitude
+        if magnitude is None:
+            m = s * torch.rand(n, device=dev) * spec.max_magnitude
+        else:
+            m = magnitude.to(device=dev, dtype=x.dtype)
         chosen = {name: apply & (pick == k) for k, name in enumerate(names)}
         if geometric:
             theta = torch.eye(2, 3, device=dev).repeat(n, 1, 1)
@@ -274,3 +331,13 @@ def boost_views(x: torch.Tensor, strength: torch.Tensor, spec: BoostSpec) -> tor
             if name in PIXEL_OPS:
                 x = torch.where(chosen[name].view(n, 1, 1, 1), PIXEL_OPS[name](x, m), x)
     return x
+
+
+def boost_two_views(both: torch.Tensor, strength: torch.Tensor, spec: BoostSpec) -> torch.Tensor:
+    """Both views of a batch boosted, (2N, 3, H, W) = [view 1; view 2] of N images with
+    strengths (N,): operations and their application drawn per view, the magnitude once
+    an image and shared by its two views (BCL's ``__getitem__`` builds one augmentation
+    per image and calls it twice)."""
+    magnitude = boost_magnitude(strength, spec)
+    twice = None if magnitude is None else torch.cat([magnitude, magnitude])
+    return boost_views(both, torch.cat([strength, strength]), spec, twice)

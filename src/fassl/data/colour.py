@@ -2,9 +2,13 @@
 
 Batched, per-image parameters, float images in [0, 1]: the hue rotation as a 3x3 matrix in
 YIQ space, the luma weights, and a separable Gaussian blur with one sigma per image.
+Their constant matrices are made once per device and dtype (``device_constant``), so an
+augmentation step copies nothing from the host.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +19,35 @@ RGB_TO_YIQ = (
     (0.595716, -0.274453, -0.321263),
     (0.211456, -0.522591, 0.311135),
 )
-YIQ_TO_RGB = torch.linalg.inv(torch.tensor(RGB_TO_YIQ, dtype=torch.float64)).tolist()
+YIQ_TO_RGB = tuple(
+    tuple(row) for row in torch.linalg.inv(torch.tensor(RGB_TO_YIQ, dtype=torch.float64)).tolist()
+)
+
+# hashable, so the cache can key on it
+Constant = tuple[float, ...] | tuple[tuple[float, ...], ...]
+
+
+@functools.cache
+def _cached_constant(values: Constant, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):  # a plain tensor, even if the first caller infers
+        return torch.tensor(values, device=device, dtype=dtype)
+
+
+def device_constant(
+    values: Constant, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``device``, copied from the host once per (values,
+    device, dtype): a step that reuses it waits for no host-to-device copy. Shared, so
+    never modify it in place. ``values`` must be hashable (nested tuples)."""
+    if torch.compiler.is_compiling():  # traced: a constant of the graph, no cache to mutate
+        return torch.tensor(values, device=device, dtype=dtype)
+    return _cached_constant(values, torch.device(device), dtype)
 
 
 def hue_matrices(angle: torch.Tensor) -> torch.Tensor:
     """(N, 3, 3) RGB matrices that rotate the chroma (I, Q) plane of YIQ by ``angle``."""
-    to_yiq = torch.tensor(RGB_TO_YIQ, device=angle.device)
-    from_yiq = torch.tensor(YIQ_TO_RGB, device=angle.device)
+    to_yiq = device_constant(RGB_TO_YIQ, angle.device)
+    from_yiq = device_constant(YIQ_TO_RGB, angle.device)
     cos, sin = angle.cos(), angle.sin()
     turn = torch.zeros(angle.shape[0], 3, 3, device=angle.device)  # rotation minus identity
     turn[:, 1, 1], turn[:, 1, 2] = cos - 1, -sin

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fassl.data.bundle import Split, random_crop_flip
+from fassl.data.bundle import Split
 from fassl.eval.metrics import per_class_accuracy
-from fassl.features import backbone_forward, eval_mode, extract_features, prepare_batch
+from fassl.features import backbone_forward, eval_mode, extract_features
 from fassl.runtime import Runtime
 
 
@@ -248,6 +248,42 @@ def linear_probe_fast(
     return _best_result(keeper, x_test, test.labels, num_classes, "fast", epochs)
 
 
+PROBE_PADDING = 4  # SDCLR's RandomCrop(32, padding=4)
+
+
+def _epoch_draws(
+    n: int, batch_size: int, padding: int, generator: torch.Generator
+) -> torch.Tensor:
+    """(4, n) int64 on the host: an epoch's permutation, then every image's crop offsets
+    (rows, columns) and flip, drawn from ``generator`` in the order
+    ``fassl.data.bundle.random_crop_flip`` draws them batch by batch, so the probe sees
+    the same images as a per-batch draw; one copy to the device an epoch."""
+    perm = torch.randperm(n, generator=generator)
+    dy, dx, flip = [], [], []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        dy.append(torch.randint(0, 2 * padding + 1, (b,), generator=generator))
+        dx.append(torch.randint(0, 2 * padding + 1, (b,), generator=generator))
+        flip.append(torch.rand(b, generator=generator) < 0.5)
+    return torch.stack([perm, torch.cat(dy), torch.cat(dx), torch.cat(flip).long()])
+
+
+def _crop_flip(
+    images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int
+) -> torch.Tensor:
+    """RandomCrop(padding) + horizontal flip at the given per-image offsets and flips,
+    on the images' device: ``random_crop_flip`` with its draws made beforehand."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dev = images.device
+    rows = dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)  # (n, h)
+    cols = torch.arange(w, device=dev).view(1, w).expand(n, w)
+    cols = torch.where(flip.view(n, 1), w - 1 - cols, cols) + dx.view(n, 1)  # (n, w)
+    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    chan = torch.arange(images.shape[1], device=dev).view(1, -1, 1, 1)
+    return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
 def _step_lr(lr: float, epoch: int, milestones: list[int]) -> float:
     """MultiStepLR(gamma 0.1) for a 0-based epoch index: x0.1 from each milestone on."""
     return lr * 0.1 ** sum(epoch >= m for m in milestones)
@@ -268,6 +304,10 @@ def linear_probe_sdclr(
     and the learning rate x0.1 at each milestone (0-based epoch index, as MultiStepLR).
     The frozen backbone makes un-augmented val/test features constant, so they are
     extracted once and the head is scored on them after every epoch.
+
+    A step never waits for the device: the training images and labels (a tensor split)
+    and the normalisation go to the device once, each epoch's order, crop offsets and
+    flips in one copy; only a lazy split's images are read batch by batch on the host.
     """
     train, val, test = splits.train, splits.val, splits.test
     mean, std, num_classes = splits.mean, splits.std, splits.num_classes
@@ -283,17 +323,28 @@ def linear_probe_sdclr(
         opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
         keeper = _BestKeeper(has_val=bool((val.labels >= 0).any()))
         n = len(train)
+        on_device = isinstance(train.images, torch.Tensor)  # else lazy: read per batch
+        images_all = train.images.to(device) if on_device else train.images
+        labels_all = train.labels.to(device)
+        m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=device).view(1, -1, 1, 1)
         for epoch in range(epochs):
             for group in opt.param_groups:
                 group["lr"] = _step_lr(lr, epoch, schedule.milestones)
-            perm = torch.randperm(n, generator=gen)
+            host_draws = _epoch_draws(n, batch_size, PROBE_PADDING, gen)
+            draws = host_draws.to(device, non_blocking=True)
             for start in range(0, n, batch_size):
-                idx = perm[start : start + batch_size]
-                images = train.images[idx].to(device, non_blocking=True)
-                images = random_crop_flip(images, padding=4, generator=gen)
-                x = prepare_batch(images, mean, std, device, layout)
+                idx, dy, dx, flip = draws[:, start : start + batch_size]
+                if on_device:
+                    images = images_all[idx]
+                else:
+                    rows = images_all[host_draws[0, start : start + batch_size]]
+                    images = torch.as_tensor(rows).to(device, non_blocking=True)
+                images = _crop_flip(images, dy, dx, flip.bool(), PROBE_PADDING)
+                # normalize_images' arithmetic with the constants already on the device
+                x = ((images.float() / 255.0 - m) / s).contiguous(memory_format=layout)
                 feats = backbone_forward(backbone, x, rt)
-                loss = F.cross_entropy(head(feats), train.labels[idx].to(device))
+                loss = F.cross_entropy(head(feats), labels_all[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

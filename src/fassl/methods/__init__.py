@@ -16,7 +16,7 @@ from fassl.methods.sdclr import SDCLR
 from fassl.methods.simclr import SimCLR
 from fassl.methods.supervised import Supervised
 from fassl.methods.swav import SwAV
-from fassl.models import Encoder, build_backbone, mlp_head
+from fassl.models import HEADS, Encoder, build_backbone, head_of_state, projection_head
 from fassl.models.state import load_state_checked
 
 __all__ = ["METHODS", "EpochContext", "Method", "State", "build_encoder", "build_method"]
@@ -39,9 +39,24 @@ METHODS: dict[str, type[Method]] = {
 assert tuple(METHODS) == METHOD_NAMES, "fassl.config.METHOD_NAMES must list every method"
 
 
-def build_encoder(cfg: Config) -> Encoder:
+def head_kind(cfg: Config, name: str | None = None, init: State | None = None) -> str:
+    """The projection head a run builds: ``model.head`` when set; with ``auto``, the head
+    of the weights it starts from, else the method's own (``Method.head``)."""
+    if cfg.model.head != "auto":
+        return cfg.model.head
+    if init is not None:
+        return head_of_state(init)
+    return METHODS[name].head if name in METHODS else "bn"
+
+
+def build_encoder(cfg: Config, head: str | None = None) -> Encoder:
+    """A fresh encoder of ``cfg.model`` with the projection head ``head`` (one of
+    ``fassl.models.HEADS``; default: ``model.head``, ``auto`` meaning ``bn``)."""
+    kind = head or head_kind(cfg)
+    if kind not in HEADS:
+        raise ValueError(f"projection head must be one of {list(HEADS)}, got {kind!r}")
     backbone = build_backbone(cfg.model.arch, cfg.model.width, cfg.model.cifar_stem)
-    projector = mlp_head(backbone.out_dim, cfg.model.proj_hidden, cfg.model.proj_dim)
+    projector = projection_head(kind, backbone.out_dim, cfg.model.proj_hidden, cfg.model.proj_dim)
     return Encoder(backbone, projector)
 
 
@@ -55,7 +70,7 @@ def build_method(
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: expected one of {list(METHODS)}")
-    encoder = build_encoder(cfg)
+    encoder = build_encoder(cfg, head_kind(cfg, name, init))
     if init is not None:
         state = {k: v for k, v in init.items() if k != "prototypes"}
         load_state_checked(encoder, state, init_source)

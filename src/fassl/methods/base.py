@@ -46,6 +46,9 @@ class Method(nn.Module):
     # (further ``forward`` arguments, labels first); the others see the two views only.
     needs_labels: ClassVar[bool] = False
     needs_index: ClassVar[bool] = False
+    # The projection head of the method's reference code (``model.head=auto``): a BatchNorm
+    # on the output for the contrastive methods, a linear output for BYOL and SwAV.
+    head: ClassVar[str] = "bn"
     # Extra per-image augmentation on top of the common one (BCL): the operation set and
     # how many are drawn a view; ``view_strength`` gives each image's strength.
     boost: BoostSpec | None = None

@@ -4,7 +4,9 @@ Label-free: networks memorise the images of frequent classes first, so an image 
 contrastive loss stays high is likely rare. BCL keeps a momentum average of each image's
 loss over epochs, normalises it over the data set into a strength in [0, 1], and
 augments the image's views more (more often, and harder) the higher its strength
-(``fassl.data.boost``). The loss itself is the base method's, unweighted.
+(``fassl.data.boost``). The loss itself is the base method's, unweighted. As BCL's
+README runs them, BCL-I draws one boost operation a view and BCL-D two
+(``reference_num_ops``; ``bcl.num_ops`` overrides).
 
 Where this differs from BCL's code: the strength is computed over the images seen so far
 (BCL's first epoch covers all images; the loop here drops the last partial batch, so an
@@ -140,8 +142,9 @@ class BoostedMemorization(Method):
         return loss, {"loss": loss.detach(), "boost_strength": strength}
 
 
-def _boost_spec(cfg: Config) -> BoostSpec:
-    return BoostSpec(cfg.bcl.ops, cfg.bcl.num_ops, cfg.bcl.max_magnitude)
+def _boost_spec(cfg: Config, reference_num_ops: int) -> BoostSpec:
+    b = cfg.bcl
+    return BoostSpec(b.ops, b.num_ops or reference_num_ops, b.max_magnitude, b.magnitude)
 
 
 class BCLSimCLR(BoostedMemorization, SimCLR):
@@ -149,6 +152,7 @@ class BCLSimCLR(BoostedMemorization, SimCLR):
 
     name = "bcl_i"
     sections = ("simclr", "temperature", "bcl")
+    reference_num_ops: ClassVar[int] = 1  # BCL's README: --rand_k 1
 
     @classmethod
     def from_config(
@@ -156,7 +160,7 @@ class BCLSimCLR(BoostedMemorization, SimCLR):
     ) -> BCLSimCLR:
         t = cfg.simclr.temperature
         method = cls(encoder, t, TemperatureSchedule.from_config(t, cfg.temperature))
-        method.init_boost(cfg.bcl.beta, _boost_spec(cfg))
+        method.init_boost(cfg.bcl.beta, _boost_spec(cfg, cls.reference_num_ops))
         return method
 
     def forward(  # type: ignore[override]
@@ -171,6 +175,7 @@ class BCLSDCLR(BoostedMemorization, SDCLR):
 
     name = "bcl_d"
     sections = ("sdclr", "temperature", "bcl")
+    reference_num_ops: ClassVar[int] = 2  # BCL's README: --rand_k 2
 
     @classmethod
     def from_config(
@@ -179,7 +184,7 @@ class BCLSDCLR(BoostedMemorization, SDCLR):
         t = cfg.sdclr.temperature
         schedule = TemperatureSchedule.from_config(t, cfg.temperature)
         method = cls(encoder, t, cfg.sdclr.prune_ratio, schedule)
-        method.init_boost(cfg.bcl.beta, _boost_spec(cfg))
+        method.init_boost(cfg.bcl.beta, _boost_spec(cfg, cls.reference_num_ops))
         return method
 
     def forward(  # type: ignore[override]

@@ -18,6 +18,7 @@ from fassl.models import Encoder, mlp_head
 
 class BYOL(MomentumTeacher):
     name = "byol"
+    head = "plain"  # its projector ends in a linear layer
     sections = ("byol",)
 
     @classmethod

@@ -24,7 +24,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
     Applied to every parameter. Buffers (BatchNorm running statistics, batch counters)
     are copied from the student instead of averaged: the teacher normalises with batch
     statistics during training anyway, and copying keeps its running statistics those
-    of the current weights rather than a lagging average of older ones.
+    of the current weights rather than a lagging average of older ones. Both are
+    multi-tensor (``_foreach``) ops: a few kernel launches for the whole network instead
+    of one or more per tensor, the same arithmetic as a per-tensor ``lerp_`` / ``copy_``.
 
     Both modules must have the same structure (parameter and buffer names and shapes);
     a mismatch raises ValueError rather than silently pairing the wrong tensors.
@@ -36,10 +38,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
     """
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
-    pairs = []
-    for kind, t_items, s_items in (
-        ("parameter", teacher.named_parameters(), student.named_parameters()),
-        ("buffer", teacher.named_buffers(), student.named_buffers()),
+    params: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    buffers: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    for kind, t_items, s_items, lists in (
+        ("parameter", teacher.named_parameters(), student.named_parameters(), params),
+        ("buffer", teacher.named_buffers(), student.named_buffers(), buffers),
     ):
         t_dict, s_dict = dict(t_items), dict(s_items)
         if t_dict.keys() != s_dict.keys():
@@ -55,13 +58,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
                     f"ema_update: {kind} '{name}' has shape {tuple(t.shape)} in the teacher "
                     f"and {tuple(s_dict[name].shape)} in the student"
                 )
-            pairs.append((kind, t, s_dict[name]))
-    for kind, t, s in pairs:
-        if kind == "buffer":
-            t.copy_(s)
-        else:
-            # lerp is exact at both ends: weight 1 gives s, weight 0 gives t.
-            t.lerp_(s.to(t.dtype), 1.0 - tau)
+            lists[0].append(t)
+            lists[1].append(s_dict[name].to(t.dtype) if kind == "parameter" else s_dict[name])
+    if params[0]:
+        # lerp is exact at both ends: weight 1 gives s, weight 0 gives t.
+        torch._foreach_lerp_(params[0], params[1], 1.0 - tau)
+    if buffers[0]:
+        torch._foreach_copy_(buffers[0], buffers[1])
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, end: float) -> float:

@@ -3,6 +3,10 @@
 Features and prototypes are L2-normalised; codes come from Sinkhorn-Knopp on the
 prototype scores (with a queue of past features at small batch sizes); the prototypes
 stay frozen for the first ``freeze_prototypes_steps`` steps.
+
+The queue's fill count stays on the device: the unfilled rows are masked out of
+Sinkhorn rather than sliced off, so a step never reads the count on the host and the
+shapes a compiled step sees do not change as the queue fills.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from fassl.prototypes import normalize_
 
 class SwAV(Method):
     name = "swav"
+    head = "plain"  # its projector ends in a linear layer
     sections = ("swav",)
 
     def __init__(self, encoder: Encoder, dim: int, cfg: SwAVConfig) -> None:
@@ -30,7 +35,8 @@ class SwAV(Method):
         self.sinkhorn_iters = cfg.sinkhorn_iters
         self.queue_start_epoch = cfg.queue_start_epoch
         self.freeze_prototypes_steps = cfg.freeze_prototypes_steps
-        # Two queues (one per view) of past normalised features; zero rows are unfilled.
+        # Two queues (one per view) of past normalised features, newest first; the first
+        # ``queue_filled`` rows of each are filled.
         self.register_buffer("queue", torch.zeros(2, cfg.queue_length, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.use_queue = False
@@ -49,16 +55,20 @@ class SwAV(Method):
         self.queue[:, n:] = self.queue[:, :-n].clone()
         self.queue[0, :n] = z1[:n].to(self.queue.dtype)
         self.queue[1, :n] = z2[:n].to(self.queue.dtype)
-        self.queue_filled.fill_(min(int(self.queue_filled) + n, self.queue.shape[1]))
+        self.queue_filled.add_(n).clamp_(max=self.queue.shape[1])  # on the device
 
     def codes(self, scores: torch.Tensor, view: int) -> torch.Tensor:
         with torch.no_grad():
             n = scores.shape[0]
-            filled = int(self.queue_filled)
-            if self.use_queue and filled > 0:
-                queued = self.queue[view, :filled] @ self.prototypes.weight.detach().float().T
-                scores = torch.cat([scores.detach().float(), queued])
-            return sinkhorn(scores.detach(), self.epsilon, self.sinkhorn_iters)[:n]
+            if not self.use_queue:
+                return sinkhorn(scores.detach(), self.epsilon, self.sinkhorn_iters)
+            # The whole queue, its unfilled rows masked: the same codes as the filled
+            # rows alone, without reading the count on the host.
+            queued = self.queue[view] @ self.prototypes.weight.detach().float().T
+            rows = torch.arange(queued.shape[0], device=queued.device)
+            valid = torch.cat([rows.new_ones(n, dtype=torch.bool), rows < self.queue_filled])
+            scores = torch.cat([scores.detach().float(), queued])
+            return sinkhorn(scores, self.epsilon, self.sinkhorn_iters, valid)[:n]
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
         normalize_(self.prototypes.weight)

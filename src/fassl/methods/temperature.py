@@ -48,23 +48,37 @@ class TemperatureSchedule:
     tau_min: float = 0.1
     tau_max: float = 1.0
     period_epochs: float = 0.0
+    rule: str = "epoch"
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("epoch", "step"):
+            raise ValueError(f"temperature rule must be epoch or step, got {self.rule!r}")
 
     @classmethod
     def from_config(cls, base: float, cfg: TemperatureConfig) -> TemperatureSchedule:
-        return cls(base, cfg.schedule, cfg.tau_min, cfg.tau_max, cfg.period_epochs)
+        return cls(base, cfg.schedule, cfg.tau_min, cfg.tau_max, cfg.period_epochs, cfg.rule)
 
     @property
     def scheduled(self) -> bool:
         return self.schedule == "cosine"
 
+    def period(self, num_epochs: int) -> float:
+        """The period T in epochs: ``period_epochs``, or a fifth of the run."""
+        return self.period_epochs if self.period_epochs > 0 else num_epochs / PERIODS_PER_RUN
+
     def at(self, step: int, total_steps: int, num_epochs: int) -> float:
-        """The temperature at ``step`` of a run of ``total_steps`` over ``num_epochs``."""
+        """The temperature at ``step`` (0-based) of a run of ``total_steps`` over
+        ``num_epochs``. Rule ``epoch`` (Kukleva et al.'s ``train_simCLR.py``: tau =
+        tau_min + (tau_max - tau_min)(1 + cos(pi e / t_max)) / 2 with e the 1-based epoch
+        and a period of 2 t_max epochs) holds tau for the epoch; ``step`` moves it every
+        step from step 0."""
         if not self.scheduled:
             return self.base
-        if self.period_epochs > 0:
-            period = self.period_epochs * total_steps / max(num_epochs, 1)
-        else:
-            period = total_steps / PERIODS_PER_RUN
+        epochs = max(num_epochs, 1)
+        if self.rule == "epoch":
+            epoch = step * epochs // max(total_steps, 1) + 1
+            return cosine_temperature(epoch, self.period(epochs), self.tau_min, self.tau_max)
+        period = self.period(epochs) * total_steps / epochs
         return cosine_temperature(step, max(period, 1.0), self.tau_min, self.tau_max)
 
 

@@ -1,6 +1,14 @@
 """Backbones, heads and the pruned branch of SDCLR."""
 
-from fassl.models.heads import Encoder, mlp_head
+from fassl.models.heads import HEADS, Encoder, head_of_state, mlp_head, projection_head
 from fassl.models.resnet import ResNet, build_backbone
 
-__all__ = ["Encoder", "ResNet", "build_backbone", "mlp_head"]
+__all__ = [
+    "HEADS",
+    "Encoder",
+    "ResNet",
+    "build_backbone",
+    "head_of_state",
+    "mlp_head",
+    "projection_head",
+]

@@ -5,16 +5,54 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Projection heads by name (``model.head``): ``bn`` has a BatchNorm on its output, as the
+# contrastive references do; ``plain`` ends in a linear layer, as BYOL's and SwAV's.
+HEADS = ("bn", "plain")
+
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear-BN-ReLU-Linear: SDCLR's projection head (512-512-128) and BYOL's projector
-    and predictor have this shape."""
+    """Linear-BN-ReLU-Linear, no BatchNorm on the output: BYOL's projector and predictor
+    and SwAV's projection head have this shape (``model.head=plain``)."""
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim, bias=False),
         nn.BatchNorm1d(hidden_dim),
         nn.ReLU(),
         nn.Linear(hidden_dim, out_dim),
     )
+
+
+def bn_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear-BN-ReLU-Linear(no bias)-BN: the projection head of BCL's SimCLR and SDCLR
+    (``proj_head`` of MediaBrain-SJTU/BCL ``models/simclr.py``) and of SDCLR's
+    ``twoLayerProj`` head, whose output BatchNorm the NT-Xent loss reads
+    (``model.head=bn``)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim, bias=False),
+        nn.BatchNorm1d(out_dim),
+    )
+
+
+def projection_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """The projection head ``kind`` (one of ``HEADS``)."""
+    if kind == "bn":
+        return bn_head(in_dim, hidden_dim, out_dim)
+    if kind == "plain":
+        return mlp_head(in_dim, hidden_dim, out_dim)
+    raise ValueError(f"projection head must be one of {list(HEADS)}, got {kind!r}")
+
+
+def head_of_state(state: dict[str, torch.Tensor], prefix: str = "projector.") -> str:
+    """Which head (``bn`` or ``plain``) a state dict's projector is: only ``bn`` has a
+    fifth layer, the output BatchNorm."""
+    return "bn" if any(k.startswith(f"{prefix}4.") for k in state) else "plain"
+
+
+def head_sizes(state: dict[str, torch.Tensor], prefix: str = "projector.") -> tuple[int, int]:
+    """(hidden, output) sizes of a state dict's projector; KeyError if it has none."""
+    return int(state[f"{prefix}0.weight"].shape[0]), int(state[f"{prefix}3.weight"].shape[0])
 
 
 class Encoder(nn.Module):

@@ -133,15 +133,15 @@ def markdown_tables(summary: dict, paper: dict | None = None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def difference_tables(runs: list[dict], pairs: dict[str, str]) -> str:
-    """Each arm minus its base (``pairs``: arm -> base), paired by seed: the mean of the
+def difference_tables(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
+    """Each arm minus its base (``pairs``: (arm, base)), paired by seed: the mean of the
     per-seed differences ± their population spread, per probe and column; only seeds
     both arms finished count. Empty when no pair has a common seed."""
     by = {(r["method"], r["seed"]): r["results"] for r in runs}
     parts = []
     for setting in ("standard", "few_shot"):
         lines = []
-        for arm, base in pairs.items():
+        for arm, base in pairs:
             seeds = sorted(
                 s
                 for (m, s) in by

@@ -277,7 +277,11 @@ class Trainer:
         with self.autocast():
             loss, logs = self.forward(v1, v2, *extra)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if not self.forward.backward(loss):  # the compiled backward failed: redo eagerly
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss, logs = self.forward(v1, v2, *extra)
+            loss.backward()
         self.method.on_after_backward(step)
         self.optimizer.step()
         self.method.on_step_end(step, self.total_steps)

@@ -55,7 +55,9 @@ class LARS(torch.optim.Optimizer):
         if group["lars"]:
             w_norm = torch.stack(torch._foreach_norm(params))
             g_norm = torch.stack(torch._foreach_norm(grads))
-            trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0)
+            ratio = group["eta"] * w_norm / g_norm
+            # masked_fill takes the 1.0 as a kernel argument: no scalar tensor on the device
+            trust = ratio.masked_fill(~((w_norm > 0) & (g_norm > 0)), 1.0)
             grads = torch._foreach_mul(grads, list(trust.unbind()))
         bufs = [self.state[p].get("momentum_buffer") for p in params]
         if any(b is None for b in bufs):

@@ -1,0 +1,145 @@
+"""``train.compile`` for real: every method's step through ``torch.compile``.
+
+The ``aot_eager`` backend (dynamo's graph capture and AOTAutograd's forward and
+backward graphs, run by ATen's eager kernels: no C++ compiler needed) on the CPU. A
+counting backend sees every graph dynamo hands over: a graph break or a recompilation
+is one graph more, so one graph for a whole run of two epochs means neither happened,
+while the temperature schedule, the learning rate, SwAV's queue, SDCLR's masks and
+stage 2's weights moved. The compiled run must end where the eager run ends, within
+float tolerance. Then the fallback: a compiled forward or backward that fails warns
+once and the run goes on eagerly, exactly as an eager run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.backends.debugging import aot_eager
+
+from fassl.methods import METHODS, build_method
+from fassl.runtime import Runtime
+from fassl.train.compile import CompiledForward
+from fassl.train.loop import Trainer
+from tests.helpers import tiny_config, tiny_data
+
+# Not `trains`: aot_eager runs the eager tests' own ATen kernels, which `make test`
+# already runs again on the AVX2 kernels.
+QUEUE = ("swav.queue_length=12", "swav.queue_start_epoch=0")  # in use and filling
+CASES = [
+    *[(name, QUEUE if name == "swav" else ()) for name in METHODS],
+    ("simclr", ("temperature.schedule=cosine", "temperature.period_epochs=2")),
+    ("sdclr", ("temperature.schedule=cosine", "temperature.rule=step")),
+    ("byol", ("byol.ema_schedule=cosine", "optim.optimizer=lars")),
+]
+
+
+class CountingBackend:
+    """``aot_eager``, counting the graphs it is given."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        self.graphs += 1
+        return aot_eager(gm, example_inputs)
+
+
+def trainer(tmp_path: Path, name: str, overrides: tuple[str, ...], backend=None) -> Trainer:
+    """A run of ``name`` (two epochs of three steps); compiled with ``backend`` when one
+    is given."""
+    cfg = tiny_config(tmp_path, *overrides, "train.checkpoint_every_s=1000")
+    init = None
+    if name == "fassl_rebalance":
+        torch.manual_seed(0)
+        init = build_method(tiny_config(tmp_path / "stage1"), "fassl_prototypes").export_state()
+    torch.manual_seed(cfg.seed)
+    data = tiny_data(counts=(12, 6, 6))  # three steps an epoch
+    t = Trainer(build_method(cfg, name, init), data, cfg, cfg.optim, tmp_path, Runtime.cpu(), "s")
+    if backend is not None:
+        t.forward = CompiledForward(t.model, True, backend=backend)
+    return t
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    yield
+    dynamo.reset()
+
+
+def _case_id(name: str, overrides: tuple[str, ...]) -> str:
+    return "-".join([name, *(o.split("=")[1] for o in overrides)])
+
+
+@pytest.mark.slow  # a few seconds a method: 40-60 s for all of them on 2 cores
+@pytest.mark.parametrize(
+    ("name", "overrides"), [pytest.param(n, o, id=_case_id(n, o)) for n, o in CASES]
+)
+def test_a_compiled_run_is_one_graph_and_ends_where_the_eager_run_ends(
+    tmp_path: Path, name: str, overrides: tuple[str, ...]
+) -> None:
+    eager = trainer(tmp_path / "eager", name, overrides)
+    eager.fit()
+    backend = CountingBackend()
+    compiled = trainer(tmp_path / "compiled", name, overrides, backend)
+    compiled.fit()
+    assert compiled.forward.active  # nothing fell back
+    breaks = dict(dynamo.utils.counters["graph_break"])
+    assert not breaks, breaks
+    assert backend.graphs == 1, f"{backend.graphs} graphs: recompiled ({name}, {overrides})"
+    assert compiled.global_step == eager.global_step == 6
+    expected = eager.method.state_dict()
+    for key, value in compiled.method.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _raising(what: str) -> Callable:
+    def compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        def run(*args: Any) -> Any:
+            raise RuntimeError(f"{what} exploded")
+
+        run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
+    return compiler
+
+
+def _nop(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+    def run(args: list[Any]) -> Any:
+        return gm(*args)
+
+    run._boxed_call = True  # type: ignore[attr-defined]
+    return run
+
+
+# the compiled forward runs, then its backward raises: after SwAV's queue and the
+# BatchNorm statistics took the batch, which the redone eager step must not see twice
+FAILING = {
+    "backward": aot_autograd(fw_compiler=_nop, bw_compiler=_raising("backward")),
+    "forward": _raising("forward"),  # the backend fails compiling the forward
+}
+
+
+@pytest.mark.parametrize("where", list(FAILING))
+@pytest.mark.parametrize("name", ["simclr", "swav"])
+def test_a_failing_compiled_step_warns_once_and_trains_like_eager(
+    tmp_path: Path, name: str, where: str
+) -> None:
+    overrides = QUEUE if name == "swav" else ()
+    eager = trainer(tmp_path / "eager", name, overrides)
+    eager.fit()
+    t = trainer(tmp_path / "compiled", name, overrides, FAILING[where])
+    assert t.forward.active
+    with pytest.warns(RuntimeWarning, match=f"{where} exploded") as record:
+        t.fit()
+    assert len(record) == 1 and not t.forward.active
+    expected = eager.method.state_dict()
+    for key, value in t.method.state_dict().items():
+        assert torch.equal(value, expected[key]), key
