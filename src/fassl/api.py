@@ -16,8 +16,10 @@ script and a command train the same thing:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fassl.config import Config, load_config
+from fassl.config import Config, load_config, validate
 from fassl.data import protocol
 from fassl.data.bundle import LongTailData, channel_stats
 from fassl.data.decode import ImageSet, image_pixels
@@ -35,8 +37,11 @@ from fassl.eval.evaluate import evaluate
 from fassl.features import embed_images
 from fassl.methods import METHODS, Method, build_method
 from fassl.pipeline import run_pipeline
+from fassl.processes import run_lock
 from fassl.recipes import resolve_recipe
+from fassl.runsettings import check_stage, record_settings
 from fassl.runtime import Runtime, runtime_for
+from fassl.stages import check_batch_size
 from fassl.train.loop import Trainer
 
 TEST_FRACTION = 0.2  # of a labeled tensor set without a test split, held out per class
@@ -45,8 +50,9 @@ TEST_FRACTION = 0.2  # of a labeled tensor set without a test split, held out pe
 def make_config(recipe: str | Path | None = None, *overrides: str, **keys: Any) -> Config:
     """A run's configuration: the defaults, a recipe (a packaged name such as ``demo`` or
     a path), ``"key=value"`` overrides, then keyword keys with ``__`` for the dots
-    (``model__width=16``). Unknown keys and values out of range are ConfigErrors."""
-    extra = [f"{k.replace('__', '.')}={_yaml(v)}" for k, v in keys.items()]
+    (``model__width=16``; a key given as None is left at its default). Unknown keys and
+    values out of range are ConfigErrors."""
+    extra = [f"{k.replace('__', '.')}={_yaml(v)}" for k, v in keys.items() if v is not None]
     path = resolve_recipe(str(recipe)) if recipe is not None else None
     return load_config(path, [*overrides, *extra])
 
@@ -59,24 +65,75 @@ def _yaml(value: Any) -> str:
     return str(value)
 
 
+def _pixels(arr: np.ndarray, what: str) -> np.ndarray:
+    """uint8 pixels of a numeric array, by one convention for every entry point: uint8
+    as it is, other integers in 0..255, floats in [0, 1] (scaled by 255). Anything else
+    is a DataError, never a silent rescale (float images in 0..255 would clip to white)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{what}: pixels must be uint8 0..255 or float 0..1, got {arr.dtype}")
+    if arr.size == 0:
+        return arr.astype(np.uint8)
+    lo, hi = float(arr.min()), float(arr.max())
+    if np.issubdtype(arr.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DataError(f"{what}: integer pixels must be in 0..255, got {lo:g}..{hi:g}")
+        return arr.astype(np.uint8)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError(f"{what}: float pixels must be finite, found NaN or infinity")
+    if lo < 0 or hi > 1:
+        raise DataError(
+            f"{what}: float pixels must be in [0, 1], got {lo:g}..{hi:g} (for 0..255 values "
+            "give uint8, or divide by 255)"
+        )
+    return np.rint(arr.astype(np.float64) * 255).astype(np.uint8)
+
+
 def _as_uint8(image: Any, size: int | None) -> np.ndarray:
-    """One image as uint8 (3, H, W): a PIL image, a (3, H, W) or (H, W, 3) uint8 array or
-    tensor, or a float one in [0, 1]; resized and centre-cropped to ``size`` if given."""
+    """One image as uint8 (3, H, W): a PIL image, a (3, H, W), (H, W, 3) or (H, W) array or
+    tensor (``_pixels``' convention); resized and centre-cropped to ``size`` if given."""
     if isinstance(image, Image.Image):
         return image_pixels(image, size or min(image.size))
-    arr = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    if not isinstance(image, torch.Tensor | np.ndarray):
+        raise DataError(
+            f"an image must be a PIL image, a numpy array or a tensor, got {type(image).__name__}"
+        )
+    arr = _pixels(image.numpy() if isinstance(image, torch.Tensor) else image, "image")
     if arr.ndim == 3 and arr.shape[0] not in (1, 3) and arr.shape[-1] in (1, 3):
         arr = arr.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+    if arr.ndim != 3 or arr.shape[0] not in (1, 3) or 0 in arr.shape:
         raise DataError(f"an image must be (3, H, W), (H, W, 3) or (H, W), got {arr.shape}")
     arr = np.repeat(arr, 3, axis=0) if arr.shape[0] == 1 else arr
     if size is not None and arr.shape[1:] != (size, size):
         return image_pixels(Image.fromarray(arr.transpose(1, 2, 0)), size)
     return np.ascontiguousarray(arr)
+
+
+def _labels(labels: Any, n: int, what: str) -> np.ndarray:
+    """int64 (n,) class ids >= 0: integers, or floats with integer values (never
+    truncated); one entry per image."""
+    arr = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.shape != (n,):
+        raise DataError(f"{what} must have one entry per image, got {arr.shape} for {n}")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{what} must be integer class ids, got {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(
+        np.isfinite(arr) & (arr == np.rint(arr))
+    ):
+        raise DataError(f"{what} must be integer class ids, got non-integer values")
+    out = arr.astype(np.int64)
+    if n and out.min() < 0:
+        hint = " (for unlabeled images, give labels=None)" if (out == -1).all() else ""
+        raise DataError(f"{what} must be class ids >= 0, got {int(out.min())}{hint}")
+    return out
+
+
+def _check_size(image_size: int | None) -> None:
+    if image_size is not None and not (isinstance(image_size, int) and 8 <= image_size <= 4096):
+        raise DataError(f"image_size must be an integer in [8, 4096], got {image_size!r}")
 
 
 def tensor_data(
@@ -98,24 +155,41 @@ def tensor_data(
     test split, else 20 % of each class is held out; validation and the few-shot subset
     follow the protocol of ``cfg.data`` (docs/method.md).
     """
-    cfg = cfg or make_config(None, "data.longtail=none")
+    cfg = copy.deepcopy(cfg) if cfg is not None else make_config(None, "data.longtail=none")
+    _check_size(image_size)
     pixels = _stack(images, image_size)
     size = pixels.shape[-1]
-    data_cfg = _with_size(cfg, size)
+    data_cfg = cfg.data  # a copy: the caller's config is left as it was
+    data_cfg.image_size = size
     if labels is None:
         return protocol.unlabeled(
             data_cfg, ImageSet(pixels, -np.ones(len(pixels), np.int64), []), name
         )
-    y = np.asarray(torch.as_tensor(labels).numpy(), dtype=np.int64)
-    if y.shape != (len(pixels),):
-        raise DataError(f"labels must have one entry per image, got {y.shape} for {len(pixels)}")
-    names = list(classes) if classes is not None else [str(c) for c in range(int(y.max()) + 1)]
+    y = _labels(labels, len(pixels), "labels")
+    names = _class_names(classes, y)
     train = ImageSet(pixels, y, names)
     if test is not None:
-        test_set = ImageSet(_stack(test[0], size), np.asarray(test[1], dtype=np.int64), names)
+        test_pixels = _stack(test[0], size)
+        test_y = _labels(test[1], len(test_pixels), "test labels")
+        if test_y.max(initial=-1) >= len(names):
+            raise DataError(
+                f"test labels go up to {int(test_y.max())}, but there are {len(names)} classes"
+            )
+        test_set = ImageSet(test_pixels, test_y, names)
     else:
         train, test_set = protocol.carve_test(train, TEST_FRACTION, cfg.seed)
     return protocol.draw(data_cfg, train, test_set, name, cfg.seed)
+
+
+def _class_names(classes: Sequence[str] | None, labels: np.ndarray) -> list[str]:
+    """``classes``, which must name every label; else the label ids as names."""
+    top = int(labels.max(initial=-1))
+    if classes is None:
+        return [str(c) for c in range(top + 1)]
+    names = [str(c) for c in classes]
+    if top >= len(names):
+        raise DataError(f"labels go up to {top}, but classes names only {len(names)}")
+    return names
 
 
 def dataset_data(
@@ -136,18 +210,21 @@ def dataset_data(
 
 
 def _stack(images: Any, size: int | None) -> np.ndarray:
-    """uint8 (N, 3, S, S) from a batch tensor or array (as it is when it has the size)
-    or from a sequence of images of any kind (``_as_uint8`` each)."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    batch = (
-        isinstance(images, torch.Tensor)
-        and images.ndim == 4
-        and images.dtype == torch.uint8
-        and images.shape[1] == 3
-    )
-    if batch and (size is None or tuple(images.shape[2:]) == (size, size)):
-        return np.ascontiguousarray(images.numpy())
+    """uint8 (N, 3, S, S) from a batch tensor or array (``_pixels``' convention; as it is
+    when it has the size) or from a sequence of images of any kind (``_as_uint8`` each)."""
+    if images is None:
+        raise DataError("no images given (None)")
+    if isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 4:
+        arr = _pixels(images.numpy() if isinstance(images, torch.Tensor) else images, "images")
+        if len(arr) == 0:
+            raise DataError("no images given: the batch is empty")
+        if (
+            arr.shape[1] == 3
+            and 0 not in arr.shape
+            and (size is None or arr.shape[2:] == (size, size))
+        ):
+            return np.ascontiguousarray(arr)
+        images = list(arr)
     listed = [_as_uint8(img, size) for img in images]
     if not listed:
         raise DataError("no images given")
@@ -157,10 +234,37 @@ def _stack(images: Any, size: int | None) -> np.ndarray:
     return np.stack(listed)
 
 
-def _with_size(cfg: Config, size: int) -> Any:
-    data = cfg.data
-    data.image_size = size
+def _check_data(data: Any, what: str) -> LongTailData:
+    if not isinstance(data, LongTailData):
+        raise DataError(
+            f"{what}: data must come from fassl.tensor_data or fassl.dataset_data, got "
+            f"{type(data).__name__}"
+        )
     return data
+
+
+def _config_of(what: str, cfg: Config | None, overrides: tuple[str, ...], *base: str) -> Config:
+    """The caller's ``cfg`` (a checked copy: nothing given is changed in place), or one
+    made from ``overrides``; both at once would drop the overrides, so that is an error."""
+    if cfg is None:
+        return make_config(None, *base, *overrides)
+    if overrides:
+        raise ConfigError(
+            f"{what}: give key=value overrides or cfg=, not both (fassl.make_config applies "
+            "overrides to a recipe)"
+        )
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{what}: cfg must be a fassl.Config, got {type(cfg).__name__}")
+    return validate(copy.deepcopy(cfg))
+
+
+@contextlib.contextmanager
+def _own_random_streams(device: torch.device) -> Iterator[None]:
+    """The global torch random streams (the CPU's, and the CUDA device's when used) as the
+    caller left them once the block ends: a call seeds its own run, not the script."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 def fit(
@@ -175,14 +279,25 @@ def fit(
     training loop; returns the trained method (``.backbone`` is what the probes read,
     ``.export_state()`` what later stages load). ``overrides`` are ``key=value`` keys
     (``optim.epochs=5``); ``out_dir`` keeps checkpoints and logs (a killed call resumes
-    from it), by default a temporary folder. ``init`` starts from an exported state."""
+    from it), by default a temporary folder. ``init`` starts from an exported state.
+
+    The same checks as ``fassl pretrain``: the folder is locked while training, and a
+    folder trained with other settings is a RunConflict naming them (not resumed with
+    the new ones). The run is seeded with ``seed``; the global torch random streams are
+    left as the caller had them."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: one of {list(METHODS)}")
-    cfg = cfg or make_config(None, f"method={method}", *overrides)
+    cfg = _config_of("fit", cfg, overrides, f"method={method}")
+    data = _check_data(data, "fit")
+    check_batch_size(cfg, data, cfg.optim)
+    rt = runtime_for(cfg.train)
     run_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="fassl-"))
-    torch.manual_seed(cfg.seed)
-    model = build_method(cfg, method, init)
-    Trainer(model, data, cfg, cfg.optim, run_dir, runtime_for(cfg.train), method).fit()
+    with run_lock(run_dir), _own_random_streams(rt.device):
+        settings = check_stage(cfg, method, cfg.optim, run_dir)
+        record_settings(run_dir, settings)
+        torch.manual_seed(cfg.seed)
+        model = build_method(cfg, method, init)
+        Trainer(model, data, cfg, cfg.optim, run_dir, rt, method).fit()
     return model
 
 
@@ -193,30 +308,56 @@ def fit_pipeline(
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """FASSL end to end on ``data`` (teacher, prototypes, student, probes) into
-    ``out_dir``, as ``fassl pipeline`` does; returns results.json's content."""
-    cfg = cfg or make_config(None, *overrides)
+    ``out_dir``, as ``fassl pipeline`` does (its lock and settings checks included);
+    returns results.json's content. The global torch random streams are left as they
+    were."""
+    cfg = _config_of("fit_pipeline", cfg, overrides)
+    data = _check_data(data, "fit_pipeline")
     cfg.out_dir = str(out_dir or tempfile.mkdtemp(prefix="fassl-pipeline-"))
-    return run_pipeline(cfg, data=data, rt=runtime_for(cfg.train))
+    rt = runtime_for(cfg.train)
+    with _own_random_streams(rt.device):
+        return run_pipeline(cfg, data=data, rt=rt)
 
 
 def embed(
     net: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | np.ndarray,
     data: LongTailData | None = None,
     *,
     batch_size: int = 512,
     runtime: Runtime | None = None,
 ) -> torch.Tensor:
-    """float32 (N, D) features of uint8 (N, 3, H, W) ``images`` through ``net`` (a
-    backbone, in eval mode), normalised with ``data``'s statistics (else their own)."""
-    mean, std = (data.mean, data.std) if data is not None else channel_stats(images)
+    """float32 (N, D) features of (N, 3, H, W) ``images`` through ``net`` (a backbone, in
+    eval mode), normalised with ``data``'s statistics (else their own). Pixels as
+    everywhere in the API: uint8 0..255 or float 0..1 (a tensor or a numpy array)."""
+    if not isinstance(net, nn.Module):
+        raise DataError(f"embed: net must be a torch module, got {type(net).__name__}")
+    if (
+        not isinstance(images, torch.Tensor | np.ndarray)
+        or images.ndim != 4
+        or images.shape[1] != 3
+    ):
+        shape = getattr(images, "shape", None)
+        raise DataError(f"embed: images must be a (N, 3, H, W) tensor or array, got {shape}")
+    if batch_size < 1:
+        raise DataError(f"embed: batch_size must be >= 1, got {batch_size}")
+    arr = _pixels(images.numpy() if isinstance(images, torch.Tensor) else images, "embed")
+    pixels = torch.from_numpy(np.ascontiguousarray(arr))
+    if data is not None:
+        mean, std = _check_data(data, "embed").mean, data.std
+    else:
+        mean, std = channel_stats(pixels)
     rt = runtime or Runtime.cpu()
-    return embed_images(net, images, mean, std, rt, batch_size, progress=False)
+    return embed_images(net, pixels, mean, std, rt, batch_size, progress=False)
 
 
 def probe(net: nn.Module, data: LongTailData, *overrides: str, cfg: Config | None = None) -> dict:
     """The linear probes (standard and few-shot) and kNN of a backbone on labeled
     ``data``: results.json's content (All / Frequent / Medium / Rare / Std per probe)."""
-    cfg = cfg or make_config(None, *overrides)
+    cfg = _config_of("probe", cfg, overrides)
+    data = _check_data(data, "probe")
+    if not data.labeled:
+        raise DataError(f"probe: {data.name} has no labels; the probes need labeled data")
     rt = runtime_for(cfg.train)
-    return evaluate(net.to(rt.device), data, cfg.probe, rt, cfg.seed)
+    with _own_random_streams(rt.device):
+        return evaluate(net.to(rt.device), data, cfg.probe, rt, cfg.seed)

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
+from fassl import flags
 from fassl.bench.settings import add_arguments as bench_arguments
 from fassl.config import (
     FASSL_ARMS,
@@ -22,7 +23,14 @@ from fassl.config import (
     PipelineConfig,
     load_config,
 )
-from fassl.errors import Interrupted, PeerFailed, debug_enabled, describe, expected_errors
+from fassl.errors import (
+    ConfigError,
+    Interrupted,
+    PeerFailed,
+    debug_enabled,
+    describe,
+    expected_errors,
+)
 from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
 from fassl.tools.commands import add_tool_commands
@@ -152,23 +160,35 @@ def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
     return check_paths(load_config(found, args.overrides))
 
 
+def _eval_out(args: argparse.Namespace, cfg: Config, ckpt: Path) -> Path:
+    """--out, else an out_dir= override, else ``<checkpoint folder>/eval-<data slug>``:
+    one folder per data set, so evaluations on other data never overwrite each other."""
+    from fassl.tools.common import data_slug, default_out
+
+    given = any(o.startswith("out_dir=") for o in args.overrides)
+    if args.out is not None and given:
+        raise ConfigError("--out and an out_dir= override both name the output folder: give one")
+    if args.out is not None:
+        return Path(args.out)
+    return Path(cfg.out_dir) if given else default_out(ckpt, "eval", data_slug(cfg.data))
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.build import build_data
     from fassl.encoders import load_encoder
-    from fassl.pipeline import evaluate_export
+    from fassl.pipeline import check_trained_data, evaluate_export
     from fassl.runtime import runtime_for
 
     ckpt = Path(args.checkpoint)
     cfg = _eval_config(args, ckpt)
     load_encoder(ckpt)  # a file that does not load fails before the data is read
-    out = (
-        Path(cfg.out_dir)
-        if any(o.startswith("out_dir=") for o in args.overrides)
-        else (ckpt.parent / "eval")
-    )
+    out = _eval_out(args, cfg, ckpt)
     rt = runtime_for(cfg.train)
     data = build_data(cfg.data, cfg.seed)
+    if not args.config and not any(o.startswith("data.") for o in args.overrides):
+        # the run's own data, as far as its config says: check it is what was trained on
+        check_trained_data(ckpt, data, "the run's config.yaml")
     evaluate_export(ckpt, data, cfg, rt, out, f"evaluation of {ckpt}")
     print((out / "report.md").read_text())
     print(f"results in {out / 'results.json'}")
@@ -211,19 +231,22 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.compare import collect_runs, write_comparison
+    from fassl.compare import collect_runs, tables_notes, unfinished_runs, write_comparison
     from fassl.sweep import GRID_FILE, write_sweep
 
     out = Path(args.out_dir)
     if (out / GRID_FILE).is_file():  # a sweep (compare.grid): Table 3-5 layout
         write_sweep(out)
         return
-    runs = collect_runs(out)
+    runs, unfinished = collect_runs(out), unfinished_runs(out)
+    # on stderr too: stdout is the whole comparison.md, where the note is easy to miss
+    for run in unfinished:
+        print(f"fassl tables: unfinished, left out: {run.describe()}", file=sys.stderr)
     if not runs:
-        raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}")
+        left = "; unfinished: " + "; ".join(u.describe() for u in unfinished) if unfinished else ""
+        raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}{left}")
     paper = _paper_dataset(out) if args.paper == "auto" else args.paper
-    notes = [f"{len(runs)} finished runs found in {out}"]
-    write_comparison(out, runs, out.name, notes, paper=paper)
+    write_comparison(out, runs, out.name, tables_notes(out, runs, unfinished), paper=paper)
 
 
 def _paper_dataset(out: Path) -> str:
@@ -303,6 +326,12 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tables)
     p = sub.add_parser("eval", help="linear / few-shot probes and kNN of a checkpoint")
     p.add_argument("checkpoint", help="encoder.safetensors or checkpoints/last.safetensors")
+    p.add_argument(
+        "--out",
+        type=flags.out_folder,
+        default=None,
+        help="folder for results.json and report.md (default: eval-<data> beside the checkpoint)",
+    )
     _with_config(p, optional=True)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits (minutes)")

@@ -10,6 +10,7 @@ side): every run folder in it is locked on its own while it trains.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from fassl import report
@@ -22,11 +23,14 @@ from fassl.arms import (
     run_config,
     stage1_lead,
 )
-from fassl.config import PAPER_ARMS, Config, to_yaml
+from fassl.config import PAPER_ARMS, Config, load_config, to_yaml
 from fassl.data.build import build_data
 from fassl.distributed import on_all, on_main
+from fassl.errors import ConfigError
 from fassl.files import write_text
+from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
 from fassl.pipeline import run_pipeline, run_pretrain
+from fassl.runsettings import pipeline_stages
 from fassl.runtime import runtime_for
 from fassl.sweep import run_sweep
 from fassl.validation import check_paths
@@ -98,11 +102,19 @@ def teacher_runs(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _seed_of(folder: Path) -> int | None:
+    """k of a run folder ``seed<k>``; None for any other name."""
+    digits = folder.name.removeprefix("seed")
+    return int(digits) if folder.name.startswith("seed") and digits.isdigit() else None
+
+
 def collect_runs(out: Path) -> list[dict]:
     """Every finished run under ``out/<method>/seed<k>/results.json``."""
     runs = []
     for path in sorted(Path(out).glob("*/seed*/results.json")):
-        seed = int(path.parent.name.removeprefix("seed"))
+        seed = _seed_of(path.parent)
+        if seed is None:
+            continue
         runs.append(
             {
                 "method": path.parent.parent.name,
@@ -111,6 +123,94 @@ def collect_runs(out: Path) -> list[dict]:
             }
         )
     return runs
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A run of a comparison without results.json: ``<arm>/seed<k>`` and the files of a
+    finished run it lacks (``started``: whether its folder exists)."""
+
+    run: str
+    missing: list[str]
+    started: bool
+
+    def describe(self) -> str:
+        """``fassl/seed0 (missing rebalance/encoder.safetensors, results.json)``."""
+        what = "not started" if not self.started else "missing " + ", ".join(self.missing)
+        return f"{self.run} ({what})"
+
+
+def _load(path: Path) -> Config | None:
+    """The config at ``path``; None when there is none or it no longer loads (a note
+    about unfinished runs must not fail on an old config)."""
+    try:
+        return load_config(path) if path.is_file() else None
+    except ConfigError:
+        return None
+
+
+def _stages(out: Path, arm: str, seed: int) -> list[str]:
+    """The stages a pipeline arm's run trains: by its own config.yaml, else by the
+    comparison's (a shared stage 1 or a given teacher skips stages), else all three."""
+    own = _load(out / arm / f"seed{seed}" / CONFIG)
+    if own is not None:
+        return pipeline_stages(own)
+    comparison = _load(out / CONFIG)
+    if comparison is not None:
+        return pipeline_stages(run_config(comparison, arm, seed, out))
+    return list(PIPELINE_STAGES)
+
+
+def expected_files(out: Path, arm: str, seed: int) -> list[str]:
+    """The files of a finished run of ``arm`` at ``seed``, relative to its folder: each
+    trained stage's export for a pipeline arm (``rebalance/encoder.safetensors``), else
+    the run's ``encoder.safetensors``; results.json last."""
+    if is_pipeline(arm):
+        exports = [f"{stage}/{EXPORT}" for stage in _stages(out, arm, seed)]
+    else:
+        exports = [EXPORT]
+    return [*exports, RESULTS]
+
+
+def _planned(out: Path) -> list[tuple[str, int]]:
+    """(arm, seed) of every run the comparison's config.yaml asks for; none without it."""
+    cfg = _load(out / CONFIG)
+    if cfg is None or cfg.compare.grid:
+        return []
+    return [(arm, seed) for seed in cfg.compare.seeds for arm in arm_order(cfg)]
+
+
+def unfinished_runs(out: Path) -> list[Unfinished]:
+    """Every run folder ``out/<arm>/seed<k>/`` without results.json, and every run the
+    comparison's config.yaml plans that has no folder yet, with the files each lacks."""
+    out = Path(out)
+    found = [(f.parent.name, _seed_of(f)) for f in sorted(out.glob("*/seed*")) if f.is_dir()]
+    # the planned runs in the comparison's order, then any other folder
+    runs = dict.fromkeys(_planned(out) + [(a, s) for a, s in found if s is not None])
+    unfinished = []
+    for arm, seed in runs:
+        folder = out / arm / f"seed{seed}"
+        if (folder / RESULTS).is_file():
+            continue
+        files = expected_files(out, arm, seed)
+        missing = [f for f in files if not (folder / f).is_file()]
+        unfinished.append(Unfinished(f"{arm}/seed{seed}", missing, folder.is_dir()))
+    return unfinished
+
+
+def _count(n: int, what: str) -> str:
+    """``1 finished run``, ``2 finished runs``."""
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def tables_notes(out: Path, runs: list[dict], unfinished: list[Unfinished]) -> list[str]:
+    """The notes of ``fassl tables``: how many runs it found, then one line naming the
+    unfinished runs it left out and what each lacks."""
+    notes = [f"{_count(len(runs), 'finished run')} found in {out}"]
+    if unfinished:
+        left_out = "; ".join(u.describe() for u in unfinished)
+        notes.append(f"left out, {_count(len(unfinished), 'unfinished run')}: {left_out}")
+    return notes
 
 
 # analysis files of run folders written before the stages had one vocabulary

@@ -14,6 +14,7 @@ then names the rank that failed (``stopped_peer``) in one line.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -220,6 +221,17 @@ def _quiet_signals() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, TypeError):  # not the main thread
             signal.signal(signum, signal.SIG_IGN)
+
+
+def per_process_buffers() -> dict[str, bool]:
+    """DistributedDataParallel's keyword for buffers that stay per process (queues, masks,
+    BatchNorm statistics): ``forward_sync_buffers`` where torch has it (it deprecates
+    ``broadcast_buffers``, which then warns on every rank). Either way DDP copies rank 0's
+    buffers once at the start, where every rank holds the same ones (the same seed, or
+    the same checkpoint)."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: False}
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -4,14 +4,18 @@ Every file a command writes for people or for later commands goes to a temporary
 beside its final one and is renamed over it when complete (``os.replace`` is atomic on
 one file system). A command writing several files that belong together (``embeddings.npy``
 with ``index.csv``) writes them all first and renames them together (``OutputSet``), so a
-failure half way leaves the previous set. A leaf module: standard library only.
+failure half way leaves the previous set. Every output gets the mode a plain ``open()``
+would give it (0666 less the umask), whichever writer made the temporary file: tempfile and
+safetensors create theirs 0600. A leaf module: standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +29,41 @@ def temporary(path: Path) -> Path:
     """The temporary name of ``path``: hidden, with the writer's pid, same suffix (so that
     writers choosing a format by suffix, like matplotlib and numpy, still do)."""
     return path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
+
+
+def _umask_from_proc() -> int | None:
+    """The umask as Linux reports it in /proc/self/status (None elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@functools.cache
+def _umask_by_setting() -> int:
+    """The umask, read by setting it and back (once: meanwhile other threads' new files
+    get the stricter 0o077, never a wider mode)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def output_mode() -> int:
+    """The mode a plain ``open()`` gives a new file: 0o666 less the umask."""
+    # os.umask can only be read by changing it, which races with other threads; /proc not.
+    mask = _umask_from_proc()
+    return 0o666 & ~(_umask_by_setting() if mask is None else mask)
+
+
+def set_output_mode(path: Path) -> None:
+    """Give the file ``path`` the mode of ``output_mode`` (before renaming it into place),
+    so that outputs do not differ in mode by which library wrote them."""
+    if stat.S_ISREG(os.stat(path).st_mode):
+        os.chmod(path, output_mode())
 
 
 def space_needed(folder: Path, needed: int) -> str:
@@ -60,6 +99,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = temporary(final)
     try:
         yield tmp
+        set_output_mode(tmp)
         os.replace(tmp, final)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -115,12 +155,21 @@ class OutputSet:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 
+    def _discard(self) -> None:
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb) -> None:
         if kind is None:
+            try:
+                for tmp, _ in self.pending:  # all checked before the first rename
+                    set_output_mode(tmp)
+            except OSError:
+                self._discard()
+                raise
             for tmp, final in self.pending:
                 os.replace(tmp, final)
             return
-        for tmp, _ in self.pending:
-            tmp.unlink(missing_ok=True)
+        self._discard()
         if isinstance(err, OSError) and err.errno == 28:
             raise DiskFull(f"the disk filled up while writing into {self.folder}") from err

@@ -22,6 +22,7 @@ from fassl.data.bundle import LongTailData
 from fassl.data.collection import collection_from_data
 from fassl.distributed import main_lock, on_all, on_main
 from fassl.encoders import check_encoder_file, load_encoder
+from fassl.errors import DataError
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
 from fassl.files import write_text
@@ -66,6 +67,40 @@ def evaluate_export(
     text = report.run_report(title, data.notes, results if data.labeled else None, reference)
     write_text(out_dir / "report.md", text)
     return results
+
+
+# Largest difference of a channel's mean or std (images in [0, 1]) between the data an
+# encoder was trained on and the data found under the same config: another decoder build
+# moves them by far less, another folder of images by far more.
+SAME_DATA_TOLERANCE = 2e-3
+
+
+def check_trained_data(export: Path, data: LongTailData, where: str) -> None:
+    """DataError when ``data`` is not the pre-training set ``export`` was trained on: its
+    image count (files that record it) or its channel statistics differ. ``where`` says
+    where the config came from. Files that record neither are not checked."""
+    meta = load_encoder(export).meta
+    found = {"data_images": len(data.pretrain), "data_mean": data.mean, "data_std": data.std}
+    count = meta.get("data_images")
+    differs = isinstance(count, int) and count != found["data_images"]
+    for key in ("data_mean", "data_std"):
+        recorded = meta.get(key)
+        if isinstance(recorded, list) and len(recorded) == len(found[key]):
+            gap = max(abs(float(a) - float(b)) for a, b in zip(recorded, found[key], strict=True))
+            differs = differs or gap > SAME_DATA_TOLERANCE
+    if differs:
+        trained = f"{count:,} images" if isinstance(count, int) else "other images"
+        raise DataError(
+            f"{export} was trained on {trained} (mean {_rounded(meta.get('data_mean'))}), but "
+            f"the data that {where} names now has {len(data.pretrain):,} pre-training images "
+            f"(mean {_rounded(data.mean)}, {data.name}): the folder changed or is another "
+            "one. Point data.root at the training data, or pass "
+            "--config / data.* overrides to evaluate on other data on purpose"
+        )
+
+
+def _rounded(values: object) -> str:
+    return str([round(float(v), 4) for v in values]) if isinstance(values, list | tuple) else "?"
 
 
 def teacher_results(

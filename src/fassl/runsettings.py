@@ -24,6 +24,7 @@ from fassl.files import write_text
 from fassl.methods import METHODS
 from fassl.names import EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
 from fassl.train.checkpoint import read_meta
+from fassl.validation import INPUT_PATH_KEYS, absolute_path
 
 # keys (or key prefixes ending in ".") that never change what a stage learns
 NEUTRAL = (
@@ -173,7 +174,7 @@ def check_stage(cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path)
     if recorded is None:
         _check_last(run_dir, method)
         return settings
-    changed = [k for k in settings if k in recorded and recorded[k] != settings[k]]
+    changed = [k for k in settings if k in recorded and not _same(k, recorded[k], settings[k])]
     if changed:
         shown = ", ".join(f"{k} {recorded[k]!r} -> {settings[k]!r}" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
@@ -182,6 +183,14 @@ def check_stage(cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path)
             + _restart_hint(run_dir, optim_key(cfg, optim_cfg))
         )
     return settings
+
+
+def _same(key: str, recorded: Any, value: Any) -> bool:
+    """Equal settings; a path key compares as an absolute path, so a run recorded with a
+    relative path (before paths were recorded absolute) resumes from the same folder."""
+    if key in INPUT_PATH_KEYS and isinstance(recorded, str) and isinstance(value, str):
+        return absolute_path(recorded) == absolute_path(value)
+    return recorded == value
 
 
 def record_settings(run_dir: Path, settings: dict[str, Any]) -> None:

@@ -148,8 +148,13 @@ def run_stage(
             trainer.fit()
         except NonFiniteLoss as err:
             raise NonFiniteLoss(f"{err}. {diverged_hint(cfg, optim_cfg, run_dir)}") from err
-        # the training images' normalisation, for tools that embed other images later
-        stats = {"data_mean": list(data.mean), "data_std": list(data.std)}
+        # the training images' normalisation, for tools that embed other images later, and
+        # their count: with the statistics, how ``fassl eval`` knows it found the same data
+        stats = {
+            "data_mean": list(data.mean),
+            "data_std": list(data.std),
+            "data_images": len(data.pretrain),
+        }
         on_main(lambda: export_encoder(method, cfg, export, stats))
     return export
 

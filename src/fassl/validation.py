@@ -53,6 +53,8 @@ _PATH_KEYS = (
     "pipeline.prototypes_checkpoint",
     "data.sdclr_splits",
 )
+# keys naming what a run reads, recorded absolute (``absolute_paths``)
+INPUT_PATH_KEYS = ("data.root", *_PATH_KEYS)
 
 
 def get_dotted(cfg: Any, dotted: str) -> Any:
@@ -122,9 +124,26 @@ def path_problems(cfg: Any) -> list[str]:
     return problems
 
 
+def absolute_path(value: str) -> str:
+    """``value`` as an absolute path (``~`` expanded, links kept); empty stays empty."""
+    return str(Path(value).expanduser().absolute()) if value else value
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """The input paths of ``cfg`` (``INPUT_PATH_KEYS``) made absolute in place, so the
+    config.yaml a run writes names the same files from any working directory: a later
+    ``fassl eval`` elsewhere must not read another folder of the same relative name."""
+    for key in INPUT_PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        owner = get_dotted(cfg, section)
+        setattr(owner, name, absolute_path(getattr(owner, name)))
+    return cfg
+
+
 def check_paths(cfg: Any) -> Any:
-    """The files and folders the config names exist; raise ConfigError naming the key."""
+    """The files and folders the config names exist (ConfigError naming the key); they
+    are then made absolute (``absolute_paths``)."""
     problems = path_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
-    return cfg
+    return absolute_paths(cfg)

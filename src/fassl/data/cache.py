@@ -3,6 +3,10 @@
 Decoding tens of thousands of small JPEGs costs seconds to minutes; reading the decoded
 uint8 array back costs a fraction of a second. The key hashes every file's relative path,
 size and mtime, so adding, removing or touching a file decodes the folder again.
+
+The cache lives in ``data.cache_dir``; left at its default it follows the XDG base
+directory rule: ``$XDG_CACHE_HOME/fassl`` when that variable holds an absolute path, else
+``~/.cache/fassl``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,29 @@ from typing import Any
 
 import numpy as np
 
+from fassl.config import DataConfig
 from fassl.data.decode import ImageSet
 from fassl.data.walk import list_files
+from fassl.files import set_output_mode
 
 # Bump when the decoded pixels or the stored layout change (resize method, conversions).
-FORMAT_VERSION = 1
+# 2: EXIF orientation applied, 16-bit scaled by bit depth, transparency onto black.
+FORMAT_VERSION = 2
+DEFAULT_CACHE_DIR = DataConfig.cache_dir  # "~/.cache/fassl"
+
+
+def cache_base(cache_dir: str | Path) -> Path:
+    """The cache folder of ``data.cache_dir``: as given, except that the default follows
+    ``XDG_CACHE_HOME`` (``$XDG_CACHE_HOME/fassl``). The XDG rule ignores a relative value."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if str(cache_dir) == DEFAULT_CACHE_DIR and os.path.isabs(xdg):
+        return Path(xdg) / "fassl"
+    return Path(cache_dir).expanduser().absolute()
 
 
 def cache_root(cache_dir: str | Path) -> Path:
-    return Path(cache_dir).expanduser().absolute() / "decoded"
+    """The folder of decoded sets (and extracted archives) for ``data.cache_dir``."""
+    return cache_base(cache_dir) / "decoded"
 
 
 def fingerprint(kind: str, root: str | Path, image_size: int, extra: Sequence[str] = ()) -> str:
@@ -56,6 +74,7 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        set_output_mode(Path(tmp))  # mkstemp creates files 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fassl.config import DataConfig
-from fassl.data import protocol
+from fassl.data import cache, protocol
 from fassl.data.bundle import LongTailData
 from fassl.data.decode import ImageSet
 from fassl.errors import DataError, UnreadableBatch, printable
@@ -186,7 +186,7 @@ def load_cifar(root: str | Path, name: str, download: bool = False) -> tuple[Ima
 
 def load_train_test(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     """(train, test) of data.dataset; without data.root, from the cache folder."""
-    return load_cifar(cfg.root or cfg.cache_dir, cfg.dataset, cfg.download)
+    return load_cifar(cfg.root or cache.cache_base(cfg.cache_dir), cfg.dataset, cfg.download)
 
 
 def load(cfg: DataConfig, seed: int) -> LongTailData:

@@ -1,6 +1,11 @@
 """Decoding image files to uint8 (3, size, size) arrays, and the report lines about it.
 
-Any mode PIL reads becomes 8-bit RGB (16-bit and float images scaled, not clipped); any
+Every image is first turned upright by its EXIF orientation (phone photos store it as a
+tag). Any mode PIL reads then becomes 8-bit RGB: 16-bit images by their bit depth (the high
+byte, 0..65535 -> 0..255, as PIL reads 16-bit RGB PNGs; never by their brightest pixel),
+float images scaled from [0, 1] (or [0, max] above 1), and transparency (an alpha channel,
+or a transparent palette entry or colour) composited onto black: a fully transparent pixel
+is black whatever colour it stores, a half-transparent one is darkened in proportion. Any
 size becomes ``size`` x ``size`` (shorter side resized bicubically, then centre-cropped).
 A file that cannot be decoded is returned with the reason, never raised, so one bad file
 does not stop a folder: ``decode_files`` drops it and names it in the set's report lines.
@@ -11,6 +16,7 @@ so both give identical pixels.
 from __future__ import annotations
 
 import os
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from fassl.errors import DataError, printable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MAX_NAMED_FILES = 20  # skipped files named individually in a report line
+BACKGROUND = (0, 0, 0)  # what transparent pixels are composited onto (see the module doc)
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+# Reading EXIF can fail in many ways on a damaged tag; the pixels are still good.
+EXIF_ERRORS = (OSError, ValueError, KeyError, TypeError, SyntaxError, struct.error)
 
 
 @dataclass
@@ -42,11 +52,17 @@ class ImageSet:
         return int(self.images.shape[0])
 
 
+def _transparent(img: Image.Image) -> bool:
+    """Whether some pixels may be (partly) transparent: an alpha band, or a transparent
+    palette entry or colour key (``transparency`` in the file's info)."""
+    return img.mode in ALPHA_MODES or "transparency" in img.info
+
+
 def _conversion(img: Image.Image) -> str | None:
     """Which conversion to RGB an image needs, as a name for the report (None: RGB)."""
     mode = img.mode
     if mode == "RGB":
-        return None
+        return "RGBA" if _transparent(img) else None
     if mode in ("L", "1", "LA"):
         return "grayscale"
     if mode in ("RGBA", "RGBa", "RGBX"):
@@ -60,17 +76,33 @@ def _conversion(img: Image.Image) -> str | None:
     return mode
 
 
+def _integer_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """Integer pixels to 8 bits by their bit depth, never by their brightest pixel: the high
+    byte of 16-bit data; mode "I" holding values above 65535 is read as 31-bit."""
+    values = np.clip(arr.astype(np.int64), 0, None)
+    shift = 8 if arr.itemsize <= 2 or values.max(initial=0) <= 0xFFFF else 23
+    return np.minimum(values >> shift, 255).astype(np.uint8)
+
+
 def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
     """16-bit / 32-bit / float images to 8 bits by scaling, not clipping like convert()."""
     arr = np.asarray(img)
     if arr.dtype.kind == "f":
-        arr = arr / max(float(arr.max()), 1.0)  # float images: [0, 1], or [0, max]
+        scaled = arr / max(float(arr.max()), 1.0)  # float images: [0, 1], or [0, max]
+        arr8 = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
     else:
-        arr = arr.astype(np.float64) / (65535.0 if arr.max() > 255 else 255.0)
-    arr8 = np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)
+        arr8 = _integer_to_8bit(arr)
     if arr8.ndim == 2:
         arr8 = np.repeat(arr8[:, :, None], 3, axis=2)
-    return Image.fromarray(arr8[:, :, :3], "RGB")
+    return Image.fromarray(np.ascontiguousarray(arr8[:, :, :3]), "RGB")
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """Composite a (partly) transparent image onto BACKGROUND: a transparent pixel must not
+    keep the colour it stores (often arbitrary, e.g. a GIF's unused palette entry)."""
+    rgba = img.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
 
 
 def _to_rgb(img: Image.Image, kind: str | None) -> Image.Image:
@@ -78,9 +110,21 @@ def _to_rgb(img: Image.Image, kind: str | None) -> Image.Image:
         return img
     if kind == "16-bit":
         return _high_depth_to_rgb(img)
-    if kind == "palette" and (img.mode == "PA" or "transparency" in img.info):
-        img = img.convert("RGBA")  # a transparent palette entry must not become a colour
+    if _transparent(img):
+        return _flatten(img)
     return img.convert("RGB")
+
+
+def _upright(img: Image.Image) -> tuple[Image.Image, bool]:
+    """``img`` turned as its EXIF orientation says, and whether it was turned; an image
+    whose EXIF cannot be read is kept as stored."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation not in range(2, 9):  # 1: as stored; other values are not orientations
+            return img, False
+        return ImageOps.exif_transpose(img), True
+    except EXIF_ERRORS:
+        return img, False
 
 
 def _fit(img: Image.Image, size: int) -> Image.Image:
@@ -94,8 +138,10 @@ def _fit(img: Image.Image, size: int) -> Image.Image:
 
 
 def image_pixels(img: Image.Image, size: int) -> np.ndarray:
-    """Any PIL image as uint8 (3, size, size): converted to RGB as files are (grayscale,
-    palette, 16-bit, ...), the shorter side resized to ``size``, centre-cropped."""
+    """Any PIL image as uint8 (3, size, size): turned upright and converted to RGB as files
+    are (grayscale, palette, 16-bit, transparency, ...), the shorter side resized to
+    ``size``, centre-cropped."""
+    img, _ = _upright(img)
     square = _fit(_to_rgb(img, _conversion(img)), size)
     return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1))
 
@@ -108,6 +154,7 @@ class Decoded:
     conversion: str | None = None
     resized: bool = False
     error: str = ""
+    rotated: bool = False  # turned upright by its EXIF orientation
 
 
 def _decode(path: Path, size: int) -> Decoded:
@@ -116,15 +163,16 @@ def _decode(path: Path, size: int) -> Decoded:
             if img.format == "JPEG":  # let libjpeg decode big photos at 1/2..1/8 scale
                 img.draft(None, (size, size))  # never below size on either side
             img.load()  # truncated or corrupt data fails here, not later
-            kind = _conversion(img)
-            rgb = _to_rgb(img, kind)
+            upright, rotated = _upright(img)  # before any resize or conversion
+            kind = _conversion(upright)
+            rgb = _to_rgb(upright, kind)
             resized = rgb.size != (size, size)
             if resized:
                 rgb = _fit(rgb, size)
             pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return Decoded(None, error=f"{type(err).__name__}: {err}")
-    return Decoded(pixels, kind, resized)
+    return Decoded(pixels, kind, resized, rotated=rotated)
 
 
 def decode_chunk(paths: Sequence[str | Path], size: int) -> list[Decoded]:
@@ -152,7 +200,10 @@ def plural(n: int, word: str) -> str:
 def _conversion_lines(decoded: Iterable[Decoded], size: int) -> list[str]:
     kinds = Counter(d.conversion for d in decoded if d.pixels is not None and d.conversion)
     resized = sum(1 for d in decoded if d.pixels is not None and d.resized)
+    rotated = sum(1 for d in decoded if d.pixels is not None and d.rotated)
     lines = [f"converted {plural(n, f'{k} image')} to RGB" for k, n in sorted(kinds.items())]
+    if rotated:
+        lines.append(f"turned {plural(rotated, 'image')} upright (EXIF orientation)")
     if resized:
         lines.append(
             f"resized {plural(resized, 'image')} to {size}x{size} (shorter side, then centre crop)"

@@ -8,6 +8,7 @@ Index arrays are returned sorted, so subsets keep the order of the source.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -148,20 +149,47 @@ def counts_per_class(labels: Sequence[int] | np.ndarray, num_classes: int) -> li
     return np.bincount(labels[labels >= 0], minlength=num_classes).tolist()
 
 
+# the groups from the least to the most frequent: a tie between groups goes to the later
+_ASCENDING = ("rare", "medium", "frequent")
+
+
+def _places(num_classes: int) -> list[str]:
+    """The group of each place in ascending count order, before ties are merged: the
+    C//3 least frequent places Rare, the next C//3 Medium, the rest Frequent; with two
+    classes Rare and Frequent, so the smaller class is never called Frequent."""
+    if num_classes == 2:
+        return ["rare", "frequent"]
+    third = num_classes // 3
+    return ["rare"] * third + ["medium"] * third + ["frequent"] * (num_classes - 2 * third)
+
+
 def frequency_groups(class_counts: Sequence[int]) -> dict[str, list[int]]:
     """Frequent / Medium / Rare class ids by count (the paper's group metrics).
 
-    Classes are sorted by ascending count, ties by class id (the lower id counts as the
-    less frequent); rare = the C//3 least frequent, medium = the next C//3, frequent =
-    the rest (CIFAR-10: 4 / 3 / 3). Each group's ids are returned in ascending order.
+    Classes are sorted by ascending count; the C//3 least frequent are Rare, the next
+    C//3 Medium, the rest Frequent (CIFAR-10: 4 / 3 / 3 Frequent / Medium / Rare).
+
+    - Ties: classes with equal counts always share a group. A block of equal counts that
+      straddles a boundary goes whole to the group that holds most of its places, and to
+      the more frequent of them on an equal split; so all-equal counts are all Frequent,
+      and a group may be empty. Between blocks the sorted-by-count order is kept.
+    - Fewer than three classes: one class is Frequent; of two, the larger is Frequent and
+      the smaller Rare, Medium empty (two equal classes are both Frequent).
+
+    Each group's ids are returned in ascending order.
     """
     order = sorted(range(len(class_counts)), key=lambda c: (class_counts[c], c))
-    third = len(order) // 3
-    return {
-        "frequent": sorted(order[2 * third :]),
-        "medium": sorted(order[third : 2 * third]),
-        "rare": sorted(order[:third]),
-    }
+    places = _places(len(order))
+    groups: dict[str, list[int]] = {"frequent": [], "medium": [], "rare": []}
+    start = 0
+    for _, block in itertools.groupby(order, key=lambda c: class_counts[c]):
+        ids = list(block)
+        held = places[start : start + len(ids)]
+        start += len(ids)
+        # most places first, then the more frequent group (the later in _ASCENDING)
+        group = max(_ASCENDING, key=lambda g: (held.count(g), _ASCENDING.index(g)))
+        groups[group].extend(ids)
+    return {name: sorted(ids) for name, ids in groups.items()}
 
 
 def count_groups(
@@ -169,8 +197,9 @@ def count_groups(
 ) -> dict[str, list[int]]:
     """Groups by absolute count (SDCLR's ImageNet-100-LT rule with 100 and 20).
 
-    frequent: n > ``frequent_above``; rare: n < ``rare_below``; medium: the rest. A group
-    may be empty, unlike with the thirds rule.
+    frequent: n > ``frequent_above``; rare: n < ``rare_below``; medium: the rest. Equal
+    counts always share a group, and a group may be empty (any with fewer than three
+    classes): the thresholds alone decide, however many classes there are.
     """
     if not 0 <= rare_below <= frequent_above:
         raise DataError(
@@ -189,7 +218,13 @@ GROUP_RULES = ("thirds", "counts")
 def group_classes(
     class_counts: Sequence[int], rule: str = "thirds", thresholds: Sequence[int] = (100, 20)
 ) -> dict[str, list[int]]:
-    """Frequent / Medium / Rare class ids by ``rule`` (data.groups, data.group_thresholds)."""
+    """Frequent / Medium / Rare class ids by ``rule`` (data.groups, data.group_thresholds):
+    ``thirds`` (``frequency_groups``) or ``counts`` (``count_groups``).
+
+    Under both rules classes with equal counts share a group, and every group is a key of
+    the result, an empty list where it has no class; the metrics and reports leave an
+    empty group out (never NaN).
+    """
     if rule == "thirds":
         return frequency_groups(class_counts)
     if rule == "counts":

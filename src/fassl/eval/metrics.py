@@ -41,19 +41,22 @@ def group_metrics(
 ) -> dict[str, float | list[float]]:
     """All (mean per-class accuracy), the mean of each group, Std of the groups, per_class.
 
-    Std is the population std (ddof 0) over the group accuracies, as in the paper; with
-    no groups only ``all`` and ``per_class`` are returned. Classes absent from
-    ``labels`` are left out of every mean.
+    Std is the population std (ddof 0) over the group accuracies, as in the paper. Classes
+    absent from ``labels`` are left out of every mean (``per_class`` keeps nan for them).
+    A group without an accuracy (no class, as with fewer than three classes or a tie, or
+    no test image of its classes) is left out of the dict, never nan; Std needs two
+    groups with an accuracy and is left out otherwise. With no groups only ``all`` and
+    ``per_class`` are returned.
     """
     acc = per_class_accuracy(pred, labels, num_classes)
     out: dict[str, float | list[float]] = {"all": _nanmean(acc)}
-    if groups:
-        # The paper's three groups first, then any others, in a stable order.
-        names = [g for g in GROUP_NAMES if g in groups] + [
-            g for g in groups if g not in GROUP_NAMES
-        ]
-        group_acc = [_nanmean(acc[torch.as_tensor(groups[g], dtype=torch.long)]) for g in names]
-        out.update(zip(names, group_acc, strict=True))
-        out["std"] = float(torch.tensor(group_acc, dtype=torch.float64).std(correction=0))
+    # The paper's three groups first, then any others, in a stable order.
+    names = [g for g in GROUP_NAMES if g in groups] + [g for g in groups if g not in GROUP_NAMES]
+    group_acc = {g: _nanmean(acc[torch.as_tensor(groups[g], dtype=torch.long)]) for g in names}
+    present = {g: a for g, a in group_acc.items() if not math.isnan(a)}
+    out.update(present)
+    if len(present) >= 2:
+        values = torch.tensor(list(present.values()), dtype=torch.float64)
+        out["std"] = float(values.std(correction=0))
     out["per_class"] = [float(a) for a in acc]
     return out

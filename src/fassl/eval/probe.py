@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fassl.data.bundle import Split
+from fassl.data.bundle import Split, crop_flip_at
 from fassl.eval.metrics import per_class_accuracy
 from fassl.features import backbone_forward, eval_mode, extract_features
 from fassl.runtime import Runtime
@@ -268,22 +268,6 @@ def _epoch_draws(
     return torch.stack([perm, torch.cat(dy), torch.cat(dx), torch.cat(flip).long()])
 
 
-def _crop_flip(
-    images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int
-) -> torch.Tensor:
-    """RandomCrop(padding) + horizontal flip at the given per-image offsets and flips,
-    on the images' device: ``random_crop_flip`` with its draws made beforehand."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
-    dev = images.device
-    rows = dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)  # (n, h)
-    cols = torch.arange(w, device=dev).view(1, w).expand(n, w)
-    cols = torch.where(flip.view(n, 1), w - 1 - cols, cols) + dx.view(n, 1)  # (n, w)
-    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
-    chan = torch.arange(images.shape[1], device=dev).view(1, -1, 1, 1)
-    return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-
-
 def _step_lr(lr: float, epoch: int, milestones: list[int]) -> float:
     """MultiStepLR(gamma 0.1) for a 0-based epoch index: x0.1 from each milestone on."""
     return lr * 0.1 ** sum(epoch >= m for m in milestones)
@@ -340,7 +324,7 @@ def linear_probe_sdclr(
                 else:
                     rows = images_all[host_draws[0, start : start + batch_size]]
                     images = torch.as_tensor(rows).to(device, non_blocking=True)
-                images = _crop_flip(images, dy, dx, flip.bool(), PROBE_PADDING)
+                images = crop_flip_at(images, dy, dx, flip.bool(), PROBE_PADDING)
                 # normalize_images' arithmetic with the constants already on the device
                 x = ((images.float() / 255.0 - m) / s).contiguous(memory_format=layout)
                 feats = backbone_forward(backbone, x, rt)

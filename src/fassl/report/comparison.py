@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+# a cell without a number: a column the paper does not give, a group without classes
+ABSENT = "—"
+
+
 def _paper_row(all_: float, rare: float, medium: float, frequent: float, std: float) -> dict:
     """A row of the paper's Tables 1-2, which list All, Rare, Medium, Frequent, Std."""
     return {"all": all_, "frequent": frequent, "medium": medium, "rare": rare, "std": std}
@@ -81,8 +85,29 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
+def _finite(value: object) -> bool:
+    """A number that is there: results.json writes a missing accuracy as null (or a run
+    leaves out a group without classes)."""
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _column(values: list) -> tuple[float, float, int]:
+    """(mean, spread, n) over the seeds that have the column; (nan, nan, 0) when none has
+    it (an empty group), which the tables show as ``ABSENT``."""
+    present = [float(v) for v in values if _finite(v)]
+    return (*mean_spread(present), len(present)) if present else (math.nan, math.nan, 0)
+
+
+def cell(mean: float, spread: float) -> str:
+    """``mean ± spread``, or ``ABSENT`` for a column no run has (an empty group)."""
+    return ABSENT if math.isnan(mean) else f"{mean:.2f} ± {spread:.2f}"
+
+
 def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
-    """runs: {"method", "seed", "results"} -> setting -> method -> column -> (mean, spread, n)."""
+    """runs: {"method", "seed", "results"} -> setting -> method -> column -> (mean, spread, n).
+
+    A column is averaged over the seeds that have it; one that no seed has (a group
+    without classes) is (nan, nan, 0)."""
     out: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {}
     settings = [s for s in ("standard", "few_shot") if any(s in r["results"] for r in runs)]
     for setting in settings:
@@ -94,15 +119,13 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, tuple[float, fl
                 if r["method"] == name and setting in r["results"]
             ]
             if rows:
-                methods[name] = {
-                    c: (*mean_spread([row[c] for row in rows]), len(rows)) for c in COLUMNS
-                }
+                methods[name] = {c: _column([row.get(c) for row in rows]) for c in COLUMNS}
         out[setting] = methods
     return out
 
 
 def _paper_cells(ref: dict) -> str:
-    return " | ".join("—" if math.isnan(ref[c]) else f"{ref[c]:.2f}" for c in COLUMNS)
+    return " | ".join(ABSENT if math.isnan(ref[c]) else f"{ref[c]:.2f}" for c in COLUMNS)
 
 
 def markdown_tables(summary: dict, paper: dict | None = None) -> str:
@@ -118,8 +141,8 @@ def markdown_tables(summary: dict, paper: dict | None = None) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for name, cols in methods.items():
-            n = next(iter(cols.values()))[2]
-            cells = " | ".join(f"{cols[c][0]:.2f} ± {cols[c][1]:.2f}" for c in COLUMNS)
+            n = max(col[2] for col in cols.values())
+            cells = " | ".join(cell(*cols[c][:2]) for c in COLUMNS)
             lines.append(f"| {name} | {n} | {cells} |")
             ref = (paper or {}).get(setting, {}).get(name)
             if ref:
@@ -150,11 +173,7 @@ def difference_tables(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
             )
             if not seeds:
                 continue
-            cells = []
-            for c in COLUMNS:
-                diffs = [by[(arm, s)][setting][c] - by[(base, s)][setting][c] for s in seeds]
-                m, spread = mean_spread(diffs)
-                cells.append(f"{m:+.2f} ± {spread:.2f}")
+            cells = [_difference(by, arm, base, setting, c, seeds) for c in COLUMNS]
             lines.append(f"| {arm} − {base} | {len(seeds)} | " + " | ".join(cells) + " |")
         if lines:
             head = [
@@ -168,6 +187,19 @@ def difference_tables(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
             ]
             parts.append("\n".join(head + lines))
     return "\n\n".join(parts) + "\n" if parts else ""
+
+
+def _difference(by: dict, arm: str, base: str, setting: str, column: str, seeds: list[int]) -> str:
+    """The cell of ``difference_tables``: over the seeds where both arms have the column."""
+    diffs = []
+    for s in seeds:
+        a, b = by[(arm, s)][setting].get(column), by[(base, s)][setting].get(column)
+        if _finite(a) and _finite(b):
+            diffs.append(a - b)
+    if not diffs:
+        return ABSENT
+    m, spread = mean_spread(diffs)
+    return f"{m:+.2f} ± {spread:.2f}"
 
 
 def paper_dataset(num_classes: int, dataset: str) -> str | None:
@@ -211,8 +243,11 @@ def write_csv(summary: dict, path: Path) -> None:
         )
         for setting, methods in summary.items():
             for name, cols in methods.items():
-                n = next(iter(cols.values()))[2]
-                w.writerow([setting, name, n] + [f"{v:.4f}" for c in COLUMNS for v in cols[c][:2]])
+                n = max(col[2] for col in cols.values())
+                values = [v for c in COLUMNS for v in cols[c][:2]]
+                w.writerow(
+                    [setting, name, n] + ["" if math.isnan(v) else f"{v:.4f}" for v in values]
+                )
 
 
 def bar_figure(summary: dict) -> Figure:

@@ -117,18 +117,38 @@ def analysis_markdown(stage: str, diagnostics: dict, shares: dict[str, float]) -
 
 def group_lines(meta: dict[str, Any]) -> list[str]:
     """One line per class group: its classes with their pre-training image counts
-    (``Rare: airplane (50), automobile (77), ship (129)``), from results.json's meta."""
+    (``Rare: airplane (50), automobile (77), ship (129)``), from results.json's meta; then
+    one line naming the empty groups, which have no accuracy (``–`` in the tables), that
+    says when there are fewer than three classes."""
     classes, counts = meta.get("classes") or [], meta.get("class_counts") or []
+    groups = meta.get("groups") or {}
+    if not classes or not groups:
+        return []
     lines = []
     for group in GROUPS:
-        ids = (meta.get("groups") or {}).get(group)
-        if not ids or not classes:
+        ids = groups.get(group)
+        if not ids:
             continue
         named = ", ".join(
             f"{classes[c]} ({counts[c]:,})" if c < len(counts) else classes[c] for c in ids
         )
         lines.append(f"{group.capitalize()}: {named}")
-    return lines
+    empty = _empty_groups_line(len(classes), [g for g in GROUPS if not groups.get(g)])
+    return [*lines, empty] if empty else lines
+
+
+def _empty_groups_line(num_classes: int, empty: list[str]) -> str:
+    """``Only 2 classes (fewer than three): Medium has no class (no accuracy in the
+    tables)``; "" when no group is empty."""
+    if not empty:
+        return ""
+    one = len(empty) == 1
+    names = " and ".join(g.capitalize() for g in empty)
+    what = f"{names} {'has' if one else 'have'} no class (no accuracy in the tables)"
+    if num_classes < 3:
+        plural = "class" if num_classes == 1 else "classes"
+        return f"Only {num_classes} {plural} (fewer than three): {what}"
+    return what
 
 
 def run_report(

@@ -17,7 +17,7 @@ from typing import Any
 
 from fassl.data.bundle import GROUPS
 from fassl.files import atomic_path
-from fassl.report.comparison import mean_spread
+from fassl.report.comparison import cell, mean_spread
 from fassl.report.plotting import pyplot
 from fassl.report.results import COLUMNS
 
@@ -82,7 +82,7 @@ def _accuracy_table(sweep: Sweep, setting: str) -> list[str]:
             cols = summary.get(setting, {}).get(name)
             if cols is None:
                 continue
-            cells = " | ".join(f"{cols[c][0]:.2f} ± {cols[c][1]:.2f}" for c in COLUMNS)
+            cells = " | ".join(cell(*cols[c][:2]) for c in COLUMNS)
             lines.append(f"| {sweep.cell(i)} | {shown} | {cols['all'][2]} | {cells} |")
     return lines
 
@@ -129,7 +129,10 @@ def write_sweep_csv(sweep: Sweep, path: Path, prototypes_path: Path) -> None:
                     cols = summary.get(setting, {}).get(name)
                     if cols is None:
                         continue
-                    row = [f"{v:.4f}" for c in COLUMNS for v in cols[c][:2]]
+                    # an empty group (no class) is a blank cell, as in the comparison CSV
+                    row = [
+                        "" if math.isnan(v) else f"{v:.4f}" for c in COLUMNS for v in cols[c][:2]
+                    ]
                     keys = [show(values[k]) for k in sweep.keys]
                     shared = name in sweep.shared
                     w.writerow([setting, *keys, name, shared, cols["all"][2], *row])

@@ -8,9 +8,13 @@ was trained with; with neither, it asks for ``--config`` rather than guess.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import re
 from pathlib import Path
 
-from fassl.config import Config, load_config
+from fassl.config import Config, DataConfig, load_config
 from fassl.recipes import run_config_for
 
 
@@ -22,5 +26,27 @@ def tool_config(checkpoint: Path, config: Path | None, overrides: list[str]) -> 
 
 
 def default_out(checkpoint: Path, kind: str, name: str) -> Path:
-    """``<checkpoint folder>/<kind>-<data name>``, the place ``fassl eval`` also writes to."""
+    """``<checkpoint folder>/<kind>-<data name>``, the place ``fassl eval`` also writes to
+    (its data name: ``data_slug``)."""
     return checkpoint.parent / f"{kind}-{name}"
+
+
+# data.* keys that change how data is read or kept, never which images or labels it holds
+_STORAGE_KEYS = ("cache_dir", "download", "max_memory_gb", "workers")
+
+
+def data_slug(cfg: DataConfig) -> str:
+    """A folder name for the data ``cfg`` describes: ``<dataset>[-<root name>]-split<k>-``
+    and 6 hex digits of every data.* key that picks images, groups or labels (the root
+    as an absolute path), so evaluations on different data never share a folder and the
+    same data always gets the same one (``cifar10-data-split0-1a2b3c``)."""
+    keys = dataclasses.asdict(cfg)
+    for key in _STORAGE_KEYS:
+        keys.pop(key, None)
+    root = Path(cfg.root).expanduser().absolute() if cfg.root else None
+    keys["root"] = str(root or "")
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:6]
+    name = root.name.removesuffix(".gz").removesuffix(".tar").removesuffix(".zip") if root else ""
+    parts = [cfg.dataset, name] if name and name != cfg.dataset else [cfg.dataset]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._")[:48]
+    return f"{readable}-split{cfg.split}-{digest}"

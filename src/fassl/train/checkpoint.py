@@ -6,7 +6,8 @@ A file is written under a temporary name and moved into place with ``os.replace`
 run killed while saving leaves the previous checkpoint intact. Before writing, the
 state is checked to be finite (a diverged run never overwrites its last good state) and
 the disk to have room; the header records a SHA-256 of the tensor bytes, which loading
-checks, so a damaged file is reported as corrupt rather than as a diverged run.
+checks, so a damaged file is reported as corrupt rather than as a diverged run. The file
+gets the mode of every other output (0666 less the umask), not safetensors' 0600.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fassl.errors import CheckpointError, DiskFull
-from fassl.files import check_space, space_needed
+from fassl.files import check_space, set_output_mode, space_needed
 from fassl.processes import pid_alive
 
 FORMAT = "fassl-checkpoint-1"
@@ -62,6 +63,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         save_file(data, str(tmp), metadata=header)
+        set_output_mode(tmp)  # safetensors creates its file 0600
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
         tmp.unlink(missing_ok=True)

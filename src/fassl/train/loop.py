@@ -122,7 +122,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Buffers (queues, masks, BN statistics) stay per process: no broadcast.
             self.model = nn.parallel.DistributedDataParallel(
-                method, device_ids=ids, broadcast_buffers=False
+                method, device_ids=ids, **dist.per_process_buffers()
             )
         self.forward = CompiledForward(self.model, wants_compile(cfg.train.compile, self.device))
         self.optimizer = build_optimizer(method, optim_cfg)
