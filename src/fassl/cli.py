@@ -13,16 +13,7 @@ from typing import Any, NoReturn
 
 from fassl import flags
 from fassl.bench.settings import add_arguments as bench_arguments
-from fassl.config import (
-    FASSL_ARMS,
-    METHOD_NAMES,
-    METHOD_VARIANTS,
-    PAPER_ARMS,
-    Config,
-    OptimConfig,
-    PipelineConfig,
-    load_config,
-)
+from fassl.config import Config, OptimConfig, PipelineConfig, load_config
 from fassl.errors import (
     ConfigError,
     Interrupted,
@@ -33,6 +24,7 @@ from fassl.errors import (
 )
 from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
+from fassl.registry import ARMS, METHOD_NAMES
 from fassl.tools.commands import add_tool_commands
 from fassl.validation import check_paths
 
@@ -66,14 +58,22 @@ def _pipeline_keys() -> str:
 
 def _compare_arms() -> str:
     """The arms ``compare.methods`` takes, for ``fassl compare --help``."""
-    equal = [a for a in FASSL_ARMS if a not in PAPER_ARMS]
-    methods = [m for m in METHOD_NAMES if not m.startswith("fassl_")]
+    kinds: dict[str, list[str]] = {"methods": [], "equal": [], "paper": [], "variants": []}
+    for a in ARMS.values():
+        if a.structure == "paper":
+            kinds["paper"].append(a.name)
+        elif a.pipeline:
+            kinds["equal"].append(a.name)
+        elif a.name in METHOD_NAMES:
+            kinds["methods"].append(a.name)
+        else:
+            kinds["variants"].append(a.name)
     return (
-        f"arms (compare.methods):\n  methods: {', '.join(methods)}\n"
-        f"  FASSL at equal compute (its own teacher): {', '.join(equal)}\n"
+        f"arms (compare.methods):\n  methods: {', '.join(kinds['methods'])}\n"
+        f"  FASSL at equal compute (its own teacher): {', '.join(kinds['equal'])}\n"
         f"  FASSL as the paper composes it (on the sdclr arm's export), beside SDCLR trained\n"
-        f"  on as long: {', '.join(PAPER_ARMS)}, sdclr_continued\n"
-        f"  variants: {', '.join(v for v in METHOD_VARIANTS if v != 'sdclr_continued')}"
+        f"  on as long: {', '.join(kinds['paper'])}\n"
+        f"  variants: {', '.join(kinds['variants'])}"
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from fassl import report
 from fassl.arms import (
     arm_order,
+    arm_record,
     arm_structure,
     baseline_epochs,
     bases_of,
@@ -23,7 +24,7 @@ from fassl.arms import (
     run_config,
     stage1_lead,
 )
-from fassl.config import PAPER_ARMS, Config, load_config, to_yaml
+from fassl.config import Config, load_config, to_yaml
 from fassl.data.build import build_data
 from fassl.distributed import on_all, on_main
 from fassl.errors import ConfigError
@@ -97,7 +98,8 @@ def teacher_runs(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
         name, teacher = r["method"], r["results"].get("teacher")
-        if teacher and is_pipeline(name) and name == stage1_lead(name) and name not in PAPER_ARMS:
+        own = is_pipeline(name) and name == stage1_lead(name) and not arm_record(name).start_arm
+        if teacher and own:
             rows.append({"method": f"{name}_teacher", "seed": r["seed"], "results": teacher})
     return rows
 

@@ -17,50 +17,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fassl.errors import ConfigError
-from fassl.validation import get_dotted, range_problems, ranged, structure_problems
+from fassl.registry import ARM_NAMES, DATASETS, METHOD_NAMES, WEIGHTS
+from fassl.validation import (
+    choice,
+    choice_problems,
+    neutral,
+    path,
+    range_problems,
+    ranged,
+    structure_problems,
+)
 
-# The registered methods (fassl.methods.METHODS checks that it lists the same).
-METHOD_NAMES = (
-    "simclr",
-    "sdclr",
-    "byol",
-    "swav",
-    "fassl_prototypes",
-    "fassl_rebalance",
-    "supervised",
-    "bcl_i",
-    "bcl_d",
-    "ldam_drw",
-)
-# log phi of stage 2: Eq. 3 and its label-free variants (none = phi 1); the registry
-# fassl.reweight.REWEIGHTERS checks that it lists the same, in the same order.
-WEIGHTS = ("paper", "paper_normalized", "softmax_density", "cluster_size", "knn", "none")
-# The dataset sources (fassl.data's registry checks that it lists the same).
-DATASETS = ("digits", "cifar10", "cifar100", "folder", "splitfile", "tinyimagenet")
-# FASSL as the paper composes it (Algorithm 1: the teacher is "initialized from" SDCLR):
-# stages 1-2 from the sdclr arm's final export, and phi = 1 from the same stage 1.
-PAPER_ARMS = ("fassl_from_sdclr", "fassl_from_sdclr_phi1")
-# Comparison arms of FASSL: at equal compute, the configured weight, the phi = 1
-# ablation and one arm per weight variant, all from the same teacher and prototypes;
-# then the paper's structure.
-FASSL_ARMS = (
-    "fassl",
-    "fassl_phi1",
-    *(f"fassl_{w}" for w in WEIGHTS if w != "none"),
-    *PAPER_ARMS,
-)
-# Comparison arms that are a method with some keys set: name -> (method, {key: value}).
-# ldam_drw_ssp and sdclr_continued also start from another arm's run of the same seed
-# (fassl.arms.starts_from).
-METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "simclr_ts": ("simclr", {"temperature.schedule": "cosine"}),
-    "sdclr_ts": ("sdclr", {"temperature.schedule": "cosine"}),
-    "bcl_i_common": ("bcl_i", {"bcl.ops": "common"}),
-    "bcl_d_common": ("bcl_d", {"bcl.ops": "common"}),
-    "ldam_drw_ssp": ("ldam_drw", {}),
-    "sdclr_continued": ("sdclr", {}),
-}
-ARM_NAMES = (*METHOD_NAMES, *FASSL_ARMS, *METHOD_VARIANTS)
 COMPILE_MODES = ("auto", "compile", "eager")  # train.compile
 
 
@@ -84,39 +51,40 @@ class SplitFilesConfig:
 class DataConfig:
     """Where the images come from and how the long-tailed protocol draws from them."""
 
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder | splitfile | tinyimagenet
+    dataset: str = choice("digits", DATASETS)  # a source of fassl.registry.SOURCES
     # cifar10/cifar100: folder holding cifar-10-batches-py / cifar-100-python.
     # folder: an image folder; with train/ and test/ sub-folders they are used as such.
     # splitfile: the folder the list files' paths are relative to (e.g. ImageNet's).
     # tinyimagenet: the tiny-imagenet-200 folder, or a .zip / .tar.gz of it.
-    root: str = ""
+    root: str = path(must_exist=False)
     labeled: bool = True  # folder: one sub-folder per class; False: images found recursively
     image_size: int = ranged(32, "[8,4096]")  # folder images are resized to this square size
     # Long-tailed subset of the probe pool: "pool" (SDCLR: n_max = pool size / C),
     # "full" (max 5000 per class drawn from the whole train set), "none" (use as found).
-    longtail: str = "pool"
+    longtail: str = choice("pool", ("pool", "full", "none"))
     imbalance: float = ranged(100.0, ">=1")  # rho = n_max / n_min, any value >= 1
     max_per_class: int = ranged(0, ">=0")  # n_max; 0 = the protocol's default
     split: int = ranged(0, ">=0")  # seed of the class-rank permutation (which class is frequent)
     # held-out validation images per class (5k for CIFAR-10)
     val_per_class: int = ranged(500, ">=0")
     few_shot_fraction: float = ranged(0.01, "(0,1]")  # nested few-shot subset of the probe pool
-    cache_dir: str = "~/.cache/fassl"
-    download: bool = False  # fetch CIFAR archives when they are missing
+    cache_dir: str = neutral("~/.cache/fassl")
+    download: bool = neutral(False)  # fetch CIFAR archives when they are missing
     # A folder with SDCLR's published CIFAR index files (trainIdxList.npy, valIdxList.npy,
     # split{k}_D_i.npy, split{k}_S_b.npy, cifar100_* for CIFAR-100): with it, data.split=k
     # picks split k's files instead of drawing the subsets.
-    sdclr_splits: str = ""
+    sdclr_splits: str = path()
     split_files: SplitFilesConfig = field(default_factory=SplitFilesConfig)
     # Frequent / Medium / Rare: "thirds" of the classes by pre-training count, or "counts"
     # (SDCLR's ImageNet-100-LT rule: frequent > group_thresholds[0] images, rare <
     # group_thresholds[1], medium in between).
-    groups: str = "thirds"
+    groups: str = choice("thirds", ("thirds", "counts"))
     group_thresholds: list[int] = field(default_factory=lambda: [100, 20])
     # Splits whose decoded uint8 images would exceed this budget together are decoded on
     # the fly by data.workers processes instead of held in memory.
-    max_memory_gb: float = ranged(8.0, ">0")
-    workers: int = ranged(0, ">=0")  # decoding processes of a streamed split; 0 = up to 8 CPU cores
+    max_memory_gb: float = ranged(8.0, ">0", neutral=True)
+    # decoding processes of a streamed split; 0 = up to 8 CPU cores
+    workers: int = ranged(0, ">=0", neutral=True)
 
 
 @dataclass
@@ -136,7 +104,7 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet18 | resnet50
+    arch: str = choice("resnet18", ("resnet18", "resnet50"))
     width: int = ranged(64, ">=1")  # channels of the first stage (64 = the paper's ResNet-18)
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool
     proj_hidden: int = ranged(512, ">=1")
@@ -144,12 +112,12 @@ class ModelConfig:
     # projection head: bn (a BatchNorm on the output, as SimCLR's, SDCLR's and BCL's code)
     # | plain (ends in a linear layer, as BYOL's and SwAV's) | auto (the method's own; a
     # run started from weights keeps the head they have)
-    head: str = "auto"
+    head: str = choice("auto", ("auto", "bn", "plain"))
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd | lars
+    optimizer: str = choice("sgd", ("sgd", "lars"))
     lr: float = ranged(0.5, ">0")
     momentum: float = ranged(0.9, "[0,1)")
     weight_decay: float = ranged(1e-4, ">=0")
@@ -162,23 +130,25 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    device: str = neutral("auto")  # auto | cpu | cuda | cuda:N
+    # auto (bf16 where the hardware has it) | bf16 | fp32
+    precision: str = choice("auto", ("auto", "bf16", "fp32"))
     # auto: channels_last (faster on CUDA and on every CPU measured) unless the model has
     # a strided 1x1 conv with < 16 input channels, where oneDNN's CPU kernel is unsafe
     # (fassl.runtime.resolve_channels_last; docs/RESULTS.md section 10)
-    memory_format: str = "auto"  # auto | channels_last | contiguous
+    memory_format: str = choice("auto", ("auto", "channels_last", "contiguous"), neutral=True)
     knn_every: int = ranged(0, ">=0")  # epochs between kNN monitors on the validation set; 0 = off
     knn_k: int = ranged(200, ">=1")
     # steps between metric log lines; the loss is also checked for NaN/inf this often
     # (reading it from the device every step would make every step wait for it)
-    log_every: int = ranged(20, ">=1")
+    log_every: int = ranged(20, ">=1", neutral=True)
     # seconds between checkpoints (written after the epoch that passes the mark, and
     # always after the last epoch); 0 = after every epoch
-    checkpoint_every_s: float = ranged(600.0, ">=0")
-    compile: str = "auto"  # torch.compile of the training forward: auto (CUDA) | compile | eager
-    progress: bool = True
-    init_from: str = ""  # checkpoint whose weights initialise the method's encoder
+    checkpoint_every_s: float = ranged(600.0, ">=0", neutral=True)
+    # torch.compile of the training forward: auto (CUDA) | compile | eager
+    compile: str = choice("auto", COMPILE_MODES, neutral=True)
+    progress: bool = neutral(True)
+    init_from: str = path()  # checkpoint whose weights initialise the method's encoder
 
 
 @dataclass
@@ -191,14 +161,14 @@ class TemperatureConfig:
     """A schedule of the contrastive temperature (Kukleva et al., ICLR 2023), read by
     SimCLR, SDCLR, BCL and FASSL's stage 1 in place of their fixed temperature."""
 
-    schedule: str = "fixed"  # fixed (each method's own temperature) | cosine
+    schedule: str = choice("fixed", ("fixed", "cosine"))  # fixed: each method's own
     tau_min: float = ranged(0.1, ">0")
     tau_max: float = ranged(1.0, ">0")  # the value at t = 0, and at every whole period
     # 0: a fifth of the run (Kukleva et al.: 400 of 2,000 epochs)
     period_epochs: float = ranged(0.0, ">=0")
     # epoch: tau held for a whole epoch, t the 1-based epoch (Kukleva et al.'s code) |
     # step: tau moves every step, t the 0-based step over steps per epoch
-    rule: str = "epoch"
+    rule: str = choice("epoch", ("epoch", "step"))
 
 
 @dataclass
@@ -209,14 +179,15 @@ class BCLConfig:
 
     # momentum of each image's loss from epoch to epoch (BCL's train.py and train_sdclr.py)
     beta: float = ranged(0.97, "[0,1)")
-    ops: str = "randaugment"  # randaugment (BCL's own 15 operations) | common (SSL's own)
+    # randaugment (BCL's own 15 operations) | common (SSL's own)
+    ops: str = choice("randaugment", ("randaugment", "common"))
     # operations drawn per view (RandAugment's N); 0: BCL's README, 1 for bcl_i, 2 for bcl_d
     num_ops: int = ranged(0, ">=0")
     # magnitude at strength 1, as a share of each op's range (BCL's rand_strength / 30)
     max_magnitude: float = ranged(1.0, "(0,1]")
     # bcl: BCL's rule, one magnitude an image for both views, floored at 10 (one op) or 5
     # (more) of 30 | uniform: strength * u, u drawn per view and op
-    magnitude: str = "bcl"
+    magnitude: str = choice("bcl", ("bcl", "uniform"))
 
 
 @dataclass
@@ -232,7 +203,7 @@ class LDAMConfig:
     # beta of the class-balanced (effective-number) weights
     drw_beta: float = ranged(0.9999, "[0,1)")
     # fassl compare's ldam_drw_ssp arm starts from this method's run of the same seed
-    ssp_method: str = "sdclr"
+    ssp_method: str = choice("sdclr", ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d"))
 
 
 @dataclass
@@ -246,7 +217,7 @@ class BYOLConfig:
     pred_hidden: int = ranged(512, ">=1")
     ema: float = ranged(0.99, "[0,1]")  # tau at the start
     ema_end: float = ranged(1.0, "[0,1]")  # tau at the end with the cosine schedule
-    ema_schedule: str = "cosine"  # fixed | cosine
+    ema_schedule: str = choice("cosine", ("fixed", "cosine"))
 
 
 @dataclass
@@ -267,7 +238,7 @@ class PrototypeConfig:
     num_prototypes: int = ranged(128, ">=1")  # K
     temperature: float = ranged(0.2, ">0")  # beta of Eq. 2
     normalize: bool = True  # L2-normalise z and p before h = P z
-    feature: str = "projection"  # projection (D = proj_dim) | backbone
+    feature: str = choice("projection", ("projection", "backbone"))  # D = proj_dim | backbone
 
 
 @dataclass
@@ -278,7 +249,7 @@ class RebalanceConfig:
     # cluster_size | knn | none (phi = 1: BYOL from the teacher, the paper's ablation).
     # knn is the default because it ranked non-frequent images highest most consistently
     # (docs/RESULTS.md, weight enrichment); paper is Eq. 3 exactly as the paper writes it.
-    weight: str = "knn"
+    weight: str = choice("knn", WEIGHTS)
     # clamp log phi to batch mean +- clip_std * std; 0 = no clip
     clip_std: float = ranged(2.0, ">=0")
     # Standardise log phi per batch to this std before clipping (not in the paper): the
@@ -286,18 +257,21 @@ class RebalanceConfig:
     strength: float = ranged(0.5, ">=0")
     density_temperature: float = ranged(0.1, ">0")  # softmax_density
     knn_k: int = ranged(10, ">=1")  # knn
-    weight_view: str = "mean"  # which teacher view defines phi: first | mean
+    weight_view: str = choice("mean", ("first", "mean"))  # the teacher view(s) behind phi
     global_stats: bool = True  # clip/normalise with statistics of the global batch
     pred_hidden: int = ranged(512, ">=1")
     ema: float = ranged(0.99, "[0,1]")  # tau of Eq. 4
     ema_end: float = ranged(0.99, "[0,1]")
-    ema_schedule: str = "fixed"  # fixed | cosine
+    ema_schedule: str = choice("fixed", ("fixed", "cosine"))
 
 
 @dataclass
 class ProbeConfig:
-    settings: list[str] = field(default_factory=lambda: ["standard", "few_shot"])
-    variant: str = "fast"  # fast (cached features) | sdclr (augmented, lr 30, steps)
+    settings: list[str] = choice(
+        None, ("standard", "few_shot"), factory=lambda: ["standard", "few_shot"]
+    )
+    # fast (cached features) | sdclr (augmented, lr 30, steps)
+    variant: str = choice("fast", ("fast", "sdclr"))
     fast_epochs: int = ranged(100, ">=1")
     fast_lr: float = ranged(0.1, ">0")
     fast_weight_decay: float = ranged(0.0, ">=0")
@@ -313,8 +287,8 @@ class ProbeConfig:
 class PipelineConfig:
     """Stage order of FASSL; a stage with a given checkpoint is skipped."""
 
-    teacher_checkpoint: str = ""  # an existing SDCLR run's checkpoint: skip stage 0
-    prototypes_checkpoint: str = ""  # an existing stage-1 checkpoint: skip stages 0-1
+    teacher_checkpoint: str = path()  # an existing SDCLR run's checkpoint: skip stage 0
+    prototypes_checkpoint: str = path()  # an existing stage-1 checkpoint: skip stages 0-1
     teacher: OptimConfig = field(default_factory=OptimConfig)
     prototypes: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=0.05, epochs=50, warmup_epochs=2.0)
@@ -326,7 +300,9 @@ class PipelineConfig:
 
 @dataclass
 class CompareConfig:
-    methods: list[str] = field(default_factory=lambda: ["simclr", "byol", "swav", "sdclr", "fassl"])
+    methods: list[str] = choice(
+        None, ARM_NAMES, factory=lambda: ["simclr", "byol", "swav", "sdclr", "fassl"]
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     # Epochs of each baseline; 0 = the pipeline's three stages together (equal compute:
     # the same number of images through the network as FASSL).
@@ -339,8 +315,8 @@ class CompareConfig:
 
 @dataclass
 class Config:
-    method: str = "simclr"  # one of METHOD_NAMES
-    out_dir: str = "runs/default"
+    method: str = choice("simclr", METHOD_NAMES)
+    out_dir: str = neutral("runs/default")
     seed: int = ranged(0, ">=0")
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -356,53 +332,15 @@ class Config:
     ldam: LDAMConfig = field(default_factory=LDAMConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probe: ProbeConfig = neutral(factory=ProbeConfig)  # after training
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHOD_NAMES,
-    "data.dataset": DATASETS,
-    "data.longtail": ("pool", "full", "none"),
-    "data.groups": ("thirds", "counts"),
-    "model.arch": ("resnet18", "resnet50"),
-    "model.head": ("auto", "bn", "plain"),
-    "optim.optimizer": ("sgd", "lars"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.memory_format": ("auto", "channels_last", "contiguous"),
-    "train.compile": COMPILE_MODES,
-    "prototypes.feature": ("projection", "backbone"),
-    "rebalance.weight": WEIGHTS,
-    "rebalance.weight_view": ("first", "mean"),
-    "rebalance.ema_schedule": ("fixed", "cosine"),
-    "byol.ema_schedule": ("fixed", "cosine"),
-    "probe.variant": ("fast", "sdclr"),
-    "temperature.schedule": ("fixed", "cosine"),
-    "temperature.rule": ("epoch", "step"),
-    "bcl.ops": ("randaugment", "common"),
-    "bcl.magnitude": ("bcl", "uniform"),
-    "ldam.ssp_method": ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d"),
-}
+    compare: CompareConfig = neutral(factory=CompareConfig)  # which runs, not what each learns
 
 
 def validate(cfg: Config) -> Config:
-    """Check values that a type alone cannot (choices, ranges); raise ConfigError."""
-    for key, choices in _CHOICES.items():
-        value = get_dotted(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
-    for setting in cfg.probe.settings:
-        if setting not in ("standard", "few_shot"):
-            raise ConfigError(
-                f"config key 'probe.settings': {setting!r} is not one of ['standard', 'few_shot']"
-            )
-    for name in cfg.compare.methods:
-        if name not in ARM_NAMES:
-            raise ConfigError(
-                f"config key 'compare.methods': unknown method {name!r} (one of {list(ARM_NAMES)})"
-            )
-    problems = [*range_problems(cfg), *structure_problems(cfg)]
+    """Check values that a type alone cannot (choices, ranges, keys that go together),
+    each by the rule its field carries; raise ConfigError naming the key."""
+    problems = [*choice_problems(cfg), *range_problems(cfg), *structure_problems(cfg)]
     if problems:
         also = f"\n(also: {'; '.join(problems[1:])})" if problems[1:] else ""
         raise ConfigError(problems[0] + also)

@@ -5,9 +5,9 @@ prototypes (and, where ``needs_dataset``, the teacher's features of every traini
 image), then ``log_phi(z)``: one log-weight per row, larger = rarer, no gradient.
 ``normalize_weights`` (fassl.losses) turns log phi into batch weights.
 
-``REWEIGHTERS`` is the one registry: config validation, the stage-2 method, the FASSL
-arms of ``fassl compare`` and the weight analyses all read it. Adding a variant is one
-class here (registered in ``REWEIGHTERS``) and its test.
+``REWEIGHTERS`` (name -> class, from ``fassl.registry.WEIGHT_CLASSES``) is what the
+stage-2 method, the FASSL arms of ``fassl compare`` and the weight analyses read. Adding a
+variant is one class here, its test and one line in the registry.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fassl.config import WEIGHTS, RebalanceConfig
+from fassl.config import RebalanceConfig
 from fassl.float32 import float32_only
 from fassl.losses import log_rebalance_weight
 from fassl.prototypes import cosine_scores, nearest_prototype, occupancy
+from fassl.registry import WEIGHT_CLASSES, load
 
 # --------------------------------------------------------------- pure log-weight maths
 
@@ -225,20 +226,10 @@ class NoWeight(Reweighter):
         return torch.zeros(z.shape[0], device=z.device)
 
 
+# name -> class, as ``fassl.registry.WEIGHT_CLASSES`` declares them (each class above)
 REWEIGHTERS: dict[str, type[Reweighter]] = {
-    cls.name: cls
-    for cls in (
-        PaperWeight,
-        PaperNormalizedWeight,
-        SoftmaxDensityWeight,
-        ClusterSizeWeight,
-        KnnWeight,
-        NoWeight,
-    )
+    name: load(target) for name, target in WEIGHT_CLASSES.items()
 }
-
-
-assert tuple(REWEIGHTERS) == WEIGHTS, "fassl.config.WEIGHTS must list every weight, in order"
 
 
 def build_reweighter(name: str, cfg: RebalanceConfig) -> Reweighter:

@@ -24,24 +24,14 @@ from fassl.files import write_text
 from fassl.methods import METHODS
 from fassl.names import EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
 from fassl.train.checkpoint import read_meta
-from fassl.validation import INPUT_PATH_KEYS, absolute_path
+from fassl.validation import NEUTRAL as NEUTRAL_META
+from fassl.validation import absolute_path, keys_with, path_keys
 
-# keys (or key prefixes ending in ".") that never change what a stage learns
-NEUTRAL = (
-    "out_dir",
-    "probe.",
-    "compare.",
-    "train.progress",
-    "train.log_every",
-    "train.checkpoint_every_s",
-    "train.device",
-    "train.compile",
-    "train.memory_format",
-    "data.cache_dir",
-    "data.workers",
-    "data.max_memory_gb",
-    "data.download",
-)
+# keys (or whole sections) that never change what a stage learns: the fields marked
+# rerun-neutral where they are declared (fassl.validation.neutral)
+NEUTRAL = keys_with(Config(), NEUTRAL_META)
+# keys naming files, compared as absolute paths
+PATH_KEYS = path_keys(Config())
 # every section some method reads as its own (the others are shared by all methods)
 _ALL_SECTIONS = {s for cls in METHODS.values() for s in cls.sections}
 
@@ -84,7 +74,7 @@ def _chain(cfg: Config, stage: str) -> tuple[list[str], list[str]]:
 
 
 def _relevant(key: str, sections: set[str], pipeline: tuple[str, ...]) -> bool:
-    if any(key == n or (n.endswith(".") and key.startswith(n)) for n in NEUTRAL):
+    if any(key == n or key.startswith(n + ".") for n in NEUTRAL):
         return False
     head = key.partition(".")[0]
     if head in _ALL_SECTIONS:
@@ -188,7 +178,7 @@ def check_stage(cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path)
 def _same(key: str, recorded: Any, value: Any) -> bool:
     """Equal settings; a path key compares as an absolute path, so a run recorded with a
     relative path (before paths were recorded absolute) resumes from the same folder."""
-    if key in INPUT_PATH_KEYS and isinstance(recorded, str) and isinstance(value, str):
+    if key in PATH_KEYS and isinstance(recorded, str) and isinstance(value, str):
         return absolute_path(recorded) == absolute_path(value)
     return recorded == value
 

@@ -33,8 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from fassl import report
-from fassl.arms import arm_method, arm_order, run_config, set_dotted, starts_from
-from fassl.config import FASSL_ARMS, METHOD_VARIANTS, PAPER_ARMS, Config, load_config, to_yaml
+from fassl.arms import (
+    arm_method,
+    arm_order,
+    arm_record,
+    is_pipeline,
+    run_config,
+    set_dotted,
+    starts_from,
+)
+from fassl.config import Config, load_config, to_yaml
 from fassl.data.build import build_data
 from fassl.data.bundle import LongTailData
 from fassl.errors import ConfigError
@@ -144,18 +152,19 @@ def run_dirs(cfg: Config, values: dict[str, Any], label: str) -> dict[str, str]:
     dirs = {}
     for name in arm_order(cfg):
         reads = (*BASELINE_READS, *arm_sections(name))
-        group = None if name in FASSL_ARMS else share_group(values, reads)
+        group = None if is_pipeline(name) else share_group(values, reads)
         dirs[name] = f"shared/{name}/{group}" if group else f"grid/{label}/{name}"
     return dirs
 
 
 def arm_sections(name: str) -> tuple[str, ...]:
-    """The config sections a baseline arm's training reads (its method's, and ``ldam``'s
-    SSP source for ldam_drw_ssp)."""
-    method = arm_method(name)
-    keys = tuple(METHOD_VARIANTS.get(name, ("", {}))[1])
-    start = ("ldam",) if name == "ldam_drw_ssp" else ()  # ldam.ssp_method names its source
-    return (*method_sections(method), *keys, *start)
+    """The config sections a baseline arm's training reads: its method's, the keys the
+    arm sets, and the section of a key that names the arm it starts from (ldam_drw_ssp's
+    ``ldam.ssp_method``)."""
+    a = arm_record(name)
+    keys = tuple(key for key, _ in a.keys)
+    start = (a.start_arm_key.partition(".")[0],) if a.start_arm_key else ()
+    return (*method_sections(arm_method(name)), *keys, *start)
 
 
 def plan(cfg: Config, out: Path) -> list[GridPoint]:
@@ -210,7 +219,8 @@ def shared_stage(point: GridPoint, stage: str, seed: int, ctx: SweepContext) -> 
 def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     """One method at one seed of one grid point (reused when its results exist)."""
     cfg = copy.deepcopy(point.cfg)
-    own_teacher = name in FASSL_ARMS and name not in PAPER_ARMS  # the paper's: the sdclr arm
+    # a FASSL arm that trains its own teacher (the paper's structure starts from an arm)
+    own_teacher = is_pipeline(name) and not starts_from(name, cfg)
     if own_teacher and point.prototypes_group:
         cfg.pipeline.prototypes_checkpoint = str(shared_stage(point, "prototypes", seed, ctx))
     elif own_teacher and point.teacher_group:
@@ -223,7 +233,7 @@ def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     done = Path(c.out_dir) / "results.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if name in FASSL_ARMS:
+    if is_pipeline(name):
         return run_pipeline(c, data=ctx.data, rt=ctx.rt)
     return run_pretrain(c, data=ctx.data, rt=ctx.rt)
 
@@ -237,8 +247,8 @@ def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> d
         key = to_yaml(point.cfg.data)
         if key not in datasets:
             datasets[key] = build_data(point.cfg.data, seed)
-        stages = pipeline_stages(point.cfg) if any(m in FASSL_ARMS for m in methods) else []
-        if any(m not in FASSL_ARMS for m in methods):
+        stages = pipeline_stages(point.cfg) if any(is_pipeline(m) for m in methods) else []
+        if not all(is_pipeline(m) for m in methods):
             stages.append(RUN)
         try:
             check_batch_sizes(point.cfg, datasets[key], stages)
@@ -273,7 +283,7 @@ def collect_point(out: Path, point: dict) -> tuple[list[dict], list[dict]]:
         for path in sorted((out / folder).glob("seed*/results.json")):
             seed = int(path.parent.name.removeprefix("seed"))
             runs.append({"method": name, "seed": seed, "results": json.loads(path.read_text())})
-    arms = [a for a in point["runs"] if a in FASSL_ARMS]
+    arms = [a for a in point["runs"] if is_pipeline(a)]
     analyses: list[dict] = []
     for arm in sorted(arms, key=lambda a: a != "fassl"):
         files = sorted((out / point["runs"][arm]).glob("seed*/analysis_prototypes.json"))

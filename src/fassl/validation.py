@@ -9,12 +9,13 @@ key, instead of as a ZeroDivisionError or an empty tensor minutes into a run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from fassl.errors import ConfigError
+from fassl.registry import ROOT_DATASETS
 
 # rule name -> (test, wording)
 _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -33,28 +34,76 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "[0,0.5]": (lambda v: 0 <= v <= 0.5, "must be in [0, 0.5]"),
 }
 
-RANGE = "range"  # the dataclass field metadata key holding a field's rule
+# The metadata a config field carries beside its default, so that each fact about a key
+# is written once, at the key: its range rule, its choices, whether a rerun may change it
+# freely (it does not change what is learned), and whether it names a path.
+RANGE = "range"
+CHOICES = "choices"
+NEUTRAL = "neutral"
+PATH = "path"  # "input": read if the source needs it; "file": must exist when set
 
 
-def ranged(default: Any, rule: str) -> Any:
+def _field(default: Any, factory: Callable[[], Any] | None, meta: dict[str, Any]) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def ranged(default: Any, rule: str, *, neutral: bool = False) -> Any:
     """A config field with a default and a range rule (a key of ``_RULES``), checked by
     ``range_problems`` before any work starts: ``lr: float = ranged(0.5, ">0")``."""
     if rule not in _RULES:
         raise ValueError(f"unknown range rule {rule!r}: one of {list(_RULES)}")
-    return field(default=default, metadata={RANGE: rule})
+    return _field(default, None, {RANGE: rule, NEUTRAL: neutral})
 
 
-# datasets read from data.root (cifar may download into the cache folder instead)
-ROOT_DATASETS = ("folder", "splitfile", "tinyimagenet")
-# keys naming files that must exist when set
-_PATH_KEYS = (
-    "train.init_from",
-    "pipeline.teacher_checkpoint",
-    "pipeline.prototypes_checkpoint",
-    "data.sdclr_splits",
-)
-# keys naming what a run reads, recorded absolute (``absolute_paths``)
-INPUT_PATH_KEYS = ("data.root", *_PATH_KEYS)
+def choice(
+    default: Any,
+    options: Sequence[str],
+    *,
+    factory: Callable[[], Any] | None = None,
+    neutral: bool = False,
+) -> Any:
+    """A config field whose value (or, for a list, each item) is one of ``options``,
+    checked by ``choice_problems``: ``head: str = choice("auto", ("auto", "bn", "plain"))``."""
+    return _field(default, factory, {CHOICES: tuple(options), NEUTRAL: neutral})
+
+
+def neutral(default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field (or a whole section) a rerun may change freely: where or how fast a
+    stage runs, or what happens after training (``fassl.runsettings``)."""
+    return _field(default, factory, {NEUTRAL: True})
+
+
+def path(*, must_exist: bool = True, neutral: bool = False) -> Any:
+    """A config field naming a file or folder: recorded absolute (``absolute_paths``) and,
+    with ``must_exist``, checked to exist when set (``path_problems``)."""
+    return _field("", None, {PATH: "file" if must_exist else "input", NEUTRAL: neutral})
+
+
+def _walk(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, field, value) of every field of ``cfg``, sections included, before
+    the fields inside them."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        yield prefix + f.name, f, value
+        if is_dataclass(value):
+            yield from _walk(value, prefix + f.name + ".")
+
+
+def keys_with(cfg: Any, meta: str) -> tuple[str, ...]:
+    """The dotted keys whose field metadata sets ``meta`` (a section's key covers every
+    key inside it)."""
+    return tuple(key for key, f, _ in _walk(cfg) if f.metadata.get(meta))
+
+
+def path_keys(cfg: Any, kind: str | None = None) -> tuple[str, ...]:
+    """Keys naming paths (``path``), of one ``kind`` ("file" / "input") or all."""
+    return tuple(
+        key
+        for key, f, _ in _walk(cfg)
+        if f.metadata.get(PATH) and kind in (None, f.metadata[PATH])
+    )
 
 
 def get_dotted(cfg: Any, dotted: str) -> Any:
@@ -65,22 +114,30 @@ def get_dotted(cfg: Any, dotted: str) -> Any:
     return value
 
 
-def range_problems(cfg: Any, prefix: str = "") -> list[str]:
+def range_problems(cfg: Any) -> list[str]:
     """One message per key whose value is outside its range (empty: all fine); the rules
     are the fields' own (``ranged``), walked through every nested section."""
     problems = []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        key = prefix + f.name
-        if is_dataclass(value):
-            problems += range_problems(value, key + ".")
-            continue
+    for key, f, value in _walk(cfg):
         rule = f.metadata.get(RANGE)
         if rule is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         test, wording = _RULES[rule]
         if not math.isfinite(value) or not test(value):
             problems.append(f"config key '{key}' {wording}, got {value}")
+    return problems
+
+
+def choice_problems(cfg: Any) -> list[str]:
+    """One message per key whose value (or list item) is not one of its choices."""
+    problems = []
+    for key, f, value in _walk(cfg):
+        options = f.metadata.get(CHOICES)
+        if options is None:
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item not in options:
+                problems.append(f"config key '{key}': {item!r} is not one of {list(options)}")
     return problems
 
 
@@ -117,7 +174,7 @@ def path_problems(cfg: Any) -> list[str]:
         root = Path(cfg.data.root).expanduser()
         if not root.exists():
             problems.append(f"config key 'data.root': no such file or folder: {root}")
-    for key in _PATH_KEYS:
+    for key in path_keys(cfg, "file"):
         value = get_dotted(cfg, key)
         if value and not Path(value).expanduser().exists():
             problems.append(f"config key '{key}': no such file: {value}")
@@ -130,10 +187,10 @@ def absolute_path(value: str) -> str:
 
 
 def absolute_paths(cfg: Any) -> Any:
-    """The input paths of ``cfg`` (``INPUT_PATH_KEYS``) made absolute in place, so the
+    """The paths of ``cfg`` (``path`` fields) made absolute in place, so the
     config.yaml a run writes names the same files from any working directory: a later
     ``fassl eval`` elsewhere must not read another folder of the same relative name."""
-    for key in INPUT_PATH_KEYS:
+    for key in path_keys(cfg):
         section, _, name = key.rpartition(".")
         owner = get_dotted(cfg, section)
         setattr(owner, name, absolute_path(getattr(owner, name)))

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fassl import flags
-from fassl.config import COMPILE_MODES, METHOD_NAMES
+from fassl.config import COMPILE_MODES
 from fassl.errors import ConfigError
+from fassl.registry import METHOD_NAMES
 
 CIFAR10_LT_IMAGES = 11_165  # the SDCLR protocol's CIFAR-10-LT pre-training set
 RESULTS = Path("benchmarks/results")

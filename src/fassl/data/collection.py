@@ -23,8 +23,9 @@ from fassl.data.bundle import LongTailData, channel_stats
 from fassl.data.decode import IMAGE_EXTENSIONS
 from fassl.data.folder import load_unlabeled_folder
 from fassl.data.walk import list_files
+from fassl.registry import NAMED_DATASETS
 
-BUILTIN = ("digits", "cifar10", "cifar100", "tinyimagenet")
+BUILTIN = NAMED_DATASETS  # the sources a tool's DATA may name
 PRETRAIN = "pretrain"  # DATA keyword: the config's own long-tailed pre-training set
 
 

@@ -2,29 +2,22 @@
 
 A loader takes the DataConfig and the seed that draws the images, and returns the splits
 of the long-tailed protocol (most sources decode (train, test) and call ``protocol.draw``).
-Adding a source is one module beside this one, its test, and one line in ``SOURCES``
-(plus the name in ``fassl.config.DATASETS``, which the config layer checks data.dataset
-against without loading any source; an assert keeps the two lists equal).
+Adding a source is one module beside this one, its test, and one line in
+``fassl.registry.SOURCES`` (its loader and whether it reads data.root), which the config
+layer checks data.dataset against without loading any source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fassl import config
 from fassl.config import DataConfig
-from fassl.data import cifar, digits, folder, lists, tinyimagenet
 from fassl.data.bundle import LongTailData
+from fassl.registry import SOURCES as DECLARED
+from fassl.registry import load
 
 Loader = Callable[[DataConfig, int], LongTailData]
 
-SOURCES: dict[str, Loader] = {
-    "digits": digits.load,
-    "cifar10": cifar.load,
-    "cifar100": cifar.load,
-    "folder": folder.load,
-    "splitfile": lists.load_splitfile,
-    "tinyimagenet": tinyimagenet.load,
-}
+# name -> loader, from the registry's entries
+SOURCES: dict[str, Loader] = {name: load(source.loader) for name, source in DECLARED.items()}
 DATASETS = tuple(SOURCES)
-assert DATASETS == config.DATASETS, "fassl.config.DATASETS must list every source, in order"

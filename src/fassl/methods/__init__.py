@@ -1,42 +1,22 @@
 """One small class per method; ``build_method`` makes one from the run's config.
 
-``METHODS`` is the registry: name -> class. Each class builds itself from the config
-(``Method.from_config``); the names are ``fassl.config.METHOD_NAMES``.
+``METHODS``: name -> class, loaded from ``fassl.registry.METHOD_CLASSES`` (where a
+method's name is declared, once). Each class builds itself from the config
+(``Method.from_config``).
 """
 
 from __future__ import annotations
 
-from fassl.config import METHOD_NAMES, Config
+from fassl.config import Config
 from fassl.methods.base import EpochContext, Method, State
-from fassl.methods.bcl import BCLSDCLR, BCLSimCLR
-from fassl.methods.byol import BYOL
-from fassl.methods.fassl import PrototypeLearning, RebalancedBYOL
-from fassl.methods.ldam import LDAMDRW
-from fassl.methods.sdclr import SDCLR
-from fassl.methods.simclr import SimCLR
-from fassl.methods.supervised import Supervised
-from fassl.methods.swav import SwAV
 from fassl.models import HEADS, Encoder, build_backbone, head_of_state, projection_head
 from fassl.models.state import load_state_checked
+from fassl.registry import METHOD_CLASSES, load
 
 __all__ = ["METHODS", "EpochContext", "Method", "State", "build_encoder", "build_method"]
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (
-        SimCLR,
-        SDCLR,
-        BYOL,
-        SwAV,
-        PrototypeLearning,
-        RebalancedBYOL,
-        Supervised,
-        BCLSimCLR,
-        BCLSDCLR,
-        LDAMDRW,
-    )
-}
-assert tuple(METHODS) == METHOD_NAMES, "fassl.config.METHOD_NAMES must list every method"
+# name -> class, from the registry's entries: every class loads with this package
+METHODS: dict[str, type[Method]] = {name: load(target) for name, target in METHOD_CLASSES.items()}
 
 
 def head_kind(cfg: Config, name: str | None = None, init: State | None = None) -> str:
