@@ -15,7 +15,7 @@ import torch
 from fassl.cli import main
 from fassl.encoders import load_encoder
 from fassl.methods import build_method
-from fassl.train.loop import export_encoder
+from fassl.train.checkpoint import export_encoder
 from tests import torchvision_resnet
 from tests.helpers import tiny_config
 

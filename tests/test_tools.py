@@ -28,7 +28,7 @@ from fassl.reweight import build_reweighter
 from fassl.runtime import Runtime
 from fassl.tools.export import torchvision_state
 from fassl.tools.tsne import TsneOptions, run_tsne
-from fassl.train.loop import export_encoder
+from fassl.train.checkpoint import export_encoder
 from tests.helpers import tiny_config, tiny_data
 
 CPU = Runtime.cpu()

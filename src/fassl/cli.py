@@ -15,7 +15,6 @@ from fassl import flags
 from fassl.bench.settings import add_arguments as bench_arguments
 from fassl.config import Config, OptimConfig, PipelineConfig, load_config
 from fassl.errors import (
-    ConfigError,
     Interrupted,
     PeerFailed,
     debug_enabled,
@@ -24,7 +23,7 @@ from fassl.errors import (
 )
 from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
-from fassl.registry import ARMS, METHOD_NAMES
+from fassl.registry import arm_listing
 from fassl.tools.commands import add_tool_commands
 from fassl.validation import check_paths
 
@@ -56,27 +55,6 @@ def _pipeline_keys() -> str:
     )
 
 
-def _compare_arms() -> str:
-    """The arms ``compare.methods`` takes, for ``fassl compare --help``."""
-    kinds: dict[str, list[str]] = {"methods": [], "equal": [], "paper": [], "variants": []}
-    for a in ARMS.values():
-        if a.structure == "paper":
-            kinds["paper"].append(a.name)
-        elif a.pipeline:
-            kinds["equal"].append(a.name)
-        elif a.name in METHOD_NAMES:
-            kinds["methods"].append(a.name)
-        else:
-            kinds["variants"].append(a.name)
-    return (
-        f"arms (compare.methods):\n  methods: {', '.join(kinds['methods'])}\n"
-        f"  FASSL at equal compute (its own teacher): {', '.join(kinds['equal'])}\n"
-        f"  FASSL as the paper composes it (on the sdclr arm's export), beside SDCLR trained\n"
-        f"  on as long: {', '.join(kinds['paper'])}\n"
-        f"  variants: {', '.join(kinds['variants'])}"
-    )
-
-
 def _epilog(command: str) -> str:
     text = f"example:\n  {EXAMPLES[command]}"
     if command in ("pretrain", "pipeline", "compare", "eval", "demo"):
@@ -84,7 +62,7 @@ def _epilog(command: str) -> str:
     if command == "pipeline":
         text += "\n\n" + _pipeline_keys()
     if command == "compare":
-        text += "\n\n" + _compare_arms()
+        text += "\n\n" + arm_listing()
     return text
 
 
@@ -160,30 +138,18 @@ def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
     return check_paths(load_config(found, args.overrides))
 
 
-def _eval_out(args: argparse.Namespace, cfg: Config, ckpt: Path) -> Path:
-    """--out, else an out_dir= override, else ``<checkpoint folder>/eval-<data slug>``:
-    one folder per data set, so evaluations on other data never overwrite each other."""
-    from fassl.tools.common import data_slug, default_out
-
-    given = any(o.startswith("out_dir=") for o in args.overrides)
-    if args.out is not None and given:
-        raise ConfigError("--out and an out_dir= override both name the output folder: give one")
-    if args.out is not None:
-        return Path(args.out)
-    return Path(cfg.out_dir) if given else default_out(ckpt, "eval", data_slug(cfg.data))
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.build import build_data
     from fassl.encoders import load_encoder
     from fassl.pipeline import check_trained_data, evaluate_export
     from fassl.runtime import runtime_for
+    from fassl.tools.common import eval_out
 
     ckpt = Path(args.checkpoint)
     cfg = _eval_config(args, ckpt)
     load_encoder(ckpt)  # a file that does not load fails before the data is read
-    out = _eval_out(args, cfg, ckpt)
+    out = eval_out(args.out, args.overrides, cfg, ckpt)
     rt = runtime_for(cfg.train)
     data = build_data(cfg.data, cfg.seed)
     if not args.config and not any(o.startswith("data.") for o in args.overrides):
@@ -231,7 +197,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.compare import collect_runs, tables_notes, unfinished_runs, write_comparison
+    from fassl.compare import (
+        collect_runs,
+        paper_dataset_of,
+        tables_notes,
+        unfinished_runs,
+        write_comparison,
+    )
     from fassl.sweep import GRID_FILE, write_sweep
 
     out = Path(args.out_dir)
@@ -245,19 +217,8 @@ def cmd_tables(args: argparse.Namespace) -> None:
     if not runs:
         left = "; unfinished: " + "; ".join(u.describe() for u in unfinished) if unfinished else ""
         raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}{left}")
-    paper = _paper_dataset(out) if args.paper == "auto" else args.paper
+    paper = paper_dataset_of(out) if args.paper == "auto" else args.paper
     write_comparison(out, runs, out.name, tables_notes(out, runs, unfinished), paper=paper)
-
-
-def _paper_dataset(out: Path) -> str:
-    """The paper's dataset for ``--paper`` without a value: the comparison's own (from its
-    config.yaml: CIFAR-100 when it is), else CIFAR-10."""
-    config = out / "config.yaml"
-    if config.is_file():
-        cfg = load_config(config)
-        if cfg.data.dataset == "cifar100" or "cifar100" in Path(cfg.data.root).name:
-            return "cifar100"
-    return "cifar10"
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -254,3 +254,14 @@ def write_comparison(
         write_text(out / "weights.md", f"# Weight analyses in {out}\n\n{weights}")
     print((out / "comparison.md").read_text())
     return summary
+
+
+def paper_dataset_of(out: Path) -> str:
+    """The paper's dataset for ``fassl tables --paper`` without a value: the comparison's
+    own (from its config.yaml: CIFAR-100 when it is), else CIFAR-10."""
+    config = out / "config.yaml"
+    if config.is_file():
+        cfg = load_config(config)
+        if cfg.data.dataset == "cifar100" or "cifar100" in Path(cfg.data.root).name:
+            return "cifar100"
+    return "cifar10"

@@ -162,6 +162,27 @@ ARMS: dict[str, Arm] = _arms()
 ARM_NAMES = tuple(ARMS)
 
 
+def arm_listing() -> str:
+    """The arms ``compare.methods`` takes, by kind, for ``fassl compare --help``."""
+    kinds: dict[str, list[str]] = {"methods": [], "equal": [], "paper": [], "variants": []}
+    for a in ARMS.values():
+        if a.structure == _PAPER:
+            kinds["paper"].append(a.name)
+        elif a.structure == _EQUAL:
+            kinds["equal"].append(a.name)
+        elif a.name not in METHOD_NAMES:
+            kinds["variants"].append(a.name)
+        elif not a.name.startswith("fassl_"):  # FASSL's stages run as the pipeline arms
+            kinds["methods"].append(a.name)
+    return (
+        f"arms (compare.methods):\n  methods: {', '.join(kinds['methods'])}\n"
+        f"  FASSL at equal compute (its own teacher): {', '.join(kinds['equal'])}\n"
+        f"  FASSL as the paper composes it (on the sdclr arm's export), beside SDCLR trained\n"
+        f"  on as long: {', '.join(kinds['paper'])}\n"
+        f"  variants: {', '.join(kinds['variants'])}"
+    )
+
+
 def load(target: str) -> Any:
     """The attribute a ``"module:attribute"`` entry points at, imported on first use."""
     module, _, attribute = target.partition(":")

@@ -35,8 +35,8 @@ from fassl.runsettings import (
     record_settings,
 )
 from fassl.runtime import Runtime
-from fassl.train.checkpoint import load_checkpoint
-from fassl.train.loop import Trainer, export_encoder
+from fassl.train.checkpoint import export_encoder, load_checkpoint
+from fassl.train.loop import Trainer
 
 __all__ = [
     "STAGE_METHODS",

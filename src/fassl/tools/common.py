@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from fassl.config import Config, DataConfig, load_config
+from fassl.errors import ConfigError
 from fassl.recipes import run_config_for
 
 
@@ -50,3 +51,15 @@ def data_slug(cfg: DataConfig) -> str:
     parts = [cfg.dataset, name] if name and name != cfg.dataset else [cfg.dataset]
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._")[:48]
     return f"{readable}-split{cfg.split}-{digest}"
+
+
+def eval_out(out: str | None, overrides: list[str], cfg: Config, checkpoint: Path) -> Path:
+    """Where ``fassl eval`` writes: ``--out``, else an ``out_dir=`` override, else
+    ``<checkpoint folder>/eval-<data slug>``: one folder per data set, so evaluations on
+    other data never overwrite each other."""
+    given = any(o.startswith("out_dir=") for o in overrides)
+    if out is not None and given:
+        raise ConfigError("--out and an out_dir= override both name the output folder: give one")
+    if out is not None:
+        return Path(out)
+    return Path(cfg.out_dir) if given else default_out(checkpoint, "eval", data_slug(cfg.data))

@@ -22,8 +22,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from fassl import distributed as dist
+from fassl.config import Config, to_dict
 from fassl.errors import CheckpointError, DiskFull
 from fassl.files import check_space, set_output_mode, space_needed
+from fassl.methods.base import Method
 from fassl.processes import pid_alive
 
 FORMAT = "fassl-checkpoint-1"
@@ -172,3 +175,11 @@ def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, t
 
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+def export_encoder(method: Method, cfg: Config, path: Path, extra: dict | None = None) -> None:
+    """Write what evaluation and later stages load: encoder weights (+ prototypes)."""
+    if not dist.is_main():
+        return
+    meta = {"method": method.name, "model": to_dict(cfg.model), "complete": True} | (extra or {})
+    save_checkpoint(path, method.export_state(), meta)

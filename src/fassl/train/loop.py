@@ -394,11 +394,3 @@ class Trainer:
             self.save(epoch)
         dist.barrier()
         self.epoch_ends.append(time.perf_counter())
-
-
-def export_encoder(method: Method, cfg: Config, path: Path, extra: dict | None = None) -> None:
-    """Write what evaluation and later stages load: encoder weights (+ prototypes)."""
-    if not dist.is_main():
-        return
-    meta = {"method": method.name, "model": to_dict(cfg.model), "complete": True} | (extra or {})
-    save_checkpoint(path, method.export_state(), meta)

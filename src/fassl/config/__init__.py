@@ -1,0 +1,152 @@
+"""Typed run configuration.
+
+Every knob of a run is a field of a dataclass below. A run's config is the defaults,
+then a YAML recipe from ``configs/``, then ``key=value`` overrides from the command line;
+OmegaConf checks each key and type against these dataclasses, so an unknown or mistyped
+key is an error that names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fassl.config.sections import (
+    COMPILE_MODES,
+    AugmentConfig,
+    BCLConfig,
+    BYOLConfig,
+    CompareConfig,
+    Config,
+    DataConfig,
+    LDAMConfig,
+    ModelConfig,
+    OptimConfig,
+    PipelineConfig,
+    ProbeConfig,
+    PrototypeConfig,
+    RebalanceConfig,
+    SDCLRConfig,
+    SimCLRConfig,
+    SplitFilesConfig,
+    SwAVConfig,
+    TemperatureConfig,
+    TrainConfig,
+)
+from fassl.errors import ConfigError
+from fassl.registry import ARM_NAMES, DATASETS, METHOD_NAMES, WEIGHTS
+from fassl.validation import choice_problems, range_problems, structure_problems
+
+__all__ = [
+    "ARM_NAMES",
+    "COMPILE_MODES",
+    "DATASETS",
+    "METHOD_NAMES",
+    "WEIGHTS",
+    "AugmentConfig",
+    "BCLConfig",
+    "BYOLConfig",
+    "CompareConfig",
+    "Config",
+    "DataConfig",
+    "LDAMConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PipelineConfig",
+    "ProbeConfig",
+    "PrototypeConfig",
+    "RebalanceConfig",
+    "SDCLRConfig",
+    "SimCLRConfig",
+    "SplitFilesConfig",
+    "SwAVConfig",
+    "TemperatureConfig",
+    "TrainConfig",
+    "load_config",
+    "to_dict",
+    "to_yaml",
+    "validate",
+]
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that a type alone cannot (choices, ranges, keys that go together),
+    each by the rule its field carries; raise ConfigError naming the key."""
+    problems = [*choice_problems(cfg), *range_problems(cfg), *structure_problems(cfg)]
+    if problems:
+        also = f"\n(also: {'; '.join(problems[1:])})" if problems[1:] else ""
+        raise ConfigError(problems[0] + also)
+    return cfg
+
+
+def _load_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors come in several types
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(
+            f"config file {path}: the top level must be a mapping of keys (data:, optim:, ...), "
+            f"not a {type(layer).__name__}"
+        )
+    return layer
+
+
+def _override_layer(item: str) -> Any:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except Exception as err:  # YAML syntax errors come in several types
+        raise ConfigError(
+            f"override {item!r} is not valid YAML (a mapping needs a space after each colon, "
+            f"e.g. compare.grid={{prototypes.num_prototypes: [64, 128]}}): {err}"
+        ) from err
+
+
+def _merge(merged: Any, layer: Any, where: str) -> Any:
+    """``merged`` with ``layer`` on top; a key or type the schema refuses names ``where``."""
+    try:
+        return OmegaConf.merge(merged, layer)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"config key '{key}' {where}: {msg}") from err
+
+
+def load_config(
+    path: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] | None = None
+) -> Config:
+    """Defaults, then the YAML file(s) at ``path`` in order, then ``key=value`` overrides.
+
+    Each layer is merged on its own, so an unknown key or a wrong type names the file or
+    the override it came from.
+    """
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    merged = OmegaConf.structured(Config)
+    for item in paths:
+        merged = _merge(merged, _load_yaml(Path(item)), f"in {item}")
+    for item in overrides or []:
+        merged = _merge(merged, _override_layer(item), f"in override {item!r}")
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # e.g. a missing value no layer set
+        raise ConfigError(f"config key '{getattr(err, 'full_key', None)}': {err}") from err
+    assert isinstance(cfg, Config)
+    return validate(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]

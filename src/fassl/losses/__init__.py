@@ -1,0 +1,48 @@
+"""Loss functions of FASSL and its baselines (SimCLR, SDCLR, BYOL, SwAV, BCL, LDAM-DRW).
+
+Every function is pure: no module state. Inputs are cast to float32 and autocast is
+switched off inside (``fassl.float32.float32_only``: autocast would run the matmuls in
+bf16 again), so callers running under bf16 autocast get float32 losses, softmaxes and
+weights.
+Equation numbers refer to the FASSL paper (Lin, Chen, Wang, "Frequency-Aware
+Self-Supervised Long-Tailed Learning", ICCV 2023 workshops).
+
+Distributed training: ``nt_xent`` (and so ``prototype_contrastive_loss``) uses the
+negatives of the global batch; ``normalize_weights`` and ``sinkhorn`` can use global
+batch statistics. All of them assume every rank holds the same local batch size
+(``all_gather`` needs equal shapes). In a single process they reduce to the usual
+single-device formulas.
+"""
+
+from __future__ import annotations
+
+from fassl.losses.contrastive import (
+    nt_xent,
+    nt_xent_per_image,
+    prototype_contrastive_loss,
+    prototype_scores,
+)
+from fassl.losses.ldam import drw_class_weights, ldam_loss, ldam_margins
+from fassl.losses.rebalance import (
+    byol_loss,
+    consistency_loss,
+    log_rebalance_weight,
+    normalize_weights,
+)
+from fassl.losses.swav import sinkhorn, swav_loss
+
+__all__ = [
+    "byol_loss",
+    "consistency_loss",
+    "drw_class_weights",
+    "ldam_loss",
+    "ldam_margins",
+    "log_rebalance_weight",
+    "normalize_weights",
+    "nt_xent",
+    "nt_xent_per_image",
+    "prototype_contrastive_loss",
+    "prototype_scores",
+    "sinkhorn",
+    "swav_loss",
+]
