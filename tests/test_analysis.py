@@ -29,7 +29,7 @@ def test_all_diagnostics_cover_every_weight():
     g = torch.Generator().manual_seed(0)
     feats, protos = torch.randn(30, 4, generator=g), torch.randn(5, 4, generator=g)
     labels = torch.arange(30) % 3
-    d = all_weight_diagnostics(feats, protos, labels, GROUPS, RebalanceConfig(knn_k=3))
+    d = all_weight_diagnostics(feats, protos, labels, GROUPS, RebalanceConfig(weight_k=3))
     assert set(d) == {"paper", "paper_normalized", "softmax_density", "cluster_size", "knn"}
     for v in d.values():
         assert sum(v["top_share"].values()) == pytest.approx(1.0)

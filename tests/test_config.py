@@ -47,3 +47,18 @@ def test_missing_file():
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
 def test_every_recipe_loads(recipe):
     load_config(RECIPES / recipe)
+
+
+def test_each_knn_k_has_one_name_and_old_keys_still_load(tmp_path):
+    # rebalance.knn_k is now rebalance.weight_k; train.knn_k is gone (the monitor's k is
+    # probe.knn_k): a run folder's config.yaml and overrides from before keep loading
+    old = tmp_path / "config.yaml"
+    old.write_text("train:\n  knn_k: 50\nrebalance:\n  knn_k: 7\n")
+    cfg = load_config(old)
+    assert cfg.rebalance.weight_k == 7 and cfg.probe.knn_k == 200
+    assert not hasattr(cfg.train, "knn_k") and not hasattr(cfg.rebalance, "knn_k")
+    assert load_config(None, ["rebalance.knn_k=3"]).rebalance.weight_k == 3
+    # the new name wins over the old one in the same layer
+    both = tmp_path / "both.yaml"
+    both.write_text("rebalance:\n  knn_k: 7\n  weight_k: 9\n")
+    assert load_config(both).rebalance.weight_k == 9

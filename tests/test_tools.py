@@ -141,14 +141,14 @@ def test_ranking_functions_on_constructed_features():
     g = torch.Generator().manual_seed(0)
     crowd = torch.tensor([1.0, 0.0, 0.0]) + 0.01 * torch.randn(11, 3, generator=g)
     feats = torch.cat([crowd[:7], torch.tensor([[0.0, 0.0, 1.0]]), crowd[7:]])
-    ranking = rank_images(feats, None, ["knn"], RebalanceConfig(knn_k=3))
+    ranking = rank_images(feats, None, ["knn"], RebalanceConfig(weight_k=3))
     assert ranking.order()[0].item() == 7 and ranks(ranking.scores["knn"])[7] == 1
 
 
 def test_blockwise_scores_equal_the_registry_ones(monkeypatch):
     g = torch.Generator().manual_seed(1)
     feats, protos = torch.randn(40, 6, generator=g), torch.randn(5, 6, generator=g)
-    cfg = RebalanceConfig(knn_k=4)
+    cfg = RebalanceConfig(weight_k=4)
     whole = {}
     for name in ("knn", "cluster_size", "softmax_density", "paper"):
         reweighter = build_reweighter(name, cfg)

@@ -101,7 +101,7 @@ def test_resume_refuses_other_stage(tmp_path):
 def test_metrics_log_written(tmp_path):
     cfg, data = tiny_config(tmp_path, "train.knn_every=1"), tiny_data()
     torch.manual_seed(cfg.seed)
-    monitors = [knn_monitor(data, cfg.train.knn_k)]
+    monitors = [knn_monitor(data, cfg.probe.knn_k)]
     Trainer(build_method(cfg, "simclr"), data, cfg, cfg.optim, tmp_path, CPU, "s", monitors).fit()
     text = (tmp_path / "metrics.jsonl").read_text()
     assert '"kind": "epoch"' in text and "knn_val_acc" in text

@@ -199,7 +199,7 @@ class KnnWeight(Reweighter):
 
     @classmethod
     def from_config(cls, cfg: RebalanceConfig) -> Reweighter:
-        return cls(cfg.knn_k)
+        return cls(cfg.weight_k)
 
     def fit(self, prototypes: Tensor, features: Tensor | None = None) -> None:
         super().fit(prototypes, features)

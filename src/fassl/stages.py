@@ -142,7 +142,7 @@ def run_stage(
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
         method = build_method(cfg, method_name, init, str(init_path))
         if cfg.train.knn_every:
-            monitors = [knn_monitor(data, cfg.train.knn_k), *(monitors or [])]
+            monitors = [knn_monitor(data, cfg.probe.knn_k), *(monitors or [])]
         trainer = Trainer(method, data, cfg, optim_cfg, run_dir, rt, run_dir.name, monitors)
         try:
             trainer.fit()

@@ -79,14 +79,12 @@ def check_weights(weights: list[str], prototypes: torch.Tensor | None, source: s
 
 
 def neighbour_count(cfg: RebalanceConfig, n: int) -> tuple[int, list[str]]:
-    """rebalance.knn_k, capped so that every image has that many other images."""
+    """rebalance.weight_k, capped so that every image has that many other images."""
     if n < 2:
         raise RarityError(f"ranking needs at least 2 images, got {n}")
-    k = min(cfg.knn_k, n - 1)
-    note = (
-        [] if k == cfg.knn_k else [f"k = {k} neighbours (rebalance.knn_k={cfg.knn_k}, {n} images)"]
-    )
-    return k, note
+    k = min(cfg.weight_k, n - 1)
+    note = f"k = {k} neighbours (rebalance.weight_k={cfg.weight_k}, {n} images)"
+    return k, [] if k == cfg.weight_k else [note]
 
 
 def dataset_log_phi(reweighter: Reweighter, features: torch.Tensor) -> torch.Tensor:
@@ -142,7 +140,7 @@ def rank_images(
             f"{features.shape[1]}: set prototypes.feature to the feature they were learnt on"
         )
     k, notes = neighbour_count(cfg, len(features))
-    cfg = dataclasses.replace(cfg, knn_k=k)
+    cfg = dataclasses.replace(cfg, weight_k=k)
     scores = {w: weight_scores(w, cfg, features, prototypes) for w in weights}
     ranking = Ranking(scores, local_density(features, k), k, notes=notes)
     if prototypes is not None:

@@ -84,7 +84,7 @@ def make_method(cfg: Config, name: str) -> torch.nn.Module:
 def monitors_for(cfg: Config, data: LongTailData, name: str) -> list:
     """What ``fassl pipeline`` attaches to the stage: the kNN monitor, and for stage 2 the
     weight-enrichment monitor."""
-    monitors = [knn_monitor(data, cfg.train.knn_k)] if cfg.train.knn_every else []
+    monitors = [knn_monitor(data, cfg.probe.knn_k)] if cfg.train.knn_every else []
     if name == "fassl_rebalance":
         monitors.append(stage2_monitor(data))
     return monitors

@@ -110,6 +110,26 @@ def _override_layer(item: str) -> Any:
         ) from err
 
 
+# Keys of earlier releases -> their key now ("" = gone: another key says the same), so
+# a run folder's config.yaml and a user's recipe keep loading. Each kNN k has one name:
+# ``probe.knn_k`` is the k of the kNN classifier (the probe's and the training monitor's),
+# ``rebalance.weight_k`` the neighbours of stage 2's knn weight.
+RENAMED = {"rebalance.knn_k": "rebalance.weight_k", "train.knn_k": ""}
+
+
+def _renamed(layer: Any) -> Any:
+    """``layer`` with every key of ``RENAMED`` moved to its new name (a value already given
+    under the new name wins) or dropped."""
+    for old, new in RENAMED.items():
+        section, _, key = old.partition(".")
+        if not (isinstance(layer.get(section), DictConfig) and key in layer[section]):
+            continue
+        value = layer[section].pop(key)
+        if new and OmegaConf.select(layer, new) is None:
+            OmegaConf.update(layer, new, value, force_add=True)
+    return layer
+
+
 def _merge(merged: Any, layer: Any, where: str) -> Any:
     """``merged`` with ``layer`` on top; a key or type the schema refuses names ``where``."""
     try:
@@ -131,9 +151,9 @@ def load_config(
     paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
     merged = OmegaConf.structured(Config)
     for item in paths:
-        merged = _merge(merged, _load_yaml(Path(item)), f"in {item}")
+        merged = _merge(merged, _renamed(_load_yaml(Path(item))), f"in {item}")
     for item in overrides or []:
-        merged = _merge(merged, _override_layer(item), f"in override {item!r}")
+        merged = _merge(merged, _renamed(_override_layer(item)), f"in override {item!r}")
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:  # e.g. a missing value no layer set

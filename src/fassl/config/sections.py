@@ -118,8 +118,8 @@ class TrainConfig:
     # a strided 1x1 conv with < 16 input channels, where oneDNN's CPU kernel is unsafe
     # (fassl.runtime.resolve_channels_last; docs/RESULTS.md section 10)
     memory_format: str = choice("auto", ("auto", "channels_last", "contiguous"), neutral=True)
-    knn_every: int = ranged(0, ">=0")  # epochs between kNN monitors on the validation set; 0 = off
-    knn_k: int = ranged(200, ">=1")
+    # epochs between kNN monitors on the validation set (k: probe.knn_k); 0 = off
+    knn_every: int = ranged(0, ">=0")
     # steps between metric log lines; the loss is also checked for NaN/inf this often
     # (reading it from the device every step would make every step wait for it)
     log_every: int = ranged(20, ">=1", neutral=True)
@@ -237,7 +237,7 @@ class RebalanceConfig:
     # variants' raw spreads differ by orders of magnitude (docs/RESULTS.md). 0 = as is.
     strength: float = ranged(0.5, ">=0")
     density_temperature: float = ranged(0.1, ">0")  # softmax_density
-    knn_k: int = ranged(10, ">=1")  # knn
+    weight_k: int = ranged(10, ">=1")  # knn: the neighbours whose similarity sets log phi
     weight_view: str = choice("mean", ("first", "mean"))  # the teacher view(s) behind phi
     global_stats: bool = True  # clip/normalise with statistics of the global batch
     pred_hidden: int = ranged(512, ">=1")
@@ -261,7 +261,7 @@ class ProbeConfig:
     sdclr_batch_size: int = ranged(128, ">=1")
     standard_epochs: int = ranged(30, ">=1")
     few_shot_epochs: int = ranged(100, ">=1")
-    knn_k: int = ranged(200, ">=1")
+    knn_k: int = ranged(200, ">=1")  # the kNN classifier's k, here and in the training monitor
 
 
 @dataclass

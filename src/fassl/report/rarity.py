@@ -39,7 +39,7 @@ def write_rarity(
     payload = meta | {
         "weights": list(ranking.scores),
         "images": len(coll),
-        "knn_k": ranking.k,
+        "weight_k": ranking.k,
         "notes": [*coll.notes, *ranking.notes],
     }
     if ranking.occupancy is not None:
