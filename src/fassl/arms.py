@@ -24,13 +24,18 @@ added to the comparison when it is not listed. ``fassl compare`` and its sweeps
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 from fassl.config import Config, OptimConfig
+from fassl.data.bundle import LongTailData
+from fassl.distributed import on_main
 from fassl.names import EXPORT
+from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.registry import ARMS, Arm
 from fassl.reweight import REWEIGHTERS
+from fassl.runtime import Runtime
 from fassl.validation import get_dotted
 
 
@@ -186,3 +191,15 @@ def arm_structure(name: str, cfg: Config) -> str:
     start = starts_from(name, cfg)
     source = f" from the {start[0]} arm's export" if start else ""
     return f"{name}: {baseline_epochs(cfg)} epochs{source}"
+
+
+def train_arm(c: Config, name: str, data: LongTailData, rt: Runtime) -> dict:
+    """The results of arm ``name``'s run ``c`` (``run_config``): its results.json when the
+    run finished, else the run trained now (the pipeline for a FASSL arm). The file is
+    read by rank 0 alone, so under torchrun every rank reuses or trains the same runs."""
+    done = Path(c.out_dir) / "results.json"
+    results = on_main(lambda: json.loads(done.read_text()) if done.is_file() else None)
+    if results is not None:
+        return results
+    train = run_pipeline if is_pipeline(name) else run_pretrain
+    return train(c, data=data, rt=rt)

@@ -23,6 +23,7 @@ from fassl.arms import (
     is_pipeline,
     run_config,
     stage1_lead,
+    train_arm,
 )
 from fassl.config import Config, load_config, to_yaml
 from fassl.data.build import build_data
@@ -30,7 +31,6 @@ from fassl.distributed import on_all, on_main
 from fassl.errors import ConfigError
 from fassl.files import write_text
 from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
-from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.runsettings import pipeline_stages
 from fassl.runtime import runtime_for
 from fassl.sweep import run_sweep
@@ -61,13 +61,7 @@ def run_comparison(cfg: Config) -> dict:
     runs = []
     for seed in cfg.compare.seeds:
         for name in order:
-            c = run_config(cfg, name, seed, out)
-            done = Path(c.out_dir) / "results.json"
-            # read by rank 0 alone, so every rank reuses or trains the same runs
-            results = on_main(lambda done=done: _finished(done))
-            if results is None:
-                train = run_pipeline if is_pipeline(name) else run_pretrain
-                results = train(c, data=data, rt=rt)
+            results = train_arm(run_config(cfg, name, seed, out), name, data, rt)
             runs.append({"method": name, "seed": seed, "results": results})
     note = (
         f"seeds: {list(cfg.compare.seeds)}; baselines trained for {baseline_epochs(cfg)} "
@@ -76,11 +70,6 @@ def run_comparison(cfg: Config) -> dict:
     notes = [*data.notes, note, *(arm_structure(name, cfg) for name in order)]
     paper = report.paper_dataset(data.num_classes, cfg.data.dataset)
     return on_main(lambda: write_comparison(out, runs, data.name, notes, paper))
-
-
-def _finished(done: Path) -> dict | None:
-    """The results of a finished run, None when it has none yet."""
-    return json.loads(done.read_text()) if done.is_file() else None
 
 
 def _differences(runs: list[dict]) -> str:

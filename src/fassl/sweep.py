@@ -41,6 +41,7 @@ from fassl.arms import (
     run_config,
     set_dotted,
     starts_from,
+    train_arm,
 )
 from fassl.config import Config, load_config, to_yaml
 from fassl.data.build import build_data
@@ -48,7 +49,6 @@ from fassl.data.bundle import LongTailData
 from fassl.errors import ConfigError
 from fassl.files import write_text
 from fassl.names import EXPORT
-from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.report import sweep as sweep_report
 from fassl.runsettings import RUN, method_sections, pipeline_stages
 from fassl.runtime import Runtime, runtime_for
@@ -230,12 +230,7 @@ def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     if start := starts_from(name, cfg):  # the run it starts from may live in a shared folder
         arm, key = start
         set_dotted(c, key, str(ctx.out / point.run_dirs[arm] / f"seed{seed}" / EXPORT))
-    done = Path(c.out_dir) / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    if is_pipeline(name):
-        return run_pipeline(c, data=ctx.data, rt=ctx.rt)
-    return run_pretrain(c, data=ctx.data, rt=ctx.rt)
+    return train_arm(c, name, ctx.data, ctx.rt)
 
 
 def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> dict:
