@@ -32,6 +32,7 @@ from fassl.report.rarity import write_rarity
 from fassl.runsettings import RUN, pipeline_stages, prepare_pipeline, prepare_run, start_run
 from fassl.runtime import Runtime, runtime_for
 from fassl.stages import STAGE_METHODS, check_data, run_pipeline_stage, run_stage
+from fassl.train.checkpoint import read_meta
 
 RAW_PIXELS = "raw pixels (linear)"
 TEACHER = "SDCLR teacher"
@@ -79,7 +80,7 @@ def check_trained_data(export: Path, data: LongTailData, where: str) -> None:
     """DataError when ``data`` is not the pre-training set ``export`` was trained on: its
     image count (files that record it) or its channel statistics differ. ``where`` says
     where the config came from. Files that record neither are not checked."""
-    meta = load_encoder(export).meta
+    meta = read_meta(export)  # the header only: the caller loads the weights anyway
     found = {"data_images": len(data.pretrain), "data_mean": data.mean, "data_std": data.std}
     count = meta.get("data_images")
     differs = isinstance(count, int) and count != found["data_images"]
