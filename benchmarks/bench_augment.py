@@ -24,8 +24,8 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
+from fassl.augment import views as A
 from fassl.config import AugmentConfig
-from fassl.data import augment as A
 
 RESULTS = Path(__file__).parent / "results" / "augment.json"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)

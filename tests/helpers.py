@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fassl.config import Config, load_config
-from fassl.data.bundle import LongTailData, Split
+from fassl.data import LongTailData, Split
 
 COLOURS = torch.tensor(
     [[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40], [40, 230, 230], [230, 40, 230]]

@@ -45,7 +45,7 @@ def test_every_export_resolves_and_is_documented():
 
 @pytest.mark.parametrize(
     ("module", "absent"),
-    [("fassl.pipeline", "fassl.cli"), ("fassl.config", "torch"), ("fassl.recipes", "torch")],
+    [("fassl.runs.pipeline", "fassl.cli"), ("fassl.config", "torch"), ("fassl.recipes", "torch")],
 )
 def test_imports_point_down_the_layers(module, absent):
     code = f"import sys, {module}; print({absent!r} in sys.modules)"

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fassl.arms import baseline_epochs, run_config
 from fassl.cli import main
 from fassl.config import DataConfig, load_config
-from fassl.data.build import build_data
+from fassl.data import build_data
 from fassl.errors import ConfigError
 from fassl.names import EXPORT
 from fassl.recipes import resolve_recipe
 from fassl.report.results import COLUMNS
+from fassl.runs.arms import baseline_epochs, run_config
 
 
 def make_folder(root, per_class=12, size=8):
@@ -118,7 +118,7 @@ def test_weight_analyses_are_averaged_over_seeds(tmp_path):
 def test_archive_extracted_by_two_runs_at_once(tmp_path, monkeypatch):
     # Two runs started together on one archive: the one that renames second keeps the
     # first one's folder instead of failing, and leaves no partial folder behind.
-    from fassl.data import archives
+    from fassl.data.files import archives
 
     src = tmp_path / "src" / "imgs"
     src.mkdir(parents=True)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from fassl.augment import colour as C
+from fassl.augment import views as A
 from fassl.config import AugmentConfig
-from fassl.data import augment as A
-from fassl.data import colour as C
-from fassl.data.bundle import normalize_images
+from fassl.features import normalize_images
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 OFF = dict(crop_scale_min=1.0, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)

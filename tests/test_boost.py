@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fassl.augment import boost as B
+from fassl.augment.views import TwoViewAugment
 from fassl.config import AugmentConfig
-from fassl.data import boost as B
-from fassl.data.augment import TwoViewAugment
 
 
 def _images(n: int = 6, size: int = 8, seed: int = 0) -> torch.Tensor:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fassl.config import DataConfig
-from fassl.data import cache
-from fassl.data.folder import load_cached
+from fassl.data.files import cache
+from fassl.data.sources.folder import load_cached
 from tests.data_fixtures import save_image
 
 DEFAULT = DataConfig().cache_dir

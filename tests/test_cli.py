@@ -46,12 +46,12 @@ def test_eval_of_another_architecture(capsys, tmp_path):
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     # only expected errors become a message: anything else propagates with its traceback
-    import fassl.pipeline
+    import fassl.runs.pretrain
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(fassl.pipeline, "run_pretrain", broken)
+    monkeypatch.setattr(fassl.runs.pretrain, "run_pretrain", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["pretrain", "demo", f"out_dir={tmp_path}"])
 

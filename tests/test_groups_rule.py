@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from fassl.data import longtail as lt
+from fassl.data.splits import longtail as lt
 from fassl.eval.metrics import group_metrics
 from fassl.report import run_report
 from fassl.report.comparison import markdown_tables, summarize, write_csv

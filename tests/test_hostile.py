@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from fassl.cli import main
-from fassl.data.folder import load_labeled_folder, load_unlabeled_folder
+from fassl.data.sources.folder import load_labeled_folder, load_unlabeled_folder
 from fassl.names import EXPORT, LAST
 from fassl.train.checkpoint import FORMAT, load_checkpoint
 from fassl.train.loop import Trainer
@@ -307,7 +307,7 @@ def test_changed_settings_are_refused_and_nothing_is_lost(capsys, finished):
 
 def test_neutral_keys_do_not_count(finished):
     from fassl.config import load_config
-    from fassl.runsettings import settings_for
+    from fassl.runs.settings import settings_for
 
     def settings(*extra):
         cfg = load_config(None, [*TINY, "data.dataset=digits", *extra])
@@ -381,8 +381,8 @@ def test_resumed_metrics_equal_an_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_pipeline_rerun_checks_each_stage_and_restarts_from_one(tmp_path):
     from fassl.errors import RunConflict
-    from fassl.pipeline import run_pipeline
-    from fassl.runsettings import prepare_pipeline
+    from fassl.runs.pipeline import run_pipeline
+    from fassl.runs.settings import prepare_pipeline
     from fassl.runtime import Runtime
 
     stages = [

@@ -289,7 +289,7 @@ def _zip_of(folder: Path, archive: Path, colour: int) -> None:
 
 def test_two_archives_of_one_name_size_and_time_never_share_a_cache_entry(tmp_path):
     from fassl.config import DataConfig
-    from fassl.data.build import build_data
+    from fassl.data import build_data
 
     first, second = tmp_path / "x" / "photos.zip", tmp_path / "y" / "photos.zip"
     _zip_of(tmp_path / "src1", first, 10)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from fassl.config import DataConfig
-from fassl.data import longtail as lt
-from fassl.data.build import build_data
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData, build_data
+from fassl.data.splits import longtail as lt
 from tests.data_fixtures import cifar10_jpeg_root, write_cifar10, write_class_folder
 
 CIFAR10_LT = [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]

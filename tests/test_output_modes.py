@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from fassl import files
-from fassl.data import cache
-from fassl.data.decode import ImageSet
+from fassl.data.files import cache
+from fassl.data.files.decode import ImageSet
 from fassl.train.checkpoint import save_checkpoint
 
 

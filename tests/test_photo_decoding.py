@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fassl.data import folder
-from fassl.data.decode import decode_chunk, image_pixels
+from fassl.data.files.decode import decode_chunk, image_pixels
+from fassl.data.sources import folder
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

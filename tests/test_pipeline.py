@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fassl.names import EXPORT, LAST
-from fassl.pipeline import run_pipeline
+from fassl.runs.pipeline import run_pipeline
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import load_checkpoint
 from fassl.train.loop import Trainer

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fassl.config import ProbeConfig
-from fassl.data.bundle import LongTailData, Split
+from fassl.data import LongTailData, Split
 from fassl.eval.evaluate import evaluate, milestones_for, raw_pixel_reference
 from fassl.eval.probe import (
     FastProbeSettings,

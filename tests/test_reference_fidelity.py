@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from fassl.data import boost as B
+from fassl.augment import boost as B
 from fassl.methods.bcl import boost_strength, momentum_loss_update
 from fassl.methods.temperature import TemperatureSchedule
 from fassl.models.heads import bn_head, head_of_state, mlp_head

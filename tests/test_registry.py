@@ -13,11 +13,11 @@ import pytest
 
 import fassl.sweep as sweep
 from fassl import registry
-from fassl.arms import run_config
 from fassl.config import Config, load_config
 from fassl.methods import METHODS
 from fassl.reweight import REWEIGHTERS
-from fassl.runsettings import settings_for
+from fassl.runs.arms import run_config
+from fassl.runs.settings import settings_for
 from fassl.validation import get_dotted, path_keys
 from tests.helpers import tiny_config
 

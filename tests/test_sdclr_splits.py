@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fassl.config import DataConfig
-from fassl.data import lists
-from fassl.data.build import build_data
-from fassl.data.decode import ImageSet
+from fassl.data import build_data
+from fassl.data.files.decode import ImageSet
+from fassl.data.splits import sdclr
 from tests.data_fixtures import REPO, save_image, write_cifar10
 
 SPLITS_DIR = REPO.parent / "shared" / "data" / "sdclr-splits"
@@ -46,7 +46,7 @@ def test_real_split1_of_cifar10(real_cifar10_dir: Path) -> None:
     train = ImageSet(index_images(n), labels.astype(np.int64), CIFAR10)
     test = ImageSet(index_images(4), np.arange(4, dtype=np.int64), CIFAR10)
     cfg = DataConfig(dataset="cifar10", sdclr_splits=str(real_cifar10_dir), split=1)
-    data = lists.assemble_sdclr(cfg, "cifar10", train, test, "CIFAR-10")
+    data = sdclr.assemble_sdclr(cfg, "cifar10", train, test, "CIFAR-10")
     assert len(data.pretrain) == 11_165 and len(data.pool) == 45_000 and len(data.val) == 5_000
     assert sorted(data.class_counts, reverse=True) == [
         4500,
@@ -77,10 +77,10 @@ def test_real_cifar100_files_are_found() -> None:
     folder = SPLITS_DIR / "cifar100"
     if not folder.is_dir():
         pytest.skip(f"{folder} not found")
-    paths = lists.split_paths(folder, "cifar100", 2)
+    paths = sdclr.split_paths(folder, "cifar100", 2)
     assert paths.pretrain.name == "cifar100_split2_D_i.npy"
     assert paths.pool.name == "cifar100_trainIdxList.npy"
-    assert len(lists.read_indices(paths.pretrain, 50_000)) == 9_754
+    assert len(sdclr.read_indices(paths.pretrain, 50_000)) == 9_754
 
 
 def _write_splits(folder: Path, labels: np.ndarray | None, split: dict[str, list[int]]) -> Path:

@@ -15,9 +15,10 @@ from PIL import Image
 
 from fassl import config
 from fassl.config import DataConfig
-from fassl.data import cache, cifar, digits, folder, sources
-from fassl.data.build import build_data
-from fassl.data.decode import ImageSet
+from fassl.data import build_data, sources
+from fassl.data.files import cache
+from fassl.data.files.decode import ImageSet
+from fassl.data.sources import cifar, digits, folder
 from tests.data_fixtures import random_images, rgb, save_image, write_cifar10, write_cifar100
 
 # ------------------------------------------------------------------------ registry

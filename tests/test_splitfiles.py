@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fassl.config import DataConfig, SplitFilesConfig
-from fassl.data.build import build_data
-from fassl.data.lists import class_names, read_list
-from fassl.data.streaming import StreamingImages, streamed_splits
+from fassl.data import build_data
+from fassl.data.files.streaming import StreamingImages, streamed_splits
+from fassl.data.splits.splitfile import class_names, read_list
 from tests.data_fixtures import REPO, save_image
 
 WNIDS = ["n001", "n002", "n003"]

@@ -82,7 +82,7 @@ def test_k_sweep_trains_one_teacher_per_seed_and_writes_tables(tmp_path, monkeyp
         trained.append(f"{name}:{cfg.out_dir}")
         return export
 
-    monkeypatch.setattr("fassl.pipeline.run_pipeline_stage", counting)
+    monkeypatch.setattr("fassl.runs.pipeline.run_pipeline_stage", counting)
     monkeypatch.setattr(sweep, "run_pipeline_stage", counting)
     monkeypatch.setattr(sweep, "runtime_for", lambda _: Runtime.cpu())
     monkeypatch.setattr(sweep, "build_data", lambda *_: tiny_data(size=8))
@@ -123,7 +123,7 @@ def test_a_point_too_small_for_the_batch_fails_before_anything_trains(tmp_path, 
         return tiny_data(next(counts), size=8)
 
     monkeypatch.setattr(sweep, "build_data", data_of_size)
-    monkeypatch.setattr(sweep, "run_arm", lambda *_: pytest.fail("a run started"))
+    monkeypatch.setattr(sweep, "run_point_arm", lambda *_: pytest.fail("a run started"))
     cfg = tiny_config(tmp_path, *TINY, "compare.grid={data.imbalance: [10, 100]}")
     with pytest.raises(ConfigError, match=r"data\.imbalance=100.*teacher\.batch_size"):
         sweep.run_sweep(cfg)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fassl.config import DataConfig, load_config
-from fassl.data import longtail as lt
-from fassl.data.build import build_data
+from fassl.data import build_data
+from fassl.data.splits import longtail as lt
 from tests.data_fixtures import write_tinyimagenet
 
 WNIDS = ["n03", "n01", "n02"]  # wnids.txt order differs from the sorted label order

@@ -18,7 +18,7 @@ from fassl.analysis.prototypes import GridLabels, grid_order, retrieval_rows
 from fassl.analysis.rarity import local_density, rank_images, rank_order, ranks
 from fassl.cli import main
 from fassl.config import RebalanceConfig, to_yaml
-from fassl.data.build import build_data
+from fassl.data import build_data
 from fassl.encoders import load_encoder
 from fassl.features import extract_features
 from fassl.methods import build_method

@@ -110,7 +110,7 @@ def test_metrics_log_written(tmp_path):
 
 @pytest.mark.parametrize("name", ["simclr", "sdclr"])
 def test_backbone_loads_from_training_checkpoint(tmp_path, name):
-    from fassl.stages import load_backbone
+    from fassl.runs.stage import load_backbone
 
     t = make_trainer(tiny_config(tmp_path), name)
     t.fit()

@@ -29,19 +29,19 @@ from PIL import Image
 from torch import nn
 
 from fassl.config import Config, load_config, validate
-from fassl.data import protocol
-from fassl.data.bundle import LongTailData, channel_stats
-from fassl.data.decode import ImageSet, image_pixels
+from fassl.data import LongTailData, channel_stats
+from fassl.data.files.decode import ImageSet, image_pixels
+from fassl.data.splits import protocol
 from fassl.errors import ConfigError, DataError
 from fassl.eval.evaluate import evaluate
 from fassl.features import embed_images
 from fassl.methods import METHODS, Method, build_method
-from fassl.pipeline import run_pipeline
 from fassl.processes import run_lock
 from fassl.recipes import resolve_recipe
-from fassl.runsettings import check_stage, record_settings
+from fassl.runs.pipeline import run_pipeline
+from fassl.runs.settings import check_stage, record_settings
+from fassl.runs.stage import check_batch_size
 from fassl.runtime import Runtime, runtime_for
-from fassl.stages import check_batch_size
 from fassl.train.loop import Trainer
 
 TEST_FRACTION = 0.2  # of a labeled tensor set without a test split, held out per class

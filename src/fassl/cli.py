@@ -101,7 +101,7 @@ def _join(cfg: Config) -> bool:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.pipeline import run_pretrain
+    from fassl.runs.pretrain import run_pretrain
 
     cfg = _config(args)
     main_rank = _join(cfg)
@@ -112,7 +112,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.pipeline import run_pipeline
+    from fassl.runs.pipeline import run_pipeline
 
     cfg = _config(args)
     main_rank = _join(cfg)
@@ -140,9 +140,9 @@ def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.data.build import build_data
+    from fassl.data import build_data
     from fassl.encoders import load_encoder
-    from fassl.pipeline import check_trained_data, evaluate_export
+    from fassl.runs.probes import check_trained_data, evaluate_export
     from fassl.runtime import runtime_for
     from fassl.tools.common import eval_out
 
@@ -176,7 +176,7 @@ def demo_config(overrides: list[str]) -> Config:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.pipeline import run_pipeline
+    from fassl.runs.pipeline import run_pipeline
 
     cfg = demo_config([f"out_dir={args.out}", *args.overrides])
     main_rank = _join(cfg)

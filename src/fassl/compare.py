@@ -14,24 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fassl import report
-from fassl.arms import (
+from fassl.config import Config, load_config, to_yaml
+from fassl.data import build_data
+from fassl.distributed import on_all, on_main
+from fassl.errors import ConfigError
+from fassl.files import write_text
+from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
+from fassl.runs.arms import (
     arm_order,
     arm_record,
     arm_structure,
     baseline_epochs,
     bases_of,
     is_pipeline,
+    run_arm,
     run_config,
     stage1_lead,
-    train_arm,
 )
-from fassl.config import Config, load_config, to_yaml
-from fassl.data.build import build_data
-from fassl.distributed import on_all, on_main
-from fassl.errors import ConfigError
-from fassl.files import write_text
-from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
-from fassl.runsettings import pipeline_stages
+from fassl.runs.settings import pipeline_stages
 from fassl.runtime import runtime_for
 from fassl.sweep import run_sweep
 from fassl.validation import check_paths
@@ -61,7 +61,7 @@ def run_comparison(cfg: Config) -> dict:
     runs = []
     for seed in cfg.compare.seeds:
         for name in order:
-            results = train_arm(run_config(cfg, name, seed, out), name, data, rt)
+            results = run_arm(run_config(cfg, name, seed, out), name, data, rt)
             runs.append({"method": name, "seed": seed, "results": results})
     note = (
         f"seeds: {list(cfg.compare.seeds)}; baselines trained for {baseline_epochs(cfg)} "

@@ -13,8 +13,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fassl.data.bundle import normalize_images
 from fassl.runtime import Runtime
+
+
+def normalize_images(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 standardised with per-channel mean and std."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - m) / s
 
 
 @contextlib.contextmanager

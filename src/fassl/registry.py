@@ -51,12 +51,12 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "digits": Source("fassl.data.digits:load", needs_root=False),
-    "cifar10": Source("fassl.data.cifar:load", needs_root=False),
-    "cifar100": Source("fassl.data.cifar:load", needs_root=False),
-    "folder": Source("fassl.data.folder:load", needs_root=True, by_name=False),
-    "splitfile": Source("fassl.data.lists:load_splitfile", needs_root=True, by_name=False),
-    "tinyimagenet": Source("fassl.data.tinyimagenet:load", needs_root=True),
+    "digits": Source("fassl.data.sources.digits:load", needs_root=False),
+    "cifar10": Source("fassl.data.sources.cifar:load", needs_root=False),
+    "cifar100": Source("fassl.data.sources.cifar:load", needs_root=False),
+    "folder": Source("fassl.data.sources.folder:load", needs_root=True, by_name=False),
+    "splitfile": Source("fassl.data.splits.splitfile:load", needs_root=True, by_name=False),
+    "tinyimagenet": Source("fassl.data.sources.tinyimagenet:load", needs_root=True),
 }
 
 METHOD_NAMES = tuple(METHOD_CLASSES)
@@ -69,7 +69,7 @@ NAMED_DATASETS = tuple(name for name, s in SOURCES.items() if s.by_name)
 @dataclass(frozen=True)
 class Arm:
     """One arm of ``fassl compare``: what it trains, what it starts from, and what it is
-    measured against (``fassl.arms`` turns it into a run's config).
+    measured against (``fassl.runs.arms`` turns it into a run's config).
 
     ``method``: a name of ``METHOD_CLASSES``, or ``fassl`` for the FASSL pipeline.
     ``keys``: config keys the arm sets, as (dotted key, value).

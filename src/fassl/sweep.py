@@ -33,26 +33,25 @@ from pathlib import Path
 from typing import Any
 
 from fassl import report
-from fassl.arms import (
-    arm_method,
-    arm_order,
-    arm_record,
-    is_pipeline,
-    run_config,
-    set_dotted,
-    starts_from,
-    train_arm,
-)
 from fassl.config import Config, load_config, to_yaml
-from fassl.data.build import build_data
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData, build_data
 from fassl.errors import ConfigError
 from fassl.files import write_text
 from fassl.names import EXPORT
 from fassl.report import sweep as sweep_report
-from fassl.runsettings import RUN, method_sections, pipeline_stages
+from fassl.runs.arms import (
+    arm_method,
+    arm_order,
+    arm_record,
+    is_pipeline,
+    run_arm,
+    run_config,
+    set_dotted,
+    starts_from,
+)
+from fassl.runs.settings import RUN, method_sections, pipeline_stages
+from fassl.runs.stage import STAGE_METHODS, check_batch_sizes, run_pipeline_stage
 from fassl.runtime import Runtime, runtime_for
-from fassl.stages import STAGE_METHODS, check_batch_sizes, run_pipeline_stage
 
 GRID_FILE = "grid/grid.json"
 # Config sections (dotted prefixes) each shareable part reads; a grid key under none of
@@ -78,7 +77,7 @@ PROTOTYPES_READS = (
 # A baseline's epochs follow the pipeline's (compare.baseline_epochs=0), hence "pipeline".
 BASELINE_READS = ("seed", "data", "augment", "model", "train", "optim", "probe", "pipeline")
 # The config sections a baseline arm reads besides BASELINE_READS: its method's own
-# (fassl.runsettings.method_sections) and, for a variant, the keys the variant sets.
+# (fassl.runs.settings.method_sections) and, for a variant, the keys the variant sets.
 # Keys a grid may not sweep: the comparison's own settings, and the runtime (one process
 # runs every point).
 NOT_SWEPT = ("compare", "seed", "out_dir", "method", "train")
@@ -216,7 +215,7 @@ def shared_stage(point: GridPoint, stage: str, seed: int, ctx: SweepContext) -> 
     return run_pipeline_stage(c, ctx.data, ctx.rt, stage, init)
 
 
-def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
+def run_point_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     """One method at one seed of one grid point (reused when its results exist)."""
     cfg = copy.deepcopy(point.cfg)
     # a FASSL arm that trains its own teacher (the paper's structure starts from an arm)
@@ -230,7 +229,7 @@ def run_arm(point: GridPoint, name: str, seed: int, ctx: SweepContext) -> dict:
     if start := starts_from(name, cfg):  # the run it starts from may live in a shared folder
         arm, key = start
         set_dotted(c, key, str(ctx.out / point.run_dirs[arm] / f"seed{seed}" / EXPORT))
-    return train_arm(c, name, ctx.data, ctx.rt)
+    return run_arm(c, name, ctx.data, ctx.rt)
 
 
 def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> dict:
@@ -266,7 +265,7 @@ def run_sweep(cfg: Config) -> dict:
         ctx = SweepContext(out, datasets[to_yaml(point.cfg.data)], rt)
         for seed in cfg.compare.seeds:
             for name in order:
-                run_arm(point, name, seed, ctx)
+                run_point_arm(point, name, seed, ctx)
     return write_sweep(out)
 
 

@@ -71,7 +71,7 @@ def choice(
 
 def neutral(default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
     """A config field (or a whole section) a rerun may change freely: where or how fast a
-    stage runs, or what happens after training (``fassl.runsettings``)."""
+    stage runs, or what happens after training (``fassl.runs.settings``)."""
     return _field(default, factory, {NEUTRAL: True})
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fassl.analysis.weights import weight_enrichment
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.train.loop import Trainer
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fassl.data.bundle import GROUPS
+from fassl.data import GROUPS
 from fassl.prototypes import cosine_scores, nearest_images
 
 

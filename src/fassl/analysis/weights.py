@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from fassl.config import RebalanceConfig
-from fassl.data.bundle import GROUPS
+from fassl.data import GROUPS
 from fassl.reweight import REWEIGHTERS, NoWeight, build_reweighter
 
 

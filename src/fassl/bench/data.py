@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
+from fassl.augment.views import RATIO
 from fassl.bench.settings import CIFAR10_LT_IMAGES
-from fassl.data.augment import RATIO
-from fassl.data.bundle import LongTailData, Split
+from fassl.data import LongTailData, Split
 from fassl.train.loop import Trainer
 
 

@@ -40,7 +40,7 @@ from fassl.bench.data import per_image_baseline, synthetic_data
 from fassl.bench.report import device_name, markdown
 from fassl.bench.settings import BenchSettings
 from fassl.config import Config, load_config
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method

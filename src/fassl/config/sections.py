@@ -156,7 +156,7 @@ class TemperatureConfig:
 class BCLConfig:
     """Boosted contrastive learning (Zhou et al., ICML 2022): ``bcl_i`` on SimCLR, ``bcl_d``
     on SDCLR. Each image's loss, averaged over epochs, sets how strongly its views are
-    augmented on top of the common augmentation (fassl.data.boost)."""
+    augmented on top of the common augmentation (fassl.augment.boost)."""
 
     # momentum of each image's loss from epoch to epoch (BCL's train.py and train_sdclr.py)
     beta: float = ranged(0.97, "[0,1)")

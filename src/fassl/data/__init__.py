@@ -1,14 +1,22 @@
-"""Image sources, the long-tailed protocol, in-memory datasets and on-device augmentation.
+"""Images in, the long-tailed splits every stage reads out.
 
-build.build_data(cfg, seed) is the entry point. One module per idea:
+``build_data(cfg.data, seed)`` is the entry point; ``LongTailData`` and ``Split`` are what
+it returns. The package, by what each part is:
 
-- decoding: ``decode`` (image files -> ImageSet), ``walk`` (listing a folder),
-  ``cache`` (decoded sets on disk), ``archives`` (data.root as a folder or archive),
-  ``streaming`` (splits decoded on the fly), ``filelist`` (explicit lists of files)
-- sources, by name in ``sources.SOURCES``: ``digits``, ``cifar``, ``folder``,
-  ``tinyimagenet``, and ``lists`` (list files: dataset=splitfile, and SDCLR's CIFAR
-  index files, data.sdclr_splits)
-- the protocol: ``longtail`` (pure draws from labels), ``protocol`` (a source's splits)
-- ``bundle`` (LongTailData, Split, channel statistics); ``augment``, ``boost`` and
-  ``colour`` (batched augmentation); ``collection`` (the images a per-image tool runs on)
+- ``sources/``: one module per ``data.dataset`` (``cifar``, ``folder``, ``digits``,
+  ``tinyimagenet``), loaded by name from ``fassl.registry.SOURCES``;
+- ``splits/``: the long-tailed protocol (``longtail``: pure draws from labels;
+  ``protocol``: a source's splits put together), SDCLR's published index files
+  (``sdclr``, data.sdclr_splits) and list files (``splitfile``, dataset=splitfile);
+- ``files/``: image files and where they live (``decode``, ``walk``, ``cache``,
+  ``archives``, ``streaming``, ``filelist``);
+- ``datasets`` (the types and channel statistics), ``build`` (the entry point),
+  ``collection`` (the images a per-image tool runs on).
+
+The batched augmentation that training applies on the device is ``fassl.augment``.
 """
+
+from fassl.data.build import build_data
+from fassl.data.datasets import GROUPS, LongTailData, Split, channel_stats
+
+__all__ = ["GROUPS", "LongTailData", "Split", "build_data", "channel_stats"]

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from fassl.config import DataConfig
-from fassl.data import longtail
-from fassl.data.archives import folder_root
 from fassl.data.build import build_data
-from fassl.data.bundle import LongTailData, channel_stats
-from fassl.data.decode import IMAGE_EXTENSIONS
-from fassl.data.folder import load_unlabeled_folder
-from fassl.data.walk import list_files
+from fassl.data.datasets import LongTailData, channel_stats
+from fassl.data.files.archives import folder_root
+from fassl.data.files.decode import IMAGE_EXTENSIONS
+from fassl.data.files.walk import list_files
+from fassl.data.sources.folder import load_unlabeled_folder
+from fassl.data.splits import longtail
 from fassl.registry import NAMED_DATASETS
 
 BUILTIN = NAMED_DATASETS  # the sources a tool's DATA may name

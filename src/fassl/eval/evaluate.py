@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fassl.config import ProbeConfig
-from fassl.data.bundle import LongTailData, Split, normalize_images
+from fassl.data import LongTailData, Split
 from fassl.eval.knn import capped_k, knn_predict
 from fassl.eval.metrics import group_metrics
 from fassl.eval.probe import (
@@ -23,7 +23,7 @@ from fassl.eval.probe import (
     linear_probe_fast,
     linear_probe_sdclr,
 )
-from fassl.features import extract_features
+from fassl.features import extract_features, normalize_images
 from fassl.runtime import Runtime
 
 SKIPPED_UNLABELED = "no labels: probes need a labeled dataset"

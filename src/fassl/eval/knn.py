@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fassl.data.bundle import LongTailData, Split
+from fassl.data import LongTailData, Split
 from fassl.eval.metrics import per_class_accuracy
 from fassl.features import extract_features
 from fassl.runtime import Runtime

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from fassl.data.bundle import GROUPS as GROUP_NAMES
+from fassl.data.datasets import GROUPS as GROUP_NAMES
 
 
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

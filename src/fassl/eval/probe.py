@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fassl.data.bundle import Split, crop_flip_at
+from fassl.data import Split
+from fassl.eval.crops import crop_flip_at
 from fassl.eval.metrics import per_class_accuracy
 from fassl.features import backbone_forward, eval_mode, extract_features
 from fassl.runtime import Runtime
@@ -256,7 +257,7 @@ def _epoch_draws(
 ) -> torch.Tensor:
     """(4, n) int64 on the host: an epoch's permutation, then every image's crop offsets
     (rows, columns) and flip, drawn from ``generator`` in the order
-    ``fassl.data.bundle.random_crop_flip`` draws them batch by batch, so the probe sees
+    ``fassl.eval.crops.random_crop_flip`` draws them batch by batch, so the probe sees
     the same images as a per-batch draw; one copy to the device an epoch."""
     perm = torch.randperm(n, generator=generator)
     dy, dx, flip = [], [], []

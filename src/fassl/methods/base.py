@@ -13,9 +13,9 @@ from typing import ClassVar, TypeAlias
 import torch
 from torch import nn
 
+from fassl.augment.boost import BoostSpec
 from fassl.config import Config
-from fassl.data.boost import BoostSpec
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.errors import ConfigError
 from fassl.methods.temperature import ScheduledTemperature, TemperatureSchedule
 from fassl.models import Encoder
@@ -40,7 +40,7 @@ class Method(nn.Module):
 
     name = "method"
     # The config sections holding this method's own settings: a rerun with any of their
-    # keys changed is a conflict (fassl.runsettings), a sweep over them retrains it.
+    # keys changed is a conflict (fassl.runs.settings), a sweep over them retrains it.
     sections: ClassVar[tuple[str, ...]] = ()
     # The supervised references read the batch's labels, BCL the batch's image indices
     # (further ``forward`` arguments, labels first); the others see the two views only.

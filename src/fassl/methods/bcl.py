@@ -4,7 +4,7 @@ Label-free: networks memorise the images of frequent classes first, so an image 
 contrastive loss stays high is likely rare. BCL keeps a momentum average of each image's
 loss over epochs, normalises it over the data set into a strength in [0, 1], and
 augments the image's views more (more often, and harder) the higher its strength
-(``fassl.data.boost``). The loss itself is the base method's, unweighted. As BCL's
+(``fassl.augment.boost``). The loss itself is the base method's, unweighted. As BCL's
 README runs them, BCL-I draws one boost operation a view and BCL-D two
 (``reference_num_ops``; ``bcl.num_ops`` overrides).
 
@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import torch
 
 from fassl import distributed
+from fassl.augment.boost import BoostSpec
 from fassl.config import Config
-from fassl.data.boost import BoostSpec
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.losses import nt_xent_per_image
 from fassl.methods.base import EpochContext, Method, State, two_view_forward
 from fassl.methods.sdclr import SDCLR

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fassl.config import Config
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.losses import drw_class_weights, ldam_loss, ldam_margins
 from fassl.methods.base import EpochContext, State
 from fassl.methods.supervised import Supervised

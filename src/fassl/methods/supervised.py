@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fassl.config import Config
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.methods.base import Method, State
 from fassl.models import Encoder
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fassl.data.bundle import GROUPS
+from fassl.data import GROUPS
 from fassl.files import atomic_path
 from fassl.report.plotting import pyplot
 from fassl.report.results import COLUMNS

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fassl.analysis.rarity import Ranking, group_enrichment, ranks
-from fassl.data.bundle import GROUPS
+from fassl.data import GROUPS
 from fassl.data.collection import Collection
 from fassl.errors import printable
 from fassl.files import OutputSet

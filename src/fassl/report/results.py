@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fassl.data.bundle import GROUPS
+from fassl.data import GROUPS
 from fassl.files import write_text
 
 # The column order of every results table and chart: All, then the groups, then the std

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fassl.data.bundle import GROUPS
+from fassl.data import GROUPS
 from fassl.files import atomic_path
 from fassl.report.comparison import cell, mean_spread
 from fassl.report.plotting import pyplot

@@ -75,7 +75,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_tsne(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.data.build import build_data
+    from fassl.data import build_data
     from fassl.runtime import runtime_for
     from fassl.tools.tsne import TsneOptions, run_tsne
 

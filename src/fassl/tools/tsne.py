@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from sklearn.manifold import TSNE
 
-from fassl.data.bundle import GROUPS, LongTailData
+from fassl.data import GROUPS, LongTailData
 from fassl.data.collection import Collection
 from fassl.encoders import load_encoder
 from fassl.errors import ToolError

@@ -30,9 +30,9 @@ from torch import nn
 from tqdm import tqdm
 
 from fassl import distributed as dist
+from fassl.augment.views import TwoViewAugment
 from fassl.config import Config, OptimConfig, to_dict
-from fassl.data.augment import TwoViewAugment
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
@@ -361,7 +361,7 @@ class Trainer:
 
     def _non_finite_message(self, what: float | str, epoch: int, i: int) -> str:
         """Where training diverged and what is kept; how to train again is the caller's
-        to add (``fassl.stages`` names the --restart that applies)."""
+        to add (``fassl.runs.stage`` names the --restart that applies)."""
         path = self.run_dir / LAST
         if self.saved_epoch is not None:
             kept = f"the last good checkpoint {path} (after epoch {self.saved_epoch + 1}) is kept"

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from fassl.config import DataConfig
-from fassl.data import protocol
-from fassl.data.archives import folder_root
-from fassl.data.bundle import LongTailData
-from fassl.data.decode import IMAGE_EXTENSIONS, ImageSet
-from fassl.data.filelist import FileList, decode_list
+from fassl.data.datasets import LongTailData
+from fassl.data.files.archives import folder_root
+from fassl.data.files.decode import IMAGE_EXTENSIONS, ImageSet
+from fassl.data.files.filelist import FileList, decode_list
+from fassl.data.splits import protocol
 from fassl.errors import DataError
 
 DISPLAY_NAME = "Tiny-ImageNet"

@@ -1,10 +1,6 @@
-"""FASSL end to end: SDCLR teacher, prototypes, re-balanced student, probes, analyses.
-
-Each stage trains into its own folder under ``out_dir`` (``teacher/``, ``prototypes/``,
-``rebalance/``) and is skipped when its export exists, so a killed pipeline re-run with
-the same command resumes where it stopped. This module only orchestrates: training is
-``fassl.stages``, loading ``fassl.encoders``, writing ``fassl.report``.
-"""
+"""What a finished run is measured by: its export probed (report.md, results.json), the
+teacher's probes beside the student's, the prototype and weight analyses, and, on
+unlabeled data, the label-free rarity sheets."""
 
 from __future__ import annotations
 
@@ -12,16 +8,13 @@ import json
 from pathlib import Path
 
 from fassl import report
-from fassl.analysis.monitors import stage2_monitor
 from fassl.analysis.prototypes import GridLabels, prototype_group_shares
 from fassl.analysis.rarity import rank_collection
 from fassl.analysis.weights import all_weight_diagnostics
 from fassl.config import Config
-from fassl.data.build import build_data
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.data.collection import collection_from_data
-from fassl.distributed import main_lock, on_all, on_main
-from fassl.encoders import check_encoder_file, load_encoder
+from fassl.encoders import load_encoder
 from fassl.errors import DataError
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
@@ -29,9 +22,7 @@ from fassl.files import write_text
 from fassl.names import SETTINGS
 from fassl.report.figures import save_retrieval_grid
 from fassl.report.rarity import write_rarity
-from fassl.runsettings import RUN, pipeline_stages, prepare_pipeline, prepare_run, start_run
-from fassl.runtime import Runtime, runtime_for
-from fassl.stages import STAGE_METHODS, check_data, run_pipeline_stage, run_stage
+from fassl.runtime import Runtime
 from fassl.train.checkpoint import read_meta
 
 RAW_PIXELS = "raw pixels (linear)"
@@ -174,90 +165,3 @@ def label_free_analysis(
     return written
 
 
-def check_given_checkpoints(cfg: Config) -> None:
-    """The checkpoints the config hands to a stage fit it, before anything trains."""
-    p = cfg.pipeline
-    if p.prototypes_checkpoint:
-        keys = "pipeline.prototypes_checkpoint"
-        check_encoder_file(p.prototypes_checkpoint, cfg.model, keys, needs_prototypes=True)
-    elif p.teacher_checkpoint:
-        check_encoder_file(p.teacher_checkpoint, cfg.model, "pipeline.teacher_checkpoint")
-    if cfg.train.init_from:
-        rebalance = cfg.method == STAGE_METHODS["rebalance"]
-        check_encoder_file(cfg.train.init_from, cfg.model, "train.init_from", rebalance)
-
-
-def load_data(cfg: Config) -> LongTailData:
-    """``build_data`` on every rank (each needs the images), all ranks stopping together
-    when it fails on one."""
-    return on_all(lambda: build_data(cfg.data, cfg.seed))
-
-
-def run_pipeline(
-    cfg: Config,
-    with_pixels: bool = False,
-    data: LongTailData | None = None,
-    rt: Runtime | None = None,
-    restart: str = "",
-) -> dict:
-    """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes.
-
-    ``restart``: a stage to train again, with the stages after it (``--restart``).
-
-    Under torchrun every rank trains every stage; rank 0 alone locks the folders, checks
-    and records settings, writes exports, analyses, results.json and report.md, while
-    the others wait (``fassl.distributed.on_main``). Every rank returns the results."""
-    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
-    with main_lock(cfg.out_dir):  # a second run into this folder fails at once
-        out = Path(cfg.out_dir)
-        on_main(lambda: check_given_checkpoints(cfg))
-        # stages trained with other settings: error
-        restarted = on_main(lambda: prepare_pipeline(cfg, restart))
-        data = data or load_data(cfg)
-        on_all(lambda: check_data(cfg, data, pipeline_stages(cfg)))
-        on_main(lambda: start_run(cfg, restarted))  # clears the restarted stages, config.yaml
-        p = cfg.pipeline
-        labeled = data.labeled and bool(data.groups)
-        analyse = prototype_analysis if labeled else label_free_analysis
-        probed = None  # the teacher's probes (none when stage 1 is given: its own run has them)
-        if p.prototypes_checkpoint:
-            prototypes = Path(p.prototypes_checkpoint)
-        else:
-            teacher = Path(p.teacher_checkpoint) if p.teacher_checkpoint else None
-            if teacher is None:
-                teacher = run_pipeline_stage(cfg, data, rt, "teacher")
-            probed = on_main(lambda: teacher_results(teacher, data, cfg, rt, out))
-            prototypes = run_pipeline_stage(cfg, data, rt, "prototypes", teacher)
-        on_main(lambda: analyse(prototypes, cfg, data, rt, out, "prototypes"), share=False)
-        monitors = [stage2_monitor(data)] if labeled else []
-        student = run_pipeline_stage(cfg, data, rt, "rebalance", prototypes, monitors)
-        on_main(lambda: analyse(student, cfg, data, rt, out, "rebalance"), share=False)
-        title = "FASSL pipeline"
-        return on_main(
-            lambda: evaluate_export(student, data, cfg, rt, out, title, with_pixels, probed)
-        )
-
-
-def run_pretrain(
-    cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None, restart: bool = False
-) -> dict:
-    """One method trained from scratch (or from ``train.init_from``), then probed.
-
-    Under torchrun: as ``run_pipeline``, rank 0 alone locks, checks, exports and probes."""
-    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
-    with main_lock(cfg.out_dir):  # a second run into this folder fails at once
-        out = Path(cfg.out_dir)
-        on_main(lambda: check_given_checkpoints(cfg))
-        restarted = on_main(lambda: prepare_run(cfg, restart))
-        data = data or load_data(cfg)
-        on_all(lambda: check_data(cfg, data, [RUN]))
-        on_main(lambda: start_run(cfg, restarted))
-        init = Path(cfg.train.init_from) if cfg.train.init_from else None
-        export = run_stage(cfg, data, rt, cfg.method, cfg.optim, out, init)
-
-        def probe() -> dict:
-            if cfg.method == STAGE_METHODS["prototypes"] and data.labeled and data.groups:
-                prototype_analysis(export, cfg, data, rt, out, "prototypes")
-            return evaluate_export(export, data, cfg, rt, out, f"{cfg.method} pre-training")
-
-        return on_main(probe)

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from fassl.config import DataConfig
-from fassl.data import cache
+from fassl.data.files import cache
 from fassl.errors import DataError, printable
 from fassl.files import check_space, write_text
 from fassl.processes import pid_alive

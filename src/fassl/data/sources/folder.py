@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from fassl.config import DataConfig
-from fassl.data import cache, protocol
-from fassl.data.archives import folder_root
-from fassl.data.bundle import LongTailData
-from fassl.data.decode import IMAGE_EXTENSIONS, ImageSet, decode_files, plural
-from fassl.data.walk import FolderScan, scan_folder
+from fassl.data.datasets import LongTailData
+from fassl.data.files import cache
+from fassl.data.files.archives import folder_root
+from fassl.data.files.decode import IMAGE_EXTENSIONS, ImageSet, decode_files, plural
+from fassl.data.files.walk import FolderScan, scan_folder
+from fassl.data.splits import protocol
 from fassl.errors import DataError, printable
 
 TEST_FRACTION = 0.2  # a folder without train/ and test/ keeps 20% per class as test

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fassl.config import AugmentConfig
-from fassl.data.boost import BoostSpec, boost_two_views
-from fassl.data.colour import (
+from fassl.augment.boost import BoostSpec, boost_two_views
+from fassl.augment.colour import (
     GRAY_WEIGHTS,
     blur_kernel_size,
     device_constant,
     gaussian_blur,
     hue_matrices,
 )
+from fassl.config import AugmentConfig
 from fassl.float32 import autocast_off
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of RandomResizedCrop
@@ -204,7 +204,7 @@ class TwoViewAugment(nn.Module):
         self, images: torch.Tensor, strength: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two views of every image; with ``strength`` (N,) and a ``boost``, each view is
-        then augmented once more at its image's strength (``fassl.data.boost``)."""
+        then augmented once more at its image's strength (``fassl.augment.boost``)."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"expected uint8 (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fassl.data.colour import (
+from fassl.augment.colour import (
     GRAY_WEIGHTS,
     blur_kernel_size,
     device_constant,

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from fassl.config import DataConfig
-from fassl.data import cache, protocol
-from fassl.data.bundle import LongTailData
-from fassl.data.decode import ImageSet
+from fassl.data.datasets import LongTailData
+from fassl.data.files import cache
+from fassl.data.files.decode import ImageSet
+from fassl.data.splits import protocol
 from fassl.errors import DataError, UnreadableBatch, printable
 
 try:  # numpy >= 2 moved the array-reconstruction helpers

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from fassl.config import DataConfig
-from fassl.data.decode import ImageSet
-from fassl.data.walk import list_files
+from fassl.data.files.decode import ImageSet
+from fassl.data.files.walk import list_files
 from fassl.files import set_output_mode
 
 # Bump when the decoded pixels or the stored layout change (resize method, conversions).

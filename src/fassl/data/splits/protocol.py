@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from fassl.config import DataConfig
-from fassl.data import longtail
-from fassl.data.bundle import LongTailData, Split, channel_stats
-from fassl.data.decode import ImageSet
+from fassl.data.datasets import LongTailData, Split, channel_stats
+from fassl.data.files.decode import ImageSet
+from fassl.data.splits import longtail
 from fassl.errors import DataError
 
 FULL_DEFAULT_MAX = 5000  # "full": CIFAR-10-LT's n_max

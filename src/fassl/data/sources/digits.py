@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from fassl.config import DataConfig
-from fassl.data import protocol
-from fassl.data.bundle import LongTailData
-from fassl.data.decode import ImageSet
+from fassl.data.datasets import LongTailData
+from fassl.data.files.decode import ImageSet
+from fassl.data.splits import protocol
 
 DISPLAY_NAME = "digits"
 TEST_FRACTION = 0.3

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fassl.data.decode import Decoded, decode_chunk
+from fassl.data.files.decode import Decoded, decode_chunk
 
 CHUNK = 32  # images per task sent to a worker
 

@@ -5,7 +5,7 @@ FASSL's stages are named ``teacher`` (SDCLR), ``prototypes`` (stage 1, Eq. 1-2) 
 ``pipeline.<stage>`` optimizer keys, ``analysis_<stage>.*`` files.
 
 A stage folder records the settings it was trained with (``settings.json``, see
-``fassl.runsettings``); running into it again with other settings is an error naming the
+``fassl.runs.settings``); running into it again with other settings is an error naming the
 changed keys unless the stage is restarted, so a finished stage is never silently reused
 under a config it was not trained with.
 """
@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from fassl.config import Config, OptimConfig, to_yaml
-from fassl.data.bundle import LongTailData
-from fassl.distributed import is_main, main_lock, on_main, world_size
-from fassl.encoders import load_backbone
+from fassl.data import LongTailData, build_data
+from fassl.distributed import is_main, main_lock, on_all, on_main, world_size
+from fassl.encoders import check_encoder_file, load_backbone
 from fassl.errors import ConfigError, NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method
 from fassl.names import CONFIG, EXPORT
-from fassl.runsettings import (
+from fassl.runs.settings import (
     RUN,
     STAGE_METHODS,
     check_stage,
@@ -43,7 +43,9 @@ __all__ = [
     "check_batch_size",
     "check_batch_sizes",
     "check_data",
+    "check_given_checkpoints",
     "load_backbone",
+    "load_data",
     "run_pipeline_stage",
     "run_stage",
 ]
@@ -171,3 +173,22 @@ def run_pipeline_stage(
     optim_cfg: OptimConfig = getattr(cfg.pipeline, stage)
     run_dir = Path(cfg.out_dir) / stage
     return run_stage(cfg, data, rt, STAGE_METHODS[stage], optim_cfg, run_dir, init_path, monitors)
+
+
+def check_given_checkpoints(cfg: Config) -> None:
+    """The checkpoints the config hands to a stage fit it, before anything trains."""
+    p = cfg.pipeline
+    if p.prototypes_checkpoint:
+        keys = "pipeline.prototypes_checkpoint"
+        check_encoder_file(p.prototypes_checkpoint, cfg.model, keys, needs_prototypes=True)
+    elif p.teacher_checkpoint:
+        check_encoder_file(p.teacher_checkpoint, cfg.model, "pipeline.teacher_checkpoint")
+    if cfg.train.init_from:
+        rebalance = cfg.method == STAGE_METHODS["rebalance"]
+        check_encoder_file(cfg.train.init_from, cfg.model, "train.init_from", rebalance)
+
+
+def load_data(cfg: Config) -> LongTailData:
+    """``build_data`` on every rank (each needs the images), all ranks stopping together
+    when it fails on one."""
+    return on_all(lambda: build_data(cfg.data, cfg.seed))

@@ -1,7 +1,7 @@
 """Explicit lists of image files decoded to ImageSets and Splits (held or streamed).
 
 Unlike a folder, whose images are whatever lies below it, a list names each image (a
-published split, lists.py; Tiny-ImageNet's layout), so a missing or unreadable image is
+published split, splits/sdclr.py; Tiny-ImageNet's layout), so a missing or unreadable image is
 an error rather than a skipped file. Decoded lists are cached like folders, keyed by the
 listed files themselves (path, size, mtime), so a list of 12k ImageNet images never lists
 the 1.3M files around it.
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fassl.data import cache
-from fassl.data.bundle import Split
-from fassl.data.decode import ImageSet, decode_files
-from fassl.data.streaming import StreamingImages
+from fassl.data.datasets import Split
+from fassl.data.files import cache
+from fassl.data.files.decode import ImageSet, decode_files
+from fassl.data.files.streaming import StreamingImages
 from fassl.errors import DataError
 
 

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from fassl.config import Config, OptimConfig
-from fassl.data.bundle import LongTailData
+from fassl.data import LongTailData
 from fassl.distributed import on_main
 from fassl.names import EXPORT
-from fassl.pipeline import run_pipeline, run_pretrain
 from fassl.registry import ARMS, Arm
 from fassl.reweight import REWEIGHTERS
+from fassl.runs.pipeline import run_pipeline
+from fassl.runs.pretrain import run_pretrain
 from fassl.runtime import Runtime
 from fassl.validation import get_dotted
 
@@ -193,7 +194,7 @@ def arm_structure(name: str, cfg: Config) -> str:
     return f"{name}: {baseline_epochs(cfg)} epochs{source}"
 
 
-def train_arm(c: Config, name: str, data: LongTailData, rt: Runtime) -> dict:
+def run_arm(c: Config, name: str, data: LongTailData, rt: Runtime) -> dict:
     """The results of arm ``name``'s run ``c`` (``run_config``): its results.json when the
     run finished, else the run trained now (the pipeline for a FASSL arm). The file is
     read by rank 0 alone, so under torchrun every rank reuses or trains the same runs."""

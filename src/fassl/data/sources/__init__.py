@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fassl.config import DataConfig
-from fassl.data.bundle import LongTailData
+from fassl.data.datasets import LongTailData
 from fassl.registry import SOURCES as DECLARED
 from fassl.registry import load
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fassl.data.streaming import StreamingImages
+from fassl.data.files.streaming import StreamingImages
 
 # The paper's class groups by training frequency (the one spelling everywhere)
 GROUPS = ("frequent", "medium", "rare")
@@ -105,43 +105,3 @@ def channel_stats(images: torch.Tensor | StreamingImages) -> tuple[Triple, Tripl
     std = (squares / max(count, 1) - mean.square()).clamp_min(1e-12).sqrt()
     (m0, m1, m2), (s0, s1, s2) = mean.tolist(), std.tolist()
     return (m0, m1, m2), (s0, s1, s2)
-
-
-def normalize_images(
-    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 standardised with per-channel mean and std."""
-    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - m) / s
-
-
-def random_crop_flip(
-    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """RandomCrop(size, padding) + horizontal flip for a whole batch (the probe's augmentation).
-
-    Each image gets its own offset and flip; zero padding as in torchvision's default.
-    """
-    n, dev = images.shape[0], images.device
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
-    return crop_flip_at(images, dy, dx, flip, padding)
-
-
-def crop_flip_at(
-    images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int
-) -> torch.Tensor:
-    """RandomCrop(padding) + horizontal flip at given per-image row / column offsets (in
-    [0, 2 padding]) and flips (bool), on the images' device: ``random_crop_flip`` with
-    its draws made beforehand."""
-    n, _, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dev = images.device
-    rows = dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)  # (n, h)
-    cols = torch.arange(w, device=dev).view(1, w).expand(n, w)
-    cols = torch.where(flip.view(n, 1), w - 1 - cols, cols) + dx.view(n, 1)  # (n, w)
-    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
-    chan = torch.arange(images.shape[1], device=dev).view(1, -1, 1, 1)
-    return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]

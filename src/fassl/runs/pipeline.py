@@ -1,0 +1,72 @@
+"""FASSL end to end: SDCLR teacher, prototypes, re-balanced student, probes, analyses.
+
+Each stage trains into its own folder under ``out_dir`` (``teacher/``, ``prototypes/``,
+``rebalance/``) and is skipped when its export exists, so a killed pipeline re-run with
+the same command resumes where it stopped. This module only orchestrates: training is
+``fassl.runs.stage``, measuring ``fassl.runs.probes``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fassl.analysis.monitors import stage2_monitor
+from fassl.config import Config
+from fassl.data import LongTailData
+from fassl.distributed import main_lock, on_all, on_main
+from fassl.runs.probes import (
+    evaluate_export,
+    label_free_analysis,
+    prototype_analysis,
+    teacher_results,
+)
+from fassl.runs.settings import pipeline_stages, prepare_pipeline, start_run
+from fassl.runs.stage import check_data, check_given_checkpoints, load_data, run_pipeline_stage
+from fassl.runtime import Runtime, runtime_for
+
+
+def run_pipeline(
+    cfg: Config,
+    with_pixels: bool = False,
+    data: LongTailData | None = None,
+    rt: Runtime | None = None,
+    restart: str = "",
+) -> dict:
+    """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes.
+
+    ``restart``: a stage to train again, with the stages after it (``--restart``).
+
+    Under torchrun every rank trains every stage; rank 0 alone locks the folders, checks
+    and records settings, writes exports, analyses, results.json and report.md, while
+    the others wait (``fassl.distributed.on_main``). Every rank returns the results."""
+    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
+    with main_lock(cfg.out_dir):  # a second run into this folder fails at once
+        out = Path(cfg.out_dir)
+        on_main(lambda: check_given_checkpoints(cfg))
+        # stages trained with other settings: error
+        restarted = on_main(lambda: prepare_pipeline(cfg, restart))
+        data = data or load_data(cfg)
+        on_all(lambda: check_data(cfg, data, pipeline_stages(cfg)))
+        on_main(lambda: start_run(cfg, restarted))  # clears the restarted stages, config.yaml
+        p = cfg.pipeline
+        labeled = data.labeled and bool(data.groups)
+        analyse = prototype_analysis if labeled else label_free_analysis
+        probed = None  # the teacher's probes (none when stage 1 is given: its own run has them)
+        if p.prototypes_checkpoint:
+            prototypes = Path(p.prototypes_checkpoint)
+        else:
+            teacher = Path(p.teacher_checkpoint) if p.teacher_checkpoint else None
+            if teacher is None:
+                teacher = run_pipeline_stage(cfg, data, rt, "teacher")
+            probed = on_main(lambda: teacher_results(teacher, data, cfg, rt, out))
+            prototypes = run_pipeline_stage(cfg, data, rt, "prototypes", teacher)
+        on_main(lambda: analyse(prototypes, cfg, data, rt, out, "prototypes"), share=False)
+        monitors = [stage2_monitor(data)] if labeled else []
+        student = run_pipeline_stage(cfg, data, rt, "rebalance", prototypes, monitors)
+        on_main(lambda: analyse(student, cfg, data, rt, out, "rebalance"), share=False)
+        title = "FASSL pipeline"
+        return on_main(
+            lambda: evaluate_export(student, data, cfg, rt, out, title, with_pixels, probed)
+        )
+
+
