@@ -1,15 +1,18 @@
 # One-command set-up: each target creates the virtual environment it needs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch; on a CUDA machine set TORCH_SPEC to the build you want.
-TORCH_SPEC ?= torch==2.13.0
+# PyTorch with its matching torchvision (timm's backbones need both; PyPI's torchvision
+# does not import beside the 2.13.0 CPU build). On a CUDA machine set TORCH_SPEC to the
+# builds you want; EXTRAS=dev leaves timm out (its tests then skip, saying why).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev,timm
 
 .PHONY: demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -6,7 +6,7 @@ import torch
 
 from fassl.losses import byol_loss
 from fassl.methods import build_method
-from fassl.models.pruning import pruned_batchnorms
+from fassl.models.pruning import pruned_norms
 from tests.helpers import tiny_config
 
 # The training loop end to end: `make test` runs these again on the AVX2 kernels (Makefile).
@@ -45,7 +45,7 @@ def test_sdclr_pruned_branch_uses_mask_and_own_bn(tmp_path):
         params = dict(ref.named_parameters())
         for name, mask in masks.items():
             params[name].mul_(mask)
-    with pruned_batchnorms(ref):
+    with pruned_norms(ref):
         expected = ref(x)[1]
     got = m.pruned_forward(x)[1]
     assert torch.allclose(got, expected, atol=1e-5)

@@ -4,12 +4,12 @@ import torch
 from fassl.errors import IncompatibleCheckpoint
 from fassl.models import build_backbone
 from fassl.models.pruning import (
-    DualBatchNorm,
-    add_pruned_batchnorms,
-    conv_weight_names,
+    DualNorm,
+    add_pruned_norms,
     dense_state_dict,
     global_magnitude_masks,
-    pruned_batchnorms,
+    pruned_norms,
+    pruned_weight_names,
 )
 from fassl.models.state import load_state_checked
 
@@ -45,19 +45,19 @@ def test_mask_on_hand_values():
 
 
 def test_dual_batchnorm_routes_and_strips():
-    net = add_pruned_batchnorms(build_backbone("resnet18", 4))
-    duals = [m for m in net.modules() if isinstance(m, DualBatchNorm)]
+    net = add_pruned_norms(build_backbone("resnet18", 4))
+    duals = [m for m in net.modules() if isinstance(m, DualNorm)]
     assert duals and not any(d.use_pruned for d in duals)
     x = torch.randn(4, 3, 16, 16)
     net(x)
     before = duals[0].pruned.running_mean.clone()
-    with pruned_batchnorms(net):
+    with pruned_norms(net):
         assert all(d.use_pruned for d in duals)
         net(x)
     assert not torch.equal(before, duals[0].pruned.running_mean)
     plain = build_backbone("resnet18", 4)
     plain.load_state_dict(dense_state_dict(net.state_dict()))  # strict: keys match
-    assert len(conv_weight_names(plain)) == 20
+    assert len(pruned_weight_names(plain)) == 20
 
 
 def test_load_mismatch_names_source():

@@ -38,6 +38,7 @@ from fassl.features import embed_images
 from fassl.methods import METHODS, Method, build_method
 from fassl.processes import run_lock
 from fassl.recipes import resolve_recipe
+from fassl.registry import CUSTOM
 from fassl.runs.pipeline import run_pipeline
 from fassl.runs.settings import check_stage, record_settings
 from fassl.runs.stage import check_batch_size
@@ -267,6 +268,23 @@ def _own_random_streams(device: torch.device) -> Iterator[None]:
         yield
 
 
+def _own_backbone(backbone: Any, feature_dim: int | None, cfg: Config) -> nn.Module:
+    """A copy of the caller's module with ``out_dim`` set; ``cfg.model.arch`` names its
+    class (``module:<Class>``) in the settings and checkpoints the run records."""
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError(f"fit: backbone must be a torch module, got {type(backbone).__name__}")
+    dim = feature_dim or getattr(backbone, "out_dim", None)
+    dim = dim or getattr(backbone, "num_features", None)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ConfigError(
+            f"fit: the feature size of {type(backbone).__name__} is unknown: pass feature_dim="
+        )
+    own = copy.deepcopy(backbone)
+    own.out_dim = dim
+    cfg.model.arch = f"{CUSTOM}:{type(backbone).__qualname__}"
+    return own
+
+
 def fit(
     method: str,
     data: LongTailData,
@@ -274,12 +292,20 @@ def fit(
     cfg: Config | None = None,
     out_dir: str | Path | None = None,
     init: dict[str, torch.Tensor] | None = None,
+    backbone: nn.Module | None = None,
+    feature_dim: int | None = None,
 ) -> Method:
     """Train one method (a name of ``fassl.methods.METHODS``) on ``data`` with the one
     training loop; returns the trained method (``.backbone`` is what the probes read,
     ``.export_state()`` what later stages load). ``overrides`` are ``key=value`` keys
     (``optim.epochs=5``); ``out_dir`` keeps checkpoints and logs (a killed call resumes
     from it), by default a temporary folder. ``init`` starts from an exported state.
+
+    ``backbone``: any module mapping (N, 3, H, W) images to (N, ``feature_dim``)
+    features, for a model no library registers (``model.arch=timm:<name>`` /
+    ``torchvision:<name>`` build those from the config). A copy is trained, the module
+    given is left as it was; ``feature_dim`` defaults to its ``out_dim`` or
+    ``num_features``. Its checkpoints load back with the module (``init=``), not by name.
 
     The same checks as ``fassl pretrain``: the folder is locked while training, and a
     folder trained with other settings is a RunConflict naming them (not resumed with
@@ -289,6 +315,7 @@ def fit(
         raise ConfigError(f"unknown method {method!r}: one of {list(METHODS)}")
     cfg = _config_of("fit", cfg, overrides, f"method={method}")
     data = _check_data(data, "fit")
+    own = None if backbone is None else _own_backbone(backbone, feature_dim, cfg)
     check_batch_size(cfg, data, cfg.optim)
     rt = runtime_for(cfg.train)
     run_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="fassl-"))
@@ -296,7 +323,7 @@ def fit(
         settings = check_stage(cfg, method, cfg.optim, run_dir)
         record_settings(run_dir, settings)
         torch.manual_seed(cfg.seed)
-        model = build_method(cfg, method, init)
+        model = build_method(cfg, method, init, backbone=own)
         Trainer(model, data, cfg, cfg.optim, run_dir, rt, method).fit()
     return model
 

@@ -19,12 +19,12 @@ from safetensors import safe_open
 from torch import nn
 
 from fassl.config import ModelConfig
-from fassl.errors import CheckpointError, IncompatibleCheckpoint, ToolError
-from fassl.models import Encoder, build_backbone, head_of_state, projection_head
+from fassl.errors import CheckpointError, ConfigError, IncompatibleCheckpoint, ToolError
+from fassl.models import Encoder, build_backbone, head_of_state, is_library_arch, projection_head
 from fassl.models.heads import select_feature
 from fassl.models.pruning import dense_state_dict
-from fassl.models.resnet import ARCHS
 from fassl.models.state import load_state_checked, sub_state
+from fassl.registry import arch_problem
 from fassl.train.checkpoint import load_checkpoint, read_meta, split_prefixed
 
 FEATURES = ("backbone", "projection")  # the outputs a tool can read
@@ -84,10 +84,13 @@ def _model_spec(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     if not isinstance(model, dict):
         raise CheckpointError(f"{path} does not say which model it holds (no 'model' metadata)")
     arch, width = model.get("arch"), model.get("width")
-    if arch not in ARCHS:
-        raise CheckpointError(f"{path}: unknown architecture {arch!r} (expected one of {ARCHS})")
+    problem = arch_problem(arch) if isinstance(arch, str) else f"{arch!r} is not a name"
+    if problem is not None:
+        raise CheckpointError(f"{path}: unknown architecture: {problem}")
     if not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
         raise CheckpointError(f"{path}: model width {width!r} is not in [1, {MAX_WIDTH}]")
+    if not isinstance(model.setdefault("kwargs", {}), dict):
+        raise CheckpointError(f"{path}: model.kwargs is not a mapping")
     for key in ("proj_hidden", "proj_dim"):
         value = model.get(key)  # absent: read from the weights (older exports)
         if value is not None and (not isinstance(value, int) or not 1 <= value <= 65536):
@@ -120,12 +123,18 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
     if not state:
         raise CheckpointError(f"{path} holds no encoder weights")
     stem = state.get("backbone.stem.0.weight")
-    if stem is None or stem.shape[0] != model["width"]:
+    own = not is_library_arch(model["arch"])
+    if own and (stem is None or stem.shape[0] != model["width"]):
         found = None if stem is None else stem.shape[0]
         raise CheckpointError(
             f"{path}: its weights have width {found}, its metadata says {model['width']}"
         )
-    backbone = build_backbone(model["arch"], model["width"], model["cifar_stem"])
+    try:
+        backbone = build_backbone(
+            model["arch"], model["width"], model["cifar_stem"], model["kwargs"]
+        )
+    except ConfigError as err:  # the library is missing, or no longer builds the model
+        raise CheckpointError(f"{path}: {err}") from err
     hidden = model.get("proj_hidden") or _rows(state, "projector.0.weight", path)
     out_dim = model.get("proj_dim") or _rows(state, "projector.3.weight", path)
     head = projection_head(head_of_state(state), backbone.out_dim, hidden, out_dim)
@@ -146,7 +155,8 @@ def check_encoder_file(
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())
     problems = []
-    for field in ("arch", "width", "cifar_stem"):
+    own = ("width", "cifar_stem") if not is_library_arch(model.arch) else ("kwargs",)
+    for field in ("arch", *own):
         if spec.get(field) != getattr(model, field):
             problems.append(
                 f"model.{field} {spec.get(field)!r} (the config: {getattr(model, field)!r})"

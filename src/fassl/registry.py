@@ -1,5 +1,5 @@
-"""Every name a user types, declared once: methods, stage-2 weights, data sources and the
-arms of ``fassl compare``.
+"""Every name a user types, declared once: methods, stage-2 weights, data sources,
+backbones and the arms of ``fassl compare``.
 
 Torch-free, so the config layer, validation and the command line read names and choices
 from here without loading a network. Each entry points at what implements it as
@@ -58,6 +58,35 @@ SOURCES: dict[str, Source] = {
     "splitfile": Source("fassl.data.splits.splitfile:load", needs_root=True, by_name=False),
     "tinyimagenet": Source("fassl.data.sources.tinyimagenet:load", needs_root=True),
 }
+
+# model.arch: the project's own ResNets by name, or any model of a library as
+# "<library>:<name>" (fassl.models.library builds it; the library is an optional extra)
+ARCHS = ("resnet18", "resnet50")
+LIBRARIES = {"timm": "fassl[timm]", "torchvision": "fassl[torchvision]"}  # -> pip extra
+# what a run records for a module handed to fassl.fit(backbone=...): never built by name
+CUSTOM = "module"
+
+
+def split_arch(arch: str) -> tuple[str | None, str]:
+    """``"timm:vit_tiny_patch16_224"`` -> ("timm", "vit_tiny_patch16_224"); a built-in
+    ResNet -> (None, its name)."""
+    library, sep, name = arch.partition(":")
+    return (library, name) if sep else (None, arch)
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why ``arch`` is not a model.arch this project can build; None when it is."""
+    library, name = split_arch(arch)
+    if library is None:
+        if arch in ARCHS:
+            return None
+        return f"{arch!r} is not one of {list(ARCHS)} (or timm:<name> / torchvision:<name>)"
+    if library == CUSTOM:
+        return f"{arch!r} was a module given to fassl.fit: pass the module again (init=)"
+    if library not in LIBRARIES:
+        return f"{library!r} is not a model library: expected one of {list(LIBRARIES)}"
+    return None if name else f"{arch!r} names no model after the colon"
+
 
 METHOD_NAMES = tuple(METHOD_CLASSES)
 WEIGHTS = tuple(WEIGHT_CLASSES)

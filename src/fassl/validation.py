@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fassl.errors import ConfigError
-from fassl.registry import ROOT_DATASETS
+from fassl.registry import ROOT_DATASETS, arch_problem
 
 # rule name -> (test, wording)
 _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -144,6 +144,8 @@ def choice_problems(cfg: Any) -> list[str]:
 def structure_problems(cfg: Any) -> list[str]:
     """Keys whose values only make sense together."""
     problems = []
+    if (arch := arch_problem(cfg.model.arch)) is not None:
+        problems.append(f"config key 'model.arch': {arch}")
     if not cfg.probe.settings:
         problems.append("config key 'probe.settings' must list at least one probe")
     if cfg.temperature.tau_min > cfg.temperature.tau_max:

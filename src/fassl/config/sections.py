@@ -85,7 +85,12 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = choice("resnet18", ("resnet18", "resnet50"))
+    # resnet18 | resnet50 (the project's own), or timm:<name> / torchvision:<name>: any
+    # model of that library, built without pretrained weights (fassl.models.library)
+    arch: str = "resnet18"
+    # the library's keyword arguments for timm: / torchvision: (e.g. {img_size: 32,
+    # patch_size: 4} for a ViT at 32x32); width and cifar_stem apply to the own ResNets
+    kwargs: dict[str, Any] = field(default_factory=dict)
     width: int = ranged(64, ">=1")  # channels of the first stage (64 = the paper's ResNet-18)
     cifar_stem: bool = True  # 3x3 stride-1 first conv, no max-pool
     proj_hidden: int = ranged(512, ">=1")

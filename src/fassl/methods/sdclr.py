@@ -1,7 +1,8 @@
 """SDCLR (Jiang et al., ICML 2021): SimCLR between the dense network and a pruned copy.
 
-The pruned copy zeroes the ``prune_ratio`` smallest-magnitude conv weights (one global
-threshold, recomputed at the start of every epoch) and has its own BatchNorm layers.
+The pruned copy zeroes the ``prune_ratio`` smallest-magnitude weights of the backbone's
+convs (and linear layers, for a backbone that has them; one global threshold, recomputed
+at the start of every epoch) and has its own normalisation layers.
 NT-Xent contrasts dense(view 1) with pruned(view 2). The dense branch is what gets
 evaluated and what initialises FASSL's teacher.
 """
@@ -17,11 +18,11 @@ from fassl.methods.base import EpochContext, ScheduledContrast, State
 from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder
 from fassl.models.pruning import (
-    add_pruned_batchnorms,
-    conv_weight_names,
+    add_pruned_norms,
     dense_state_dict,
     global_magnitude_masks,
-    pruned_batchnorms,
+    pruned_norms,
+    pruned_weight_names,
 )
 
 
@@ -36,12 +37,12 @@ class SDCLR(ScheduledContrast):
         prune_ratio: float,
         schedule: TemperatureSchedule | None = None,
     ) -> None:
-        pruned = add_pruned_batchnorms(encoder)
+        pruned = add_pruned_norms(encoder)
         super().__init__(pruned, schedule or TemperatureSchedule(temperature))  # type: ignore[arg-type]
         self.prune_ratio = prune_ratio
-        self.conv_names = conv_weight_names(self.encoder)
+        self.pruned_names = pruned_weight_names(self.encoder)
         params = dict(self.encoder.named_parameters())
-        for i, name in enumerate(self.conv_names):
+        for i, name in enumerate(self.pruned_names):
             # Saved with every checkpoint; all-ones until the first epoch prunes.
             self.register_buffer(f"mask_{i}", torch.ones_like(params[name], dtype=torch.bool))
         self.update_masks()
@@ -53,12 +54,12 @@ class SDCLR(ScheduledContrast):
         return cls(encoder, t, cfg.sdclr.prune_ratio, schedule)
 
     def masks(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, f"mask_{i}") for i, name in enumerate(self.conv_names)}
+        return {name: getattr(self, f"mask_{i}") for i, name in enumerate(self.pruned_names)}
 
     @torch.no_grad()
     def update_masks(self) -> None:
         params = dict(self.encoder.named_parameters())
-        weights = {name: params[name] for name in self.conv_names}
+        weights = {name: params[name] for name in self.pruned_names}
         for i, mask in enumerate(global_magnitude_masks(weights, self.prune_ratio).values()):
             getattr(self, f"mask_{i}").copy_(mask)
 
@@ -69,7 +70,7 @@ class SDCLR(ScheduledContrast):
     def pruned_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         params = dict(self.encoder.named_parameters())
         masked = {name: params[name] * mask for name, mask in self.masks().items()}
-        with pruned_batchnorms(self.encoder):
+        with pruned_norms(self.encoder):
             return functional_call(self.encoder, masked, (x,))
 
     def dense_and_pruned(

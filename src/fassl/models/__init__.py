@@ -1,7 +1,8 @@
-"""Backbones, heads and the pruned branch of SDCLR."""
+"""Backbones (own ResNets, timm and torchvision models), heads, SDCLR's pruned branch."""
 
+from fassl.models.backbones import build_backbone, is_library_arch
 from fassl.models.heads import HEADS, Encoder, head_of_state, mlp_head, projection_head
-from fassl.models.resnet import ResNet, build_backbone
+from fassl.models.resnet import ResNet
 
 __all__ = [
     "HEADS",
@@ -9,6 +10,7 @@ __all__ = [
     "ResNet",
     "build_backbone",
     "head_of_state",
+    "is_library_arch",
     "mlp_head",
     "projection_head",
 ]

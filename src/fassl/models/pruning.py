@@ -1,11 +1,14 @@
-"""SDCLR's pruned branch: global magnitude masks over conv weights and its own BatchNorms.
+"""SDCLR's pruned branch: global magnitude masks over the backbone's weights and its own
+normalisation layers.
 
 SDCLR (Jiang et al., ICML 2021) contrasts the dense network with a copy whose smallest
 conv weights are zeroed; the copy shares the remaining weights but normalises with BN
 layers of its own. Here the copy is not a second module: the pruned forward calls the
-same module with masked weights (``torch.func.functional_call``) while every
-``DualBatchNorm`` routes to its pruned twin, so gradients of both branches reach the one
-set of weights.
+same module with masked weights (``torch.func.functional_call``) while every ``DualNorm``
+routes to its pruned twin, so gradients of both branches reach the one set of weights.
+Nothing here depends on the ResNet: any backbone's conv and linear weights are masked
+(a ResNet has only convs, so that is SDCLR's rule) and its BatchNorm, LayerNorm,
+GroupNorm and RMSNorm layers get twins.
 """
 
 from __future__ import annotations
@@ -18,34 +21,45 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+# the normalisation layers that get a twin (subclasses included: timm's BatchNormAct2d,
+# LayerNorm2d, torchvision's LayerNorm2d)
+NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+# the layers whose weights the pruned branch masks
+PRUNED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
-class DualBatchNorm(nn.Module):
-    """A BatchNorm layer for the dense branch and a twin for the pruned branch."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+class DualNorm(nn.Module):
+    """A normalisation layer for the dense branch and a twin for the pruned branch."""
+
+    def __init__(self, norm: nn.Module) -> None:
         super().__init__()
-        self.dense = bn
-        self.pruned = copy.deepcopy(bn)
+        self.dense = norm
+        self.pruned = copy.deepcopy(norm)
         self.use_pruned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pruned(x) if self.use_pruned else self.dense(x)
 
 
-def add_pruned_batchnorms(module: nn.Module) -> nn.Module:
-    """Replace, in place, every BatchNorm of ``module`` by a DualBatchNorm."""
+def add_pruned_norms(module: nn.Module) -> nn.Module:
+    """Replace, in place, every normalisation layer (``NORMS``) of ``module`` by a DualNorm."""
     for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(module, name, DualBatchNorm(child))
+        if isinstance(child, NORMS):
+            setattr(module, name, DualNorm(child))
         else:
-            add_pruned_batchnorms(child)
+            add_pruned_norms(child)
     return module
 
 
 @contextmanager
-def pruned_batchnorms(module: nn.Module) -> Iterator[None]:
-    """Route every DualBatchNorm of ``module`` to its pruned twin inside the block."""
-    duals = [m for m in module.modules() if isinstance(m, DualBatchNorm)]
+def pruned_norms(module: nn.Module) -> Iterator[None]:
+    """Route every DualNorm of ``module`` to its pruned twin inside the block."""
+    duals = [m for m in module.modules() if isinstance(m, DualNorm)]
     for m in duals:
         m.use_pruned = True
     try:
@@ -56,7 +70,7 @@ def pruned_batchnorms(module: nn.Module) -> Iterator[None]:
 
 
 def dense_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The dense branch of a state dict with DualBatchNorms, as a plain network's state."""
+    """The dense branch of a state dict with DualNorms, as a plain network's state."""
     out = {}
     for key, value in state.items():
         if ".pruned." in f".{key}":
@@ -65,8 +79,16 @@ def dense_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def conv_weight_names(module: nn.Module) -> list[str]:
-    return [f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+def pruned_weight_names(encoder: nn.Module) -> list[str]:
+    """The weights the pruned branch masks: every conv and linear weight of the backbone
+    (``encoder.backbone``, else the module itself); the projection head is not pruned."""
+    backbone = getattr(encoder, "backbone", encoder)
+    prefix = "backbone." if backbone is not encoder else ""
+    return [
+        f"{prefix}{name}.weight"
+        for name, m in backbone.named_modules()
+        if isinstance(m, PRUNED_LAYERS)
+    ]
 
 
 def pruned_count(total: int, prune_ratio: float) -> int:

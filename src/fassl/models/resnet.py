@@ -98,10 +98,7 @@ class ResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-ARCHS = ("resnet18", "resnet50")
-
-
-def build_backbone(arch: str, width: int = 64, cifar_stem: bool = True) -> ResNet:
+def build_resnet(arch: str, width: int = 64, cifar_stem: bool = True) -> ResNet:
     if arch == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], width, cifar_stem)
     if arch == "resnet50":
