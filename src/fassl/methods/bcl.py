@@ -28,7 +28,6 @@ from fassl.losses import nt_xent_per_image
 from fassl.methods.base import EpochContext, Method, State, two_view_forward
 from fassl.methods.sdclr import SDCLR
 from fassl.methods.simclr import SimCLR
-from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder
 
 
@@ -98,6 +97,20 @@ class BoostedMemorization(Method):
     seen: torch.Tensor
     strength: torch.Tensor
 
+    reference_num_ops: ClassVar[int]  # BCL's README: --rand_k of this variant
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, encoder: Encoder, init: State | None, source: str
+    ) -> BoostedMemorization:
+        """The base method (SimCLR's or SDCLR's ``from_config``, next in the MRO) with
+        BCL's boost of the variant's number of operations."""
+        method = super().from_config(cfg, encoder, init, source)  # type: ignore[misc]
+        b = cfg.bcl
+        spec = BoostSpec(b.ops, b.num_ops or cls.reference_num_ops, b.max_magnitude, b.magnitude)
+        method.init_boost(b.beta, spec)
+        return method
+
     def init_boost(self, beta: float, boost: BoostSpec) -> None:
         self.beta = beta
         self.boost = boost
@@ -142,26 +155,12 @@ class BoostedMemorization(Method):
         return loss, {"loss": loss.detach(), "boost_strength": strength}
 
 
-def _boost_spec(cfg: Config, reference_num_ops: int) -> BoostSpec:
-    b = cfg.bcl
-    return BoostSpec(b.ops, b.num_ops or reference_num_ops, b.max_magnitude, b.magnitude)
-
-
 class BCLSimCLR(BoostedMemorization, SimCLR):
     """BCL-I: SimCLR whose views are boosted by each image's momentum loss."""
 
     name = "bcl_i"
     sections = ("simclr", "temperature", "bcl")
     reference_num_ops: ClassVar[int] = 1  # BCL's README: --rand_k 1
-
-    @classmethod
-    def from_config(
-        cls, cfg: Config, encoder: Encoder, init: State | None, source: str
-    ) -> BCLSimCLR:
-        t = cfg.simclr.temperature
-        method = cls(encoder, t, TemperatureSchedule.from_config(t, cfg.temperature))
-        method.init_boost(cfg.bcl.beta, _boost_spec(cfg, cls.reference_num_ops))
-        return method
 
     def forward(  # type: ignore[override]
         self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor
@@ -176,16 +175,6 @@ class BCLSDCLR(BoostedMemorization, SDCLR):
     name = "bcl_d"
     sections = ("sdclr", "temperature", "bcl")
     reference_num_ops: ClassVar[int] = 2  # BCL's README: --rand_k 2
-
-    @classmethod
-    def from_config(
-        cls, cfg: Config, encoder: Encoder, init: State | None, source: str
-    ) -> BCLSDCLR:
-        t = cfg.sdclr.temperature
-        schedule = TemperatureSchedule.from_config(t, cfg.temperature)
-        method = cls(encoder, t, cfg.sdclr.prune_ratio, schedule)
-        method.init_boost(cfg.bcl.beta, _boost_spec(cfg, cls.reference_num_ops))
-        return method
 
     def forward(  # type: ignore[override]
         self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor

@@ -99,38 +99,47 @@ def _common(p: argparse.ArgumentParser, out_help: str, out_type=flags.out_folder
     )
 
 
+DATA_HELP = (
+    "an image folder, an archive of one, a built-in dataset (digits, cifar10...), or "
+    "'pretrain': the long-tailed pre-training set of the config (e.g. the run's own)"
+)
+
+
+def _per_image_tool(
+    sub: argparse._SubParsersAction, name: str, summary: str, outputs: str
+) -> argparse.ArgumentParser:
+    """A command over one encoder and one collection of images (embed, rare); its own
+    options go between the positionals and the overrides."""
+    p = sub.add_parser(name, help=summary)
+    p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
+    p.add_argument("data", help=DATA_HELP)
+    _common(p, f"output folder for {outputs} (default: <checkpoint folder>/{name}-<data>)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return p
+
+
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     """Register embed, rare, export and tsne on the ``fassl`` parser."""
-    data_help = (
-        "an image folder, an archive of one, a built-in dataset (digits, cifar10...), or "
-        "'pretrain': the long-tailed pre-training set of the config (e.g. the run's own)"
+    p = _per_image_tool(
+        sub,
+        "embed",
+        "an embedding of every image: embeddings.npy, index.csv",
+        "embeddings.npy, index.csv and embeddings.json",
     )
-    p = sub.add_parser("embed", help="an embedding of every image: embeddings.npy, index.csv")
-    p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
-    p.add_argument("data", help=data_help)
     p.add_argument("--feature", choices=("backbone", "projection"), default="backbone")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    _common(
-        p,
-        "output folder for embeddings.npy, index.csv and embeddings.json "
-        "(default: <checkpoint folder>/embed-<data>)",
-    )
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("rare", help="rank every image by rarity: rarity.csv and figures")
-    p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
-    p.add_argument("data", help=data_help)
+    p = _per_image_tool(
+        sub,
+        "rare",
+        "rank every image by rarity: rarity.csv and figures",
+        "rarity.csv, rarity.json, rarity_contact_sheet.png, rarity_density.png and (with "
+        "labels) rarity_groups.md",
+    )
     p.add_argument("--weights", default="", help="weights to rank by, e.g. knn,cluster_size")
     p.add_argument(
         "--sheet", type=flags.at_least(1), default=32, help="images on each side of the sheet"
     )
-    _common(
-        p,
-        "output folder for rarity.csv, rarity.json, rarity_contact_sheet.png, "
-        "rarity_density.png and (with labels) rarity_groups.md "
-        "(default: <checkpoint folder>/rare-<data>)",
-    )
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=cmd_rare)
     p = sub.add_parser("export", help="the backbone for plain PyTorch: safetensors, TorchScript")
     p.add_argument("checkpoint", help="any encoder file: export or training checkpoint")
