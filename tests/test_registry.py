@@ -36,6 +36,17 @@ def test_loaded_classes_carry_their_registered_names():
     assert set(registry.ROOT_DATASETS) == {"folder", "splitfile", "tinyimagenet"}
 
 
+def test_the_self_supervised_methods_train_from_scratch_without_labels(tmp_path):
+    from fassl.methods import build_method
+
+    cfg = tiny_config(tmp_path)
+    for name in registry.SELF_SUPERVISED:
+        assert not METHODS[name].needs_labels, name
+        build_method(cfg, name)  # no init: nothing it starts from
+    rest = set(registry.METHOD_NAMES) - set(registry.SELF_SUPERVISED)
+    assert all(METHODS[n].needs_labels or n.startswith("fassl_") for n in rest)
+
+
 def test_every_arm_refers_to_arms_methods_and_keys_that_exist(tmp_path):
     file_keys = path_keys(Config(), "file")
     for arm in registry.ARMS.values():

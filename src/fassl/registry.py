@@ -27,6 +27,9 @@ METHOD_CLASSES: dict[str, str] = {
     "bcl_d": "fassl.methods.bcl:BCLSDCLR",
     "ldam_drw": "fassl.methods.ldam:LDAMDRW",
 }
+# the methods that pre-train an encoder from scratch without labels: what a run may name
+# as its self-supervised start (ldam.ssp_method, LDAM-DRW+SSP)
+SELF_SUPERVISED = ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d")
 # rebalance.weight -> its class (log phi of stage 2: Eq. 3 and its label-free variants;
 # none = phi 1, the paper's ablation)
 WEIGHT_CLASSES: dict[str, str] = {

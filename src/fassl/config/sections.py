@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fassl.registry import ARM_NAMES, DATASETS, METHOD_NAMES, WEIGHTS
+from fassl.registry import ARM_NAMES, DATASETS, METHOD_NAMES, SELF_SUPERVISED, WEIGHTS
 from fassl.validation import choice, neutral, path, ranged
 
 COMPILE_MODES = ("auto", "compile", "eager")  # train.compile
@@ -189,7 +189,7 @@ class LDAMConfig:
     # beta of the class-balanced (effective-number) weights
     drw_beta: float = ranged(0.9999, "[0,1)")
     # fassl compare's ldam_drw_ssp arm starts from this method's run of the same seed
-    ssp_method: str = choice("sdclr", ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d"))
+    ssp_method: str = choice("sdclr", SELF_SUPERVISED)
 
 
 @dataclass
