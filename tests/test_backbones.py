@@ -315,3 +315,31 @@ def test_the_commands_train_probe_export_and_embed_a_library_backbone(
     out = tmp_path / "emb"
     assert main(["embed", str(encoder), "digits", "--out", str(out), "train.device=cpu"]) == 0
     assert (out / "embeddings.npy").is_file()
+
+
+@needs_timm
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["simclr", "sdclr"])
+@pytest.mark.parametrize(("arch", "kwargs"), [TIMM_RESNET, TIMM_VIT], ids=["resnet", "vit"])
+def test_a_library_backbone_compiles_to_one_graph_like_the_own_resnet(
+    tmp_path, arch, kwargs, name
+):
+    from torch import _dynamo as dynamo
+
+    from tests.test_compile import CountingBackend, trainer
+
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    overrides = (f"model.arch={arch}", f"model.kwargs={kwargs}")
+    eager = trainer(tmp_path / "eager", name, overrides)
+    eager.fit()
+    backend = CountingBackend()
+    compiled = trainer(tmp_path / "compiled", name, overrides, backend)
+    compiled.fit()
+    assert compiled.forward.active  # nothing fell back to eager
+    assert not dict(dynamo.utils.counters["graph_break"])
+    assert backend.graphs == 1
+    expected = eager.method.state_dict()
+    for key, value in compiled.method.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
+    dynamo.reset()
