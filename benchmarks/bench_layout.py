@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fassl.models.resnet import build_backbone
+from fassl.models import build_backbone
 from fassl.runtime import SAFE_POINTWISE_CHANNELS, cpu_flags, min_strided_pointwise_channels
 
 

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from fassl.models.resnet import build_backbone
+from fassl.models import build_backbone
 from fassl.runtime import (
     SAFE_POINTWISE_CHANNELS,
     Runtime,
@@ -91,7 +91,7 @@ def test_unknown_layout_is_an_error() -> None:
 _GRADIENT_CHECK = textwrap.dedent(
     """
     import sys, torch
-    from fassl.models.resnet import build_backbone
+    from fassl.models import build_backbone
     from fassl.runtime import Runtime
     width = int(sys.argv[1])
     torch.manual_seed(0)
