@@ -343,3 +343,33 @@ def test_a_library_backbone_compiles_to_one_graph_like_the_own_resnet(
     for key, value in compiled.method.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
     dynamo.reset()
+
+
+@needs_timm
+def test_a_library_weights_file_starts_a_run_through_init_from(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from fassl.cli import main
+    from fassl.encoders import check_encoder_file, load_init
+    from fassl.errors import IncompatibleCheckpoint
+
+    arch, kwargs = TIMM_RESNET
+    cfg = _cfg(tmp_path, arch, kwargs)
+    # as a hub's file is: the library's own names, its classifier included
+    theirs = timm.create_model("resnet10t", num_classes=10, **cfg.model.kwargs)
+    path = tmp_path / "model.safetensors"
+    save_file(theirs.state_dict(), str(path))
+    check_encoder_file(path, cfg.model, "train.init_from")
+    method = build_method(cfg, "simclr", load_init(path, cfg.model, "train.init_from"))
+    expected = theirs.state_dict()
+    for key, value in method.encoder.backbone.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    run = tmp_path / "run"
+    args = ["pretrain", "demo", f"model.arch={arch}", f"model.kwargs={kwargs}", "optim.epochs=1"]
+    cpu = ["train.device=cpu", "train.precision=fp32", "train.progress=false"]
+    assert main([*args, *cpu, f"train.init_from={path}", f"out_dir={run}"]) == 0
+    other = tmp_path / "other.safetensors"  # the full-width model: nothing fits
+    save_file(timm.create_model("resnet10t", num_classes=0).state_dict(), str(other))
+    with pytest.raises(IncompatibleCheckpoint, match=r"train\.init_from.*shape mismatches"):
+        check_encoder_file(other, cfg.model, "train.init_from")

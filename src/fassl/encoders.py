@@ -25,7 +25,13 @@ from fassl.models.heads import select_feature
 from fassl.models.pruning import dense_state_dict
 from fassl.models.state import load_state_checked, sub_state
 from fassl.registry import arch_problem
-from fassl.train.checkpoint import load_checkpoint, read_meta, split_prefixed
+from fassl.train.checkpoint import (
+    is_fassl_file,
+    load_checkpoint,
+    load_plain_weights,
+    read_meta,
+    split_prefixed,
+)
 
 FEATURES = ("backbone", "projection")  # the outputs a tool can read
 MAX_WIDTH = 1024  # the paper's widths are 64 (ResNet-18/50); anything this large is corrupt
@@ -144,13 +150,40 @@ def load_encoder(path: str | Path) -> LoadedEncoder:
     return LoadedEncoder(encoder, prototypes, meta, str(path))
 
 
+def library_weights(path: Path, model: ModelConfig, key: str) -> dict[str, torch.Tensor]:
+    """A model library's own weights file (timm's or torchvision's names, e.g. a
+    downloaded ``model.safetensors``) for ``model``'s library backbone, as ``backbone.*``
+    entries. Keys the backbone lacks (the library's classifier) are dropped; anything
+    else that does not fit is an IncompatibleCheckpoint naming ``key``."""
+    backbone = build_backbone(model.arch, model.width, model.cifar_stem, model.kwargs)
+    own = backbone.state_dict()
+    tensors = load_plain_weights(path)
+    kept = {k: v for k, v in tensors.items() if k in own}
+    load_state_checked(backbone, kept, f"config key '{key}': {path} ({model.arch})")
+    return {f"backbone.{k}": v for k, v in kept.items()}
+
+
+def load_init(path: str | Path, model: ModelConfig, key: str) -> dict[str, torch.Tensor]:
+    """What a run named by ``key`` starts from: an encoder file of this project (its
+    tensors), or, for a timm / torchvision backbone, the library's own weights file."""
+    path = Path(path)
+    if is_library_arch(model.arch) and not is_fassl_file(path):
+        return library_weights(path, model, key)
+    return load_checkpoint(path)[0]
+
+
 def check_encoder_file(
     path: str | Path, model: ModelConfig, key: str, needs_prototypes: bool = False
 ) -> None:
     """Before any work: the file ``key`` names holds an encoder of ``model``'s architecture
     and width (and prototypes, for stage 2's input), read from its header and tensor names
-    without loading a tensor; an IncompatibleCheckpoint naming the key otherwise."""
+    without loading a tensor; an IncompatibleCheckpoint naming the key otherwise. A
+    library's own weights file for a timm / torchvision backbone is loaded and checked
+    against the model (``library_weights``)."""
     path = Path(path)
+    if is_library_arch(model.arch) and not needs_prototypes and not is_fassl_file(path):
+        library_weights(path, model, key)
+        return
     spec = _model_spec(read_meta(path), path)
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())

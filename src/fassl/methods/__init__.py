@@ -12,7 +12,7 @@ from torch import nn
 from fassl.config import Config
 from fassl.methods.base import EpochContext, Method, State
 from fassl.models import HEADS, Encoder, build_backbone, head_of_state, projection_head
-from fassl.models.state import load_state_checked
+from fassl.models.state import load_state_checked, sub_state
 from fassl.registry import METHOD_CLASSES, load
 
 __all__ = ["METHODS", "EpochContext", "Method", "State", "build_encoder", "build_method"]
@@ -26,7 +26,7 @@ def head_kind(cfg: Config, name: str | None = None, init: State | None = None) -
     of the weights it starts from, else the method's own (``Method.head``)."""
     if cfg.model.head != "auto":
         return cfg.model.head
-    if init is not None:
+    if init is not None and any(k.startswith("projector.") for k in init):
         return head_of_state(init)
     return METHODS[name].head if name in METHODS else "bn"
 
@@ -65,5 +65,8 @@ def build_method(
     encoder = build_encoder(cfg, head_kind(cfg, name, init), backbone)
     if init is not None:
         state = {k: v for k, v in init.items() if k != "prototypes"}
-        load_state_checked(encoder, state, init_source)
+        if any(k.startswith("projector.") for k in state):
+            load_state_checked(encoder, state, init_source)
+        else:  # a backbone alone (a library's weights file): a fresh projection head
+            load_state_checked(encoder.backbone, sub_state(state, "backbone"), init_source)
     return METHODS[name].from_config(cfg, encoder, init, init_source)

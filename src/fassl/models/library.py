@@ -19,12 +19,13 @@ from fassl.errors import ConfigError
 from fassl.registry import LIBRARIES, split_arch
 
 # keys that would fetch or load weights, or give the model a classifier
+LOCAL = "weights are never downloaded: name a local .safetensors file in train.init_from"
 REFUSED_KWARGS = {
-    "pretrained": "weights are never downloaded; start from a local export with train.init_from",
-    "weights": "weights are never downloaded; start from a local export with train.init_from",
-    "pretrained_cfg": "weights are never downloaded",
-    "pretrained_cfg_overlay": "weights are never downloaded",
-    "checkpoint_path": "start from a local export with train.init_from",
+    "pretrained": LOCAL,
+    "weights": LOCAL,
+    "pretrained_cfg": LOCAL,
+    "pretrained_cfg_overlay": LOCAL,
+    "checkpoint_path": LOCAL,
     "num_classes": "the backbone is built without a classifier",
 }
 

@@ -20,7 +20,7 @@ import torch
 from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data import LongTailData, build_data
 from fassl.distributed import is_main, main_lock, on_all, on_main, world_size
-from fassl.encoders import check_encoder_file, load_backbone
+from fassl.encoders import check_encoder_file, load_backbone, load_init
 from fassl.errors import ConfigError, NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
@@ -35,7 +35,7 @@ from fassl.runs.settings import (
     record_settings,
 )
 from fassl.runtime import Runtime
-from fassl.train.checkpoint import export_encoder, load_checkpoint
+from fassl.train.checkpoint import export_encoder
 from fassl.train.loop import Trainer
 
 __all__ = [
@@ -140,7 +140,7 @@ def run_stage(
             return export
         init = None
         if init_path is not None:
-            init, _ = load_checkpoint(Path(init_path))
+            init = load_init(init_path, cfg.model, "train.init_from")
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
         method = build_method(cfg, method_name, init, str(init_path))
         if cfg.train.knn_every:

@@ -87,6 +87,23 @@ def _read_header(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from err
 
 
+def is_fassl_file(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint or export this project wrote (else, say, a model
+    library's own weights file); a missing or unreadable file is a CheckpointError."""
+    return _read_header(path).get("format") == FORMAT
+
+
+def load_plain_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of any safetensors file (no metadata needed), every float finite."""
+    _read_header(path)  # missing or unreadable: the same errors as a checkpoint's
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    check_finite(tensors, path)
+    return tensors
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint's header, without reading its tensors."""
     header = _read_header(path)
