@@ -13,15 +13,15 @@ from pathlib import Path
 from fassl.analysis.monitors import stage2_monitor
 from fassl.config import Config
 from fassl.data import LongTailData
-from fassl.distributed import main_lock, on_all, on_main
+from fassl.distributed import on_main
 from fassl.runs.probes import (
     evaluate_export,
     label_free_analysis,
     prototype_analysis,
     teacher_results,
 )
-from fassl.runs.settings import pipeline_stages, prepare_pipeline, start_run
-from fassl.runs.stage import check_data, check_given_checkpoints, load_data, run_pipeline_stage
+from fassl.runs.settings import pipeline_stages, prepare_pipeline
+from fassl.runs.stage import run_pipeline_stage, started_run
 from fassl.runtime import Runtime, runtime_for
 
 
@@ -40,14 +40,9 @@ def run_pipeline(
     and records settings, writes exports, analyses, results.json and report.md, while
     the others wait (``fassl.distributed.on_main``). Every rank returns the results."""
     rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
-    with main_lock(cfg.out_dir):  # a second run into this folder fails at once
+    prepare = lambda: prepare_pipeline(cfg, restart)  # noqa: E731 (stages' settings checked)
+    with started_run(cfg, prepare, pipeline_stages(cfg), data) as data:
         out = Path(cfg.out_dir)
-        on_main(lambda: check_given_checkpoints(cfg))
-        # stages trained with other settings: error
-        restarted = on_main(lambda: prepare_pipeline(cfg, restart))
-        data = data or load_data(cfg)
-        on_all(lambda: check_data(cfg, data, pipeline_stages(cfg)))
-        on_main(lambda: start_run(cfg, restarted))  # clears the restarted stages, config.yaml
         p = cfg.pipeline
         labeled = data.labeled and bool(data.groups)
         analyse = prototype_analysis if labeled else label_free_analysis

@@ -12,7 +12,9 @@ under a config it was not trained with.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -33,6 +35,7 @@ from fassl.runs.settings import (
     diverged_hint,
     optim_key,
     record_settings,
+    start_run,
 )
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import export_encoder
@@ -48,6 +51,7 @@ __all__ = [
     "load_data",
     "run_pipeline_stage",
     "run_stage",
+    "started_run",
 ]
 
 
@@ -192,3 +196,25 @@ def load_data(cfg: Config) -> LongTailData:
     """``build_data`` on every rank (each needs the images), all ranks stopping together
     when it fails on one."""
     return on_all(lambda: build_data(cfg.data, cfg.seed))
+
+
+@contextlib.contextmanager
+def started_run(
+    cfg: Config,
+    prepare: Callable[[], list[Path]],
+    stages: list[str],
+    data: LongTailData | None = None,
+) -> Iterator[LongTailData]:
+    """A whole run's start, in the order every run needs it: the folder locked (a second
+    run into it fails at once), the checkpoints the config names checked, the settings of
+    its stages checked (``prepare``, which returns the folders a restart clears), the
+    data loaded (unless given) and checked against every stage, then the restarted
+    stages cleared and config.yaml written. Yields the data; the lock is held until the
+    block ends. Under torchrun rank 0 alone checks and writes, every rank loads."""
+    with main_lock(cfg.out_dir):
+        on_main(lambda: check_given_checkpoints(cfg))
+        restarted = on_main(prepare)
+        loaded = data or load_data(cfg)
+        on_all(lambda: check_data(cfg, loaded, stages))
+        on_main(lambda: start_run(cfg, restarted))
+        yield loaded
