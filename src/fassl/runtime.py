@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass
@@ -237,10 +238,23 @@ def machine_lines() -> list[str]:
         f"torch {torch.__version__}: CPU capability {aten}"
         + (f", ONEDNN_MAX_CPU_ISA={onednn}" if onednn else ""),
         f"cuda: {cuda}",
+        f"model libraries: {library_versions()}",
         f"train.precision=auto on the CPU: {'bf16' if cpu_has_bf16_units() else 'fp32'}",
         f"train.memory_format=auto on the CPU: channels_last unless a strided 1x1 conv has "
         f"< {SAFE_POINTWISE_CHANNELS} input channels (then contiguous)",
     ]
+
+
+def library_versions() -> str:
+    """The installed versions of the optional model libraries (model.arch=timm:...), read
+    from the package metadata without importing them."""
+    found = []
+    for name in ("timm", "torchvision"):
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
 
 
 def _cpuinfo_lines() -> list[str]:
