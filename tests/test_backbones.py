@@ -373,3 +373,18 @@ def test_a_library_weights_file_starts_a_run_through_init_from(tmp_path):
     save_file(timm.create_model("resnet10t", num_classes=0).state_dict(), str(other))
     with pytest.raises(IncompatibleCheckpoint, match=r"train\.init_from.*shape mismatches"):
         check_encoder_file(other, cfg.model, "train.init_from")
+
+
+def test_fassl_info_names_the_model_libraries_without_importing_them(monkeypatch):
+    import importlib.metadata
+
+    from fassl import runtime
+
+    def version(name: str) -> str:
+        if name == "timm":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return "9.9"
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert runtime.library_versions() == "timm not installed, torchvision 9.9"
+    assert any(line.startswith("model libraries:") for line in runtime.machine_lines())
