@@ -388,3 +388,19 @@ def test_fassl_info_names_the_model_libraries_without_importing_them(monkeypatch
     monkeypatch.setattr(importlib.metadata, "version", version)
     assert runtime.library_versions() == "timm not installed, torchvision 9.9"
     assert any(line.startswith("model libraries:") for line in runtime.machine_lines())
+
+
+@needs_timm
+def test_the_layout_rule_reads_a_library_model_as_it_reads_the_own_resnet():
+    import timm
+
+    from fassl.runtime import SAFE_POINTWISE_CHANNELS, min_strided_pointwise_channels
+
+    rt = Runtime(torch.device("cpu"))  # memory_format=auto
+    # timm's resnet18 downsamples with strided 1x1 convs (resnet10t pools instead)
+    narrow = build_backbone("timm:resnet18", kwargs={"channels": [8, 16, 32, 64]})
+    assert min_strided_pointwise_channels(narrow) < SAFE_POINTWISE_CHANNELS
+    assert rt.memory_format_for(narrow) == torch.contiguous_format  # oneDNN's unsafe kernel
+    assert rt.memory_format_for(timm.create_model("resnet18")) == torch.channels_last
+    pooled = build_backbone(TIMM_RESNET[0], kwargs={"channels": [8, 16, 32, 64]})
+    assert rt.memory_format_for(pooled) == torch.channels_last  # no strided 1x1 conv
