@@ -43,7 +43,7 @@ def torchvision(monkeypatch):
         return torchvision_resnet
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 @pytest.mark.parametrize(
     ("arch", "width", "stem"),
     [("resnet18", 4, True), ("resnet18", 8, False), ("resnet50", 4, True)],

@@ -310,7 +310,7 @@ class PlainResNet18(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_export_round_trips_into_plain_pytorch(tmp_path):
     ckpt = write_export(tmp_path / "run")
     out = tmp_path / "export"
