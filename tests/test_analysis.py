@@ -65,3 +65,22 @@ def test_summary_mean_and_population_spread(tmp_path):
     assert rows[0]["all_mean"] == "52.0000" and rows[0]["seeds"] == "2"
     bar_chart(s, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_a_group_without_classes_is_absent_from_the_weight_analysis_not_nan():
+    from fassl.report.comparison import _over_seeds
+    from fassl.report.results import analysis_markdown
+    from fassl.report.sweep import prototype_shares
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    groups = {"frequent": [0], "medium": [], "rare": [1]}  # two classes: no Medium
+    log_phi = torch.tensor([0.0, 0.1, 0.2, 1.0, 2.0, 3.0])
+    out = weight_enrichment(log_phi, labels, groups, top_fraction=0.34)
+    for entry in out.values():
+        assert set(entry) == {"frequent", "rare"}
+    assert out["enrichment"]["rare"] == pytest.approx(2.0)  # the top 2 are both rare
+    md = analysis_markdown("prototypes", {"paper": out}, {"frequent": 0.5, "rare": 0.5})
+    assert "nan" not in md.lower() and "| paper | +0.1 / – / +2 |" in md
+    assert _over_seeds([None, None]) == "–" and _over_seeds([0.5, 0.7]) == "0.600 ± 0.100"
+    shares = prototype_shares([{"prototype_nearest_image_groups": {"frequent": 1.0, "rare": 0.0}}])
+    assert set(shares) == {"frequent", "rare"}

@@ -16,10 +16,12 @@ def prototype_group_shares(
     labels: torch.Tensor,
     groups: dict[str, list[int]],
 ) -> dict[str, float]:
-    """Share of prototypes whose nearest image is from a Frequent / Medium / Rare class."""
+    """Share of prototypes whose nearest image is from a Frequent / Medium / Rare class
+    (the groups that have classes)."""
     idx = nearest_images(features, prototypes).cpu()
     cls = labels.cpu()[idx]
-    return {g: torch.isin(cls, torch.tensor(groups[g])).float().mean().item() for g in GROUPS}
+    present = [g for g in GROUPS if groups.get(g)]
+    return {g: torch.isin(cls, torch.tensor(groups[g])).float().mean().item() for g in present}
 
 
 @dataclass

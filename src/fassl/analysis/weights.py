@@ -14,9 +14,15 @@ from fassl.data import GROUPS
 from fassl.reweight import REWEIGHTERS, NoWeight, build_reweighter
 
 
-def group_of_images(labels: torch.Tensor, groups: dict[str, list[int]]) -> list[torch.Tensor]:
-    """One boolean mask per group (in GROUPS order) over the images."""
-    return [torch.isin(labels, torch.tensor(groups[g], dtype=labels.dtype)) for g in GROUPS]
+def group_of_images(labels: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """A boolean mask over the images per group that has images (in GROUPS order); an
+    empty or absent group has none, so nothing below divides by zero or averages nothing."""
+    masks = {}
+    for g in GROUPS:
+        mask = torch.isin(labels, torch.tensor(groups.get(g, []), dtype=labels.dtype))
+        if mask.any():
+            masks[g] = mask
+    return masks
 
 
 def weight_enrichment(
@@ -28,7 +34,8 @@ def weight_enrichment(
     """Group shares among the top ``top_fraction`` of weights vs. in all the data.
 
     An enrichment above 1 for Rare means the weight ranks rare images high, as FASSL
-    intends; below 1 means it favours the other groups.
+    intends; below 1 means it favours the other groups. A group without images is
+    absent from every entry.
     """
     log_phi, labels = log_phi.float().cpu(), labels.cpu()
     n_top = max(1, round(top_fraction * len(log_phi)))
@@ -40,13 +47,13 @@ def weight_enrichment(
         "enrichment": {},
         "mean_log_phi": {},
     }
-    for name, mask in zip(GROUPS, group_of_images(labels, groups), strict=True):
+    for name, mask in group_of_images(labels, groups).items():
         base = mask.float().mean().item()
         share = mask[top].float().mean().item()
         out["base_share"][name] = base
         out["top_share"][name] = share
-        out["enrichment"][name] = share / base if base > 0 else float("nan")
-        out["mean_log_phi"][name] = log_phi[mask].mean().item() if mask.any() else float("nan")
+        out["enrichment"][name] = share / base
+        out["mean_log_phi"][name] = log_phi[mask].mean().item()
     return out
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from fassl.data import GROUPS
 from fassl.files import atomic_path
 from fassl.report.plotting import pyplot
-from fassl.report.results import COLUMNS
+from fassl.report.results import COLUMNS, EMPTY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -291,6 +291,15 @@ def bar_chart(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _over_seeds(values: list[float | None]) -> str:
+    """Mean ± spread of a group's value over seeds; "–" for a group without classes."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return EMPTY
+    m, s = mean_spread(present)
+    return f"{m:.3f} ± {s:.3f}"
+
+
 def weight_analysis_tables(found: dict[tuple[str, str], list[dict]]) -> str:
     """Markdown from weight analyses keyed by (stage, arm) (stage: ``prototypes`` after
     stage 1, ``rebalance`` after stage 2), one payload per seed: per
@@ -321,7 +330,7 @@ def weight_analysis_tables(found: dict[tuple[str, str], list[dict]]) -> str:
         ]
         for w in weights:
             cells = [
-                mean_spread([p["weights"][w][kind][g] for p in payloads])
+                _over_seeds([p["weights"][w][kind].get(g) for p in payloads])
                 for kind, g in (
                     ("top_share", "medium"),
                     ("top_share", "rare"),
@@ -329,14 +338,12 @@ def weight_analysis_tables(found: dict[tuple[str, str], list[dict]]) -> str:
                     ("enrichment", "rare"),
                 )
             ]
-            lines.append(f"| {w} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
+            lines.append(f"| {w} | " + " | ".join(cells) + " |")
         shares = [
-            mean_spread([p["prototype_nearest_image_groups"][g] for p in payloads]) for g in GROUPS
+            _over_seeds([p["prototype_nearest_image_groups"].get(g) for p in payloads])
+            for g in GROUPS
         ]
-        lines += [
-            "",
-            "Prototypes whose nearest image is Frequent / Medium / Rare: "
-            + " / ".join(f"{m:.3f} ± {s:.3f}" for m, s in shares),
-        ]
+        shown = " / ".join(shares)
+        lines += ["", f"Prototypes whose nearest image is Frequent / Medium / Rare: {shown}"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n" if parts else ""

@@ -42,11 +42,16 @@ def write_json(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 _ROW_ORDER = ("standard", "few_shot", "knn")
+EMPTY = "–"  # a group without classes, or a number that could not be taken
+
+
+def _share(value: float | None) -> str:
+    return EMPTY if value is None else f"{value:.2f}"
 
 
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
+        return EMPTY
     return f"{float(value):.2f}"
 
 
@@ -96,12 +101,16 @@ def enrichment_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str
         " Rare enrichment |",
         "|---|---|---|---|---|",
     ]
+
+    def per_group(values: dict[str, float], spec: str) -> str:
+        return " / ".join(format(values[g], spec) if g in values else EMPTY for g in GROUPS)
+
     for weight, d in diagnostics.items():
-        m, t, b = d["mean_log_phi"], d["top_share"], d["base_share"]
+        rare = d["enrichment"].get("rare")
         lines.append(
-            f"| {weight} | {' / '.join(f'{m[g]:+.4g}' for g in GROUPS)} | "
-            f"{' / '.join(f'{t[g]:.3f}' for g in GROUPS)} | "
-            f"{' / '.join(f'{b[g]:.3f}' for g in GROUPS)} | {d['enrichment']['rare']:.2f} |"
+            f"| {weight} | {per_group(d['mean_log_phi'], '+.4g')} | "
+            f"{per_group(d['top_share'], '.3f')} | {per_group(d['base_share'], '.3f')} | "
+            f"{EMPTY if rare is None else format(rare, '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -111,7 +120,7 @@ def analysis_markdown(stage: str, diagnostics: dict, shares: dict[str, float]) -
     return (
         f"## Weight enrichment after {stage} (top 5% of weights)\n\n"
         f"{enrichment_table(diagnostics)}\n\nPrototypes whose nearest image is Frequent / "
-        f"Medium / Rare: {shares['frequent']:.2f} / {shares['medium']:.2f} / {shares['rare']:.2f}\n"
+        f"Medium / Rare: {' / '.join(_share(shares.get(g)) for g in GROUPS)}\n"
     )
 
 

@@ -19,7 +19,7 @@ from fassl.data import GROUPS
 from fassl.files import atomic_path
 from fassl.report.comparison import cell, mean_spread
 from fassl.report.plotting import pyplot
-from fassl.report.results import COLUMNS
+from fassl.report.results import COLUMNS, EMPTY
 
 # setting -> method -> column -> (mean, spread, seeds), as report.summarize returns it
 Summary = dict[str, dict[str, dict[str, tuple[float, float, int]]]]
@@ -63,9 +63,11 @@ def prototype_shares(analyses: list[dict]) -> dict[str, tuple[float, float, int]
     group (``analysis_prototypes.json``); {} without analyses."""
     if not analyses:
         return {}
-    return {
-        g: (*mean_spread([a["prototype_nearest_image_groups"][g] for a in analyses]), len(analyses))
+    found = [a["prototype_nearest_image_groups"] for a in analyses]
+    return {  # a group without classes has no share
+        g: (*mean_spread([f[g] for f in found]), len(found))
         for g in GROUPS
+        if all(g in f for f in found)
     }
 
 
@@ -97,9 +99,11 @@ def _prototype_table(sweep: Sweep) -> list[str]:
     for i, shares in enumerate(sweep.prototypes):
         if shares:
             cells = " | ".join(
-                f"{100 * shares[g][0]:.2f} ± {100 * shares[g][1]:.2f}" for g in GROUPS
+                f"{100 * shares[g][0]:.2f} ± {100 * shares[g][1]:.2f}" if g in shares else EMPTY
+                for g in GROUPS
             )
-            lines.append(f"| {sweep.cell(i)} | {shares[GROUPS[0]][2]} | {cells} |")
+            seeds = next(iter(shares.values()))[2]
+            lines.append(f"| {sweep.cell(i)} | {seeds} | {cells} |")
     return lines
 
 
@@ -142,8 +146,14 @@ def write_sweep_csv(sweep: Sweep, path: Path, prototypes_path: Path) -> None:
         w.writerow([*sweep.keys, "seeds", *stats])
         for values, shares in zip(sweep.values, sweep.prototypes, strict=True):
             if shares:
-                row = [f"{v:.4f}" for g in GROUPS for v in shares[g][:2]]
-                w.writerow([*(show(values[k]) for k in sweep.keys), shares[GROUPS[0]][2], *row])
+                blank = ("", "")  # a group without classes, as in the accuracy rows
+                row = [
+                    f"{v:.4f}" if g in shares else ""
+                    for g in GROUPS
+                    for v in shares.get(g, blank)[:2]
+                ]
+                seeds = next(iter(shares.values()))[2]
+                w.writerow([*(show(values[k]) for k in sweep.keys), seeds, *row])
 
 
 def sweep_plot(sweep: Sweep, path: Path) -> None:
