@@ -2,8 +2,12 @@ import json
 import math
 
 import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fassl.bench.data import synthetic_data
+from fassl.bench.flops import flop_counter
 from fassl.bench.run import run_bench
 from fassl.bench.settings import BenchSettings
 from fassl.cli import main
@@ -56,3 +60,39 @@ def test_flop_count_grows_with_width(tmp_path):
     )  # fmt: skip
     rows = run_bench(s)["rows"]
     assert 3.0 < rows[1]["flop_per_image"] / rows[0]["flop_per_image"] < 4.2
+
+
+def _forward_backward_flop(conv: nn.Module, x: torch.Tensor, counter) -> tuple[int, int]:
+    with counter as c:
+        y = conv(x)
+    forward = c.get_total_flops()
+    with counter as c:
+        y.sum().backward()
+    return forward, c.get_total_flops()
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_depthwise_conv_backward_costs_what_its_forward_costs(input_grad):
+    # 4 channels, 4 groups, 3x3, 5x5 output, batch 2: 2 * (4*1*3*3) * 2 * 25 = 3600 FLOP;
+    # each gradient (input, weight) costs as much again. torch's own counter says 14,400
+    # for the weight gradient alone (the groups left out).
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+    x = torch.randn(2, 4, 5, 5, requires_grad=input_grad)
+    forward, backward = _forward_backward_flop(conv, x, flop_counter())
+    assert forward == 3600
+    assert backward == 3600 * (2 if input_grad else 1)
+
+
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 6, 6)),
+        (nn.ConvTranspose2d(4, 6, 2, stride=2), (2, 4, 3, 3)),
+    ],
+)
+def test_ungrouped_conv_backward_agrees_with_torch(conv, shape):
+    x = torch.randn(*shape, requires_grad=True)
+    ours = _forward_backward_flop(conv, x, flop_counter())
+    conv.zero_grad()
+    theirs = _forward_backward_flop(conv, x, FlopCounterMode(display=False))
+    assert ours == theirs and ours[1] == 2 * ours[0]

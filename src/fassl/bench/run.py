@@ -11,7 +11,7 @@ size (11,165 uint8 images of 32x32 by default, long-tailed labels for the monito
   (permutation, re-pruning, stage-2 bank) but without monitors and checkpoints, which
   are timed apart and amortised as the recipe schedules them in ``recipe_epoch_img_s``;
 - FLOP per image (``torch.utils.flop_counter.FlopCounterMode`` over forward + backward
-  of the training step) and a dense matmul's rate in the same dtype measured beside it,
+  of the training step, grouped convolutions counted right: ``fassl.bench.flops``) and a dense matmul's rate in the same dtype measured beside it,
   hence model-FLOP utilisation (MFU);
 - peak host RSS (``resource.getrusage``) and peak GPU memory;
 - optionally a per-image baseline (torchvision transforms in DataLoader workers, or
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fassl.analysis.monitors import stage2_monitor
 from fassl.bench.data import per_image_baseline, synthetic_data
+from fassl.bench.flops import flop_counter
 from fassl.bench.report import device_name, markdown
 from fassl.bench.settings import BenchSettings
 from fassl.config import Config, load_config
@@ -112,7 +112,7 @@ def flop_per_image(trainer: Trainer) -> float:
     index = torch.arange(batch)
     v1, v2 = trainer.views(index)
     extra = trainer.forward_extras(index)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         with trainer.autocast():
             loss, _ = trainer.method(v1, v2, *extra)
         loss.backward()
