@@ -11,8 +11,9 @@ size (11,165 uint8 images of 32x32 by default, long-tailed labels for the monito
   (permutation, re-pruning, stage-2 bank) but without monitors and checkpoints, which
   are timed apart and amortised as the recipe schedules them in ``recipe_epoch_img_s``;
 - FLOP per image (``torch.utils.flop_counter.FlopCounterMode`` over forward + backward
-  of the training step, grouped convolutions counted right: ``fassl.bench.flops``) and a dense matmul's rate in the same dtype measured beside it,
-  hence model-FLOP utilisation (MFU);
+  of the training step, grouped convolutions counted right: ``fassl.bench.flops``) and
+  a dense matmul's rate in the same dtype measured beside it, hence model-FLOP
+  utilisation (MFU);
 - peak host RSS (``resource.getrusage``) and peak GPU memory;
 - optionally a per-image baseline (torchvision transforms in DataLoader workers, or
   kornia's where torchvision cannot be imported) feeding the same model, for a
