@@ -35,10 +35,29 @@ def test_lars_trust_ratio_on_hand_values():
     assert torch.allclose(w.detach(), torch.tensor([3.0, 3.5]))
 
 
-def test_build_sgd_and_lars():
+def test_build_sgd_lars_and_adamw():
     net = torch.nn.Linear(2, 2)
     assert isinstance(build_optimizer(net, OptimConfig(optimizer="sgd")), torch.optim.SGD)
     assert isinstance(build_optimizer(net, OptimConfig(optimizer="lars")), LARS)
+    adamw = build_optimizer(net, OptimConfig(optimizer="adamw", momentum=0.8, adam_beta2=0.95))
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert [g["betas"] for g in adamw.param_groups] == [(0.8, 0.95)] * 2
+
+
+def test_adamw_first_step_on_hand_values():
+    # Step 1 with bias correction: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps)
+    # = lr * sign(g); the decay is decoupled: w <- w (1 - lr wd) first, and only on the
+    # weight matrix (the bias is in the no-decay group).
+    net = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.fill_(1.0)
+    opt = build_optimizer(net, OptimConfig(optimizer="adamw", lr=0.1, weight_decay=0.5))
+    net.weight.grad = torch.tensor([[0.5]])
+    net.bias.grad = torch.tensor([-2.0])
+    opt.step()
+    assert net.weight.item() == pytest.approx(1.0 * (1 - 0.1 * 0.5) - 0.1, abs=1e-6)
+    assert net.bias.item() == pytest.approx(1.0 + 0.1, abs=1e-6)
 
 
 def textbook_lars_step(params, grads, bufs, lr, momentum, eta, wd, lars):

@@ -32,9 +32,12 @@ def test_batch_indices_are_seeded_disjoint_batches():
         batch_indices(5, 8, 0, 0)
 
 
-@pytest.mark.parametrize("name", ["sdclr", "byol", "swav"])
-def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, name):
-    overrides = ("optim.epochs=3", "train.checkpoint_every_s=0")
+@pytest.mark.parametrize(
+    "name, optimizer", [("sdclr", "sgd"), ("byol", "sgd"), ("swav", "sgd"), ("simclr", "adamw")]
+)
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, name, optimizer):
+    # AdamW: its moments, step counts and betas (a tuple, JSON in the checkpoint) come back
+    overrides = ("optim.epochs=3", "train.checkpoint_every_s=0", f"optim.optimizer={optimizer}")
     full = make_trainer(tiny_config(tmp_path / "full", *overrides), name)
     full.fit()
 

@@ -103,9 +103,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = choice("sgd", ("sgd", "lars"))
+    # sgd | lars (SimCLR's, BYOL's) | adamw (what ViTs are usually trained with)
+    optimizer: str = choice("sgd", ("sgd", "lars", "adamw"))
     lr: float = ranged(0.5, ">0")
-    momentum: float = ranged(0.9, "[0,1)")
+    momentum: float = ranged(0.9, "[0,1)")  # AdamW's beta1
+    adam_beta2: float = ranged(0.999, "[0,1)")
     weight_decay: float = ranged(1e-4, ">=0")
     epochs: int = ranged(100, ">=1")
     warmup_epochs: float = ranged(10.0, ">=0")

@@ -75,16 +75,21 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD or LARS over ``param_groups``, both with multi-tensor (foreach) kernels.
+    """SGD, LARS or AdamW over ``param_groups``, each with multi-tensor (foreach) kernels.
 
     Not ``SGD(fused=True)``: it fails (torch 2.13) when one parameter gets its first
-    gradient after the others have momentum, as SwAV's frozen prototypes do.
+    gradient after the others have momentum, as SwAV's frozen prototypes do. AdamW's
+    weight decay is decoupled (``weight_decay`` multiplies lr x w), its betas are
+    ``momentum`` and ``adam_beta2``.
     """
     groups = param_groups(module, cfg.weight_decay)
     if cfg.optimizer == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     for g in groups:
         g.pop("lars")
+    if cfg.optimizer == "adamw":
+        betas = (cfg.momentum, cfg.adam_beta2)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, foreach=True)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
 
 
