@@ -165,6 +165,9 @@ def _interrupted_run(tmp_path: Path, sig: int) -> tuple[int, str, Path]:
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        # a shell's background job (nohup ... &) starts with SIGINT ignored, and an ignored
+        # signal stays ignored across exec: give the run Ctrl-C's default, as a terminal does
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (out / LAST).is_file() and time.monotonic() < deadline and proc.poll() is None:
