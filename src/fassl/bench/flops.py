@@ -37,7 +37,7 @@ def conv_backward_flop(
     The weight's shape already holds ``in_channels / groups``, so groups need no term."""
     positions = math.prod(x_shape[2:] if transposed else grad_out_shape[2:])
     forward = 2 * math.prod(w_shape) * grad_out_shape[0] * positions
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+    return forward * sum(bool(wanted) for wanted in output_mask[:2])  # grad input, grad weight
 
 
 def flop_counter() -> FlopCounterMode:
