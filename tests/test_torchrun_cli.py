@@ -174,7 +174,10 @@ def test_two_processes_equal_one_without_batchnorm(
     assert main([*args, f"out_dir={tmp_path / 'one'}"]) == 0
     one, two = weights(tmp_path / "one" / EXPORT), weights(tmp_path / "two" / EXPORT)
     assert not any("running_mean" in k for k in one)  # no BatchNorm left to differ
-    assert_same(one, two, atol=1e-5)
+    # Summation order differs (a batch of 8 a rank selects other oneDNN fp32 kernels than 16
+    # on AVX-512 CPUs) and compounds to about 3e-5 in 2 epochs; a learning rate 10 % off moves
+    # these weights by 4e-2, so a mis-scaled or rank-local gradient stays far outside.
+    assert_same(one, two, atol=2e-4)
 
 
 def test_failure_in_training_on_rank0_ends_rank1(tmp_path: Path) -> None:
