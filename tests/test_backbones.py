@@ -260,10 +260,10 @@ def test_a_module_without_a_known_feature_size_asks_for_it(tmp_path):
         fassl.fit("simclr", tiny_data(), cfg=tiny_config(tmp_path), backbone=TinyNet())
 
 
-# The README's commands ("Your own backbone"), one epoch each: (method, arch, kwargs,
-# run folder, the README's snippet that loads the export, by its place)
-README = Path(__file__).resolve().parents[1] / "README.md"
-README_RUNS = [
+# docs/backbones.md's commands, one epoch each: (method, arch, kwargs, run folder, the
+# page's snippet that loads the export, by its place)
+BACKBONES = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
+DOCUMENTED_RUNS = [
     pytest.param(
         "sdclr",
         "timm:resnet10t",
@@ -294,20 +294,20 @@ README_RUNS = [
 ]
 
 
-def readme_snippets() -> list[str]:
-    text = README.read_text()
+def documented_snippets() -> list[str]:
+    text = BACKBONES.read_text()
     block = text.split("<!-- backbone-snippets:begin -->")[1].split("<!-- backbone-snippets:end")[0]
     return re.findall(r"```python\n(.*?)```", block, re.S)
 
 
 @pytest.mark.trains
-@pytest.mark.parametrize(("method", "arch", "kwargs", "name", "snippet"), README_RUNS)
-def test_the_readme_commands_train_probe_export_load_and_embed_a_library_backbone(
+@pytest.mark.parametrize(("method", "arch", "kwargs", "name", "snippet"), DOCUMENTED_RUNS)
+def test_the_documented_commands_train_probe_export_load_and_embed_a_library_backbone(
     tmp_path, monkeypatch, method, arch, kwargs, name, snippet
 ):
     from fassl.cli import main
 
-    monkeypatch.chdir(tmp_path)  # the README's relative runs/ folders
+    monkeypatch.chdir(tmp_path)  # the page's relative runs/ folders
     run, cpu = Path("runs") / name, ("train.device=cpu", "train.precision=fp32")
     common = (f"model.arch={arch}", f"model.kwargs={kwargs}", *cpu, "train.progress=false")
     args = ["pretrain", "demo", f"method={method}", "optim.epochs=1", f"out_dir={run}"]
@@ -315,9 +315,9 @@ def test_the_readme_commands_train_probe_export_load_and_embed_a_library_backbon
     assert json.loads((run / "results.json").read_text())  # probed from the export's metadata
     encoder = run / "encoder.safetensors"
     assert main(["export", str(encoder), "--out", str(run / "export")]) == 0
-    if snippet is not None:  # as written in the README, then against fassl's own features
+    if snippet is not None:  # as written on the page, then against fassl's own features
         scope: dict = {}
-        exec(readme_snippets()[snippet], scope)
+        exec(documented_snippets()[snippet], scope)
         images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
         info = scope["info"]
         x = normalize_images(images, tuple(info["data_mean"]), tuple(info["data_std"]))

@@ -1,4 +1,4 @@
-"""The README's code that loads an export into torchvision's ResNet, run as written at
+"""docs/tools.md's code that loads an export into torchvision's ResNet, run as written at
 small widths and both stems, against the project's own backbone."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from fassl.train.checkpoint import export_encoder
 from tests import torchvision_resnet
 from tests.helpers import tiny_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TOOLS = Path(__file__).resolve().parents[1] / "docs" / "tools.md"
 
 
 def snippet() -> str:
-    text = README.read_text()
+    text = TOOLS.read_text()
     block = text.split("<!-- export-snippet:begin -->")[1].split("<!-- export-snippet:end -->")[0]
     return re.search(r"```python\n(.*?)```", block, re.S).group(1)
 
@@ -48,7 +48,7 @@ def torchvision(monkeypatch):
     ("arch", "width", "stem"),
     [("resnet18", 4, True), ("resnet18", 8, False), ("resnet50", 4, True)],
 )
-def test_readme_loads_the_export_at_any_width(
+def test_the_documented_code_loads_the_export_at_any_width(
     tmp_path, monkeypatch, torchvision, arch, width, stem
 ):
     cfg = tiny_config(
@@ -63,7 +63,7 @@ def test_readme_loads_the_export_at_any_width(
     assert main(["export", str(ckpt), "--out", str(tmp_path / "export")]) == 0
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(snippet(), "README.md", "exec"), scope)  # the README's code, as written
+    exec(compile(snippet(), "docs/tools.md", "exec"), scope)  # the page's code, as written
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = load_encoder(ckpt).backbone.eval()(x)
