@@ -106,6 +106,16 @@ class Method(nn.Module):
         """A training checkpoint's state in this version's key names (for resume)."""
         return state
 
+    def epoch_state(self) -> State:
+        """What ``on_epoch_start`` derived that ``state_dict`` leaves out (non-persistent
+        buffers, fitted weights), for a checkpoint written inside an epoch: the weights
+        have moved since the epoch began, so a resume restores these rather than derive
+        them again. A method whose epoch-start state is all persistent returns nothing."""
+        return {}
+
+    def load_epoch_state(self, state: State) -> None:
+        """Restore ``epoch_state``'s tensors (a resume inside an epoch)."""
+
     def export_state(self) -> State:
         """What later stages and evaluation need: ``backbone.*``, ``projector.*`` and
         for prototype methods ``prototypes``; plain BatchNorm keys."""

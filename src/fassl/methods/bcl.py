@@ -144,6 +144,13 @@ class BoostedMemorization(Method):
         super().on_epoch_start(ctx)  # the base method's own (SDCLR re-prunes)
         self.refresh_strength()
 
+    def epoch_state(self) -> State:
+        return super().epoch_state() | {"strength": self.strength}
+
+    def load_epoch_state(self, state: State) -> None:
+        super().load_epoch_state(state)
+        self.strength = state["strength"].to(self.strength.device)
+
     def boosted_loss(
         self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor, temperature: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

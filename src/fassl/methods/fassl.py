@@ -99,8 +99,8 @@ class RebalancedBYOL(MomentumTeacher):
 
     ``self.encoder`` is the student (what is evaluated); ``self.teacher`` is its EMA.
     P is a buffer: frozen, saved, never updated. ``self.reweighter`` gives log phi; it is
-    fitted at every epoch start (so nothing of it is saved: a resumed epoch refits it
-    from the same teacher).
+    fitted at every epoch start: a resume at an epoch's start refits it from the same
+    teacher, one inside an epoch restores what was fitted (``epoch_state``).
     """
 
     name = "fassl_rebalance"
@@ -150,6 +150,17 @@ class RebalancedBYOL(MomentumTeacher):
         feats = ctx.embed(self.teacher_feature).float() if self.reweighter.needs_dataset else None
         # refit every epoch: .to(device) has replaced the prototypes buffer since __init__
         self.reweighter.fit(self.prototypes, feats)
+
+    def epoch_state(self) -> State:
+        """The reweighter's fitted tensors (features of the epoch's start, for the weights
+        that read every image's)."""
+        fitted = vars(self.reweighter).items()
+        return {f"reweighter.{k}": v for k, v in fitted if isinstance(v, torch.Tensor)}
+
+    def load_epoch_state(self, state: State) -> None:
+        for key, value in state.items():
+            name = key.removeprefix("reweighter.")
+            setattr(self.reweighter, name, value.to(self.prototypes.device))
 
     def dataset_log_phi(
         self, embed: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]

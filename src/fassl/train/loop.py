@@ -6,13 +6,18 @@ views into a loss (``fassl.methods.base.Method``).
 
 Determinism: the data order and the augmentation of epoch ``e`` depend only on
 (seed, e, rank), so a run resumed from the checkpoint of epoch ``e - 1`` continues
-exactly as the uninterrupted run would have.
+exactly as the uninterrupted run would have. A checkpoint inside an epoch also holds
+every rank's random state and what the method derived at the epoch's start
+(``Method.epoch_state``), so a run resumed from step ``i`` of an epoch takes the same
+batches, the same augmentations and the same weights as the uninterrupted run.
 
 Speed: a step never waits for the device. The loss and the logged scalars stay on the
 device and are read (together with the finite-loss check) every ``train.log_every``
 steps and at the end of each epoch, in one transfer; checkpoints are written by wall
-clock (``train.checkpoint_every_s``) and at the end; features of the training set are
-extracted once per optimizer step whoever asks (``Trainer.embed``).
+clock (``train.checkpoint_every_s``), looked at on those reads, inside an epoch too, and
+at the end; Ctrl-C or SIGTERM is taken at the next step's end, where a checkpoint of that
+step is written before the run stops; features of the training set are extracted once per
+optimizer step whoever asks (``Trainer.embed``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import contextlib
 import math
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +61,7 @@ from fassl.train.logger import MetricLogger
 from fassl.train.optim import build_optimizer, lr_at, set_lr
 
 EMBED_BATCH = 1024
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -91,6 +99,66 @@ def training_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 tensors go to the device whole (CIFAR-size sets are small); a lazy,
     tensor-like collection (a streaming decoder) stays on the host, indexed per batch."""
     return images.to(device) if isinstance(images, torch.Tensor) else images
+
+
+@dataclass
+class Resume:
+    """What a checkpoint written inside an epoch restores once that epoch has started."""
+
+    epoch: int
+    step: int  # steps of ``epoch`` already taken
+    model: dict[str, torch.Tensor]  # the method's state (re-applied after on_epoch_start)
+    epoch_state: dict[str, torch.Tensor]  # Method.epoch_state()
+    rng: dict[str, torch.Tensor]  # "cpu" / "device": (world, n) uint8 states, one per rank
+    loss_sum: float
+
+
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random generators: the CPU's and the device's (uint8 tensors)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["device"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "device" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["device"], device)
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM taken at a step's end instead of wherever they land.
+
+    The first signal is remembered (``signum``); the loop checkpoints the step it ends
+    and stops. A second one stops at once, as without this (a step that never ends
+    can still be interrupted). Handlers can only be set on the main thread; elsewhere
+    (the Python API from a thread) signals keep their own handlers.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum:
+            raise Interrupted("", signum)
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        # an ignored signal stays ignored (a background job's SIGINT, torchrun's peers)
+        for sig in STOP_SIGNALS:
+            if previous[sig] is not signal.SIG_IGN:
+                signal.signal(sig, self._handle)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class Trainer:
@@ -142,37 +210,58 @@ class Trainer:
         self.global_step = 0  # optimizer steps taken, counting those before a resume
         self.lr = optim_cfg.lr
         self.saved_epoch: int | None = None
+        self.saved_step = 0  # steps of ``saved_epoch`` the last checkpoint holds
+        self.resume: Resume | None = None  # a checkpoint inside an epoch, until it starts
+        self.stop = StopRequest()
         self.epoch_ends: list[float] = []  # perf_counter after each epoch (benchmarks)
         self._last_save = time.monotonic()
         self._embed_memo: tuple[tuple, torch.Tensor] | None = None
         self.logger = MetricLogger(self.run_dir, enabled=dist.is_main())
 
     # ---- checkpoints -------------------------------------------------------------------
-    def checkpoint_meta(self, epoch: int) -> dict:
+    def checkpoint_meta(self, epoch: int, step: int | None = None) -> dict:
+        """``step``: the steps of ``epoch`` taken (all of them for an epoch's end)."""
         return {
             "stage": self.stage,
             "method": self.method.name,
             "model": to_dict(self.cfg.model),
             "epoch": epoch,
+            "step": self.steps_per_epoch if step is None else step,
             "epochs": self.optim_cfg.epochs,
             "steps_per_epoch": self.steps_per_epoch,
+            "world_size": dist.world_size(),
         }
 
-    def save(self, epoch: int) -> None:
-        """The checkpoint after ``epoch``, only of finite state: a model whose parameters
-        or buffers (BatchNorm statistics) went NaN or infinite while the loss still read
-        finite stops here, and the last good checkpoint stays the last one written."""
+    def save(self, epoch: int, step: int | None = None, loss_sum: float = 0.0) -> None:
+        """The checkpoint after ``step`` steps of ``epoch`` (None: the whole epoch), only
+        of finite state: a model whose parameters or buffers (BatchNorm statistics) went
+        NaN or infinite while the loss still read finite stops here, and the last good
+        checkpoint stays the last one written.
+
+        Inside an epoch every rank takes part (its random state is gathered), so all
+        ranks call this at the same step; at an epoch's end only rank 0 writes.
+        """
         state = self.method.state_dict()
         bad = non_finite(state)
         if bad:
             what = f"{len(bad)} tensors of the model's state hold NaN or inf (e.g. {bad[:3]})"
-            raise NonFiniteLoss(self._non_finite_message(what, epoch, self.steps_per_epoch - 1))
+            at = self.steps_per_epoch if step is None else step
+            raise NonFiniteLoss(self._non_finite_message(what, epoch, at - 1))
+        tensors = prefixed(state, "model")
+        meta = self.checkpoint_meta(epoch, step)
+        if step is not None:  # inside an epoch: what resuming at this very step needs
+            for name, value in random_state(self.device).items():
+                gathered = dist.gather_no_grad(value.to(self.device)[None])
+                tensors[f"rng/{name}"] = gathered.cpu()
+            tensors |= prefixed(self.method.epoch_state(), "epoch")
+            meta["loss_sum"] = loss_sum
         self._last_save, self.saved_epoch = time.monotonic(), epoch
+        self.saved_step = self.steps_per_epoch if step is None else step
         if not dist.is_main():
             return
         opt_tensors, groups = optimizer_state(self.optimizer)
-        meta = self.checkpoint_meta(epoch) | {"optimizer_groups": groups}
-        tensors = prefixed(state, "model") | prefixed(opt_tensors, "optim")
+        meta["optimizer_groups"] = groups
+        tensors |= prefixed(opt_tensors, "optim")
         save_checkpoint(self.run_dir / LAST, tensors, meta)
 
     def checkpoint_due(self, last: bool) -> bool:
@@ -197,12 +286,49 @@ class Trainer:
         load_optimizer_state(
             self.optimizer, split_prefixed(tensors, "optim"), meta["optimizer_groups"]
         )
-        self.start_epoch = int(meta["epoch"]) + 1
-        self.saved_epoch = int(meta["epoch"])
-        self.global_step = self.start_epoch * self.steps_per_epoch
+        epoch = int(meta["epoch"])
+        step = int(meta.get("step", self.steps_per_epoch))  # older files: whole epochs
+        self.saved_epoch, self.saved_step = epoch, step
+        where = f"after epoch {epoch + 1}"
+        if step < self.steps_per_epoch:
+            self.start_epoch = epoch
+            self.resume = Resume(
+                epoch,
+                step,
+                state,
+                split_prefixed(tensors, "epoch"),
+                split_prefixed(tensors, "rng"),
+                float(meta.get("loss_sum", 0.0)),
+            )
+            where = f"at epoch {epoch + 1} step {step + 1}"
+        else:
+            self.start_epoch = epoch + 1
+        self.global_step = epoch * self.steps_per_epoch + step
         self.logger.resume_at(self.global_step)  # drop rows logged after the checkpoint
         if dist.is_main():
-            print(f"[{self.stage}] resuming from {path} after epoch {meta['epoch'] + 1}")
+            print(f"[{self.stage}] resuming from {path} {where}")
+
+    def _resume_inside(self, epoch: int) -> tuple[int, float]:
+        """At the start of the epoch a checkpoint left inside: restore the state the
+        method derived at that epoch's start, the weights as they were at the step, and
+        each rank's random state. Returns (steps already taken, their summed loss)."""
+        resume, self.resume = self.resume, None
+        if resume is None or resume.epoch != epoch:
+            return 0, 0.0
+        # on_epoch_start has just recomputed from the saved weights; the saved step's own
+        # state (SDCLR's masks, BCL's strengths, stage 2's fitted weight) is what counts
+        load_state_checked(self.method, resume.model, str(self.run_dir / LAST))
+        self.method.load_epoch_state(resume.epoch_state)
+        states = {name: rows for name, rows in resume.rng.items()}
+        if states and states["cpu"].shape[0] == dist.world_size():
+            set_random_state({k: v[dist.rank()] for k, v in states.items()}, self.device)
+        elif states and dist.is_main():
+            print(
+                f"[{self.stage}] the checkpoint was written by {states['cpu'].shape[0]} "
+                f"processes, not {dist.world_size()}: the rest of epoch {epoch + 1} takes the "
+                "same batches with other augmentations than an uninterrupted run"
+            )
+        return resume.step, resume.loss_sum
 
     # ---- helpers for methods and monitors ----------------------------------------------
     def rows(self, index: torch.Tensor) -> torch.Tensor:
@@ -301,11 +427,14 @@ class Trainer:
         self.model.train()
         self._last_save = time.monotonic()
         try:
-            for epoch in range(self.start_epoch, self.optim_cfg.epochs):
-                self.epoch = epoch
-                bar.set_description(f"{self.stage} epoch {epoch + 1}/{self.optim_cfg.epochs}")
-                summary = self._train_epoch(epoch, bar)
-                self._end_epoch(epoch, summary)
+            with self.stop.installed():
+                for epoch in range(self.start_epoch, self.optim_cfg.epochs):
+                    self.epoch = epoch
+                    bar.set_description(
+                        f"{self.stage} epoch {epoch + 1}/{self.optim_cfg.epochs}"
+                    )
+                    summary = self._train_epoch(epoch, bar)
+                    self._end_epoch(epoch, summary)
         except KeyboardInterrupt as err:
             if isinstance(err, Interrupted) and str(err):
                 raise  # already says where (a nested stage)
@@ -319,14 +448,16 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + dist.rank())
         self.method.on_epoch_start(EpochContext(epoch, self.optim_cfg.epochs, self.embed))
+        first, done_loss = self._resume_inside(epoch)
         index = batch_indices(len(self.images), self.optim_cfg.batch_size, cfg.seed, epoch)
         if self.images_on_device:
             index = index.to(self.device, non_blocking=True)
         t0, seen = time.perf_counter(), 0
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.full((), done_loss, device=self.device)
         window: list[tuple[int, torch.Tensor]] = []  # losses not yet checked
         values: list[float] = []
-        for i, idx in enumerate(index):
+        for i in range(first, len(index)):
+            idx = index[i]
             step = epoch * self.steps_per_epoch + i
             loss, logs = self.train_step(idx, step)
             loss_sum += loss
@@ -339,12 +470,56 @@ class Trainer:
                 rate = seen / (time.perf_counter() - t0)
                 self.logger.log(self.stage, step, row | {"lr": self.lr, "img_per_s": rate})
                 bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                if not last:
+                    self._checkpoint_inside(epoch, i + 1, values[-1])
+            elif self.stop.signum and not dist.is_distributed():
+                # alone, a stop needs no agreement: checkpoint this step now
+                values = self._flush(window, [loss_sum], epoch)
+                self._checkpoint_inside(epoch, i + 1, values[-1])
             bar.update(1)
+        if self.stop.signum:  # at the epoch's last step: its end writes the checkpoint
+            self._end_epoch(epoch, self._epoch_summary(epoch, values, len(index), seen, t0))
+            raise self._stopped()
+        return self._epoch_summary(epoch, values, len(index), seen, t0)
+
+    def _epoch_summary(
+        self, epoch: int, values: list[float], steps: int, seen: int, t0: float
+    ) -> dict[str, float]:
         return {
             "epoch": epoch + 1,
-            "loss": values[-1] / len(index),
-            "img_per_s": seen / (time.perf_counter() - t0),
+            "loss": values[-1] / steps,
+            "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
         }
+
+    def _checkpoint_inside(self, epoch: int, step: int, loss_sum: float) -> None:
+        """At a read of the device (so no extra wait): write a checkpoint of the ``step``
+        steps of ``epoch`` taken when one is due or a stop was asked for, then stop for
+        the latter. All ranks agree first: rank 0's clock, any rank's stop."""
+        every = self.cfg.train.checkpoint_every_s  # 0: at epochs' ends only
+        due = [float(every > 0 and self.checkpoint_due(False)), float(self.stop.signum)]
+        if dist.is_distributed():
+            flags = torch.tensor(due, device=self.device)[None]
+            gathered = dist.gather_no_grad(flags).cpu()
+            due = [float(gathered[0, 0]), float(gathered[:, 1].max())]
+            self.stop.signum = self.stop.signum or int(due[1])
+        if due[0] or due[1]:
+            self.save(epoch, step, loss_sum)
+        if due[1]:
+            raise self._stopped()
+
+    def _stopped(self) -> Interrupted:
+        """A stop taken at a step's end, once its checkpoint is written."""
+        message = (
+            f"[{self.stage}] interrupted at epoch {self.epoch + 1} step {self.saved_step}: "
+            f"{self.run_dir / LAST} holds that step and the same command resumes from it"
+        )
+        return Interrupted(message, self.stop.signum)
+
+    def _saved_where(self) -> str:
+        """Where the last checkpoint stands, as the messages say it."""
+        if self.saved_step >= self.steps_per_epoch:
+            return f"after epoch {self.saved_epoch + 1}"  # type: ignore[operator]
+        return f"at epoch {self.saved_epoch + 1} step {self.saved_step}"  # type: ignore[operator]
 
     def _flush(
         self, window: list[tuple[int, torch.Tensor]], values: list[torch.Tensor], epoch: int
@@ -364,7 +539,7 @@ class Trainer:
         to add (``fassl.runs.stage`` names the --restart that applies)."""
         path = self.run_dir / LAST
         if self.saved_epoch is not None:
-            kept = f"the last good checkpoint {path} (after epoch {self.saved_epoch + 1}) is kept"
+            kept = f"the last good checkpoint {path} ({self._saved_where()}) is kept"
         else:
             kept = "no checkpoint was written yet"
         found = f"loss is {what}" if isinstance(what, float) else what
@@ -375,7 +550,7 @@ class Trainer:
         step = self.global_step - self.epoch * self.steps_per_epoch
         if self.saved_epoch is not None:
             kept = (
-                f"{self.run_dir / LAST} (after epoch {self.saved_epoch + 1}) is intact "
+                f"{self.run_dir / LAST} ({self._saved_where()}) is intact "
                 "and the same command resumes from it"
             )
         else:
@@ -390,7 +565,7 @@ class Trainer:
             for monitor in self.monitors:
                 summary |= monitor(self)
         self.logger.log(self.stage, (epoch + 1) * self.steps_per_epoch - 1, summary, kind="epoch")
-        if self.checkpoint_due(last):
+        if self.checkpoint_due(last or bool(self.stop.signum)):
             self.save(epoch)
         dist.barrier()
         self.epoch_ends.append(time.perf_counter())
