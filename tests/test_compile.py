@@ -6,8 +6,10 @@ counting backend sees every graph dynamo hands over: a graph break or a recompil
 is one graph more, so one graph for a whole run of two epochs means neither happened,
 while the temperature schedule, the learning rate, SwAV's queue, SDCLR's masks and
 stage 2's weights moved. The compiled run must end where the eager run ends, within
-float tolerance. Then the fallback: a compiled forward or backward that fails warns
-once and the run goes on eagerly, exactly as an eager run.
+float tolerance. Then the fallback: a compiled forward or backward whose compilation
+fails in the first step says so in one line and the run goes on eagerly, exactly as an
+eager run; any other error (an out-of-memory, the model's own) reaches the caller
+unchanged, and after the first step nothing is cloned and nothing caught.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from typing import Any
 import pytest
 import torch
 import torch._dynamo as dynamo
+from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.backends.debugging import aot_eager
+from torch._inductor.exc import InductorError
 
 from fassl.methods import METHODS, build_method
 from fassl.runtime import Runtime
@@ -100,10 +104,27 @@ def test_a_compiled_run_is_one_graph_and_ends_where_the_eager_run_ends(
         torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def _raising(what: str) -> Callable:
+def _failing_compiler(what: str) -> Callable:
+    """A backend that fails compiling (dynamo wraps it in BackendCompilerFailed)."""
+
     def compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
-        def run(*args: Any) -> Any:
-            raise RuntimeError(f"{what} exploded")
+        raise RuntimeError(f"{what} exploded")
+
+    return compiler
+
+
+def _failing_backward_compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+    """AOTAutograd compiles the backward at its first call and raises what the compiler
+    raised, unwrapped: inductor's own error, as inductor would."""
+    raise InductorError(RuntimeError("backward exploded"), None)
+
+
+def _raising_at_run(error: BaseException) -> Callable:
+    """A compiler that succeeds; the compiled graph raises ``error`` when it runs."""
+
+    def compiler(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        def run(*args: Any) -> Any:  # boxed (one list) or not: never gets that far
+            raise error
 
         run._boxed_call = True  # type: ignore[attr-defined]
         return run
@@ -119,27 +140,114 @@ def _nop(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
     return run
 
 
-# the compiled forward runs, then its backward raises: after SwAV's queue and the
-# BatchNorm statistics took the batch, which the redone eager step must not see twice
+# the compiled forward runs, then its backward fails compiling: after SwAV's queue and
+# the BatchNorm statistics took the batch, which the redone eager step must not see twice
 FAILING = {
-    "backward": aot_autograd(fw_compiler=_nop, bw_compiler=_raising("backward")),
-    "forward": _raising("forward"),  # the backend fails compiling the forward
+    "backward": aot_autograd(fw_compiler=_nop, bw_compiler=_failing_backward_compiler),
+    "forward": _failing_compiler("forward"),
 }
+
+
+def compile_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("train.compile:")]
 
 
 @pytest.mark.parametrize("where", list(FAILING))
 @pytest.mark.parametrize("name", ["simclr", "swav"])
-def test_a_failing_compiled_step_warns_once_and_trains_like_eager(
-    tmp_path: Path, name: str, where: str
+def test_a_compile_error_in_the_first_step_prints_one_line_and_trains_like_eager(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, where: str
 ) -> None:
     overrides = QUEUE if name == "swav" else ()
     eager = trainer(tmp_path / "eager", name, overrides)
     eager.fit()
     t = trainer(tmp_path / "compiled", name, overrides, FAILING[where])
     assert t.forward.active
-    with pytest.warns(RuntimeWarning, match=f"{where} exploded") as record:
-        t.fit()
-    assert len(record) == 1 and not t.forward.active
+    capsys.readouterr()
+    t.fit()
+    lines = compile_lines(capsys.readouterr().err)
+    assert len(lines) == 1, lines
+    assert "compilation turned off" in lines[0] and f"{where} exploded" in lines[0]
+    assert not t.forward.active
     expected = eager.method.state_dict()
     for key, value in t.method.state_dict().items():
         assert torch.equal(value, expected[key]), key
+
+
+class Small(nn.Module):
+    """A linear layer and BatchNorm (state a step changes); raises ``error`` if given."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        super().__init__()
+        self.linear, self.norm, self.error = nn.Linear(3, 4), nn.BatchNorm1d(4), error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.error is not None:
+            raise self.error
+        return self.norm(self.linear(x)).square().mean()
+
+
+def step(forward: CompiledForward, x: torch.Tensor) -> bool:
+    return forward.backward(forward(x))
+
+
+ERRORS = {  # none of them the compiler's: each must reach the caller as it was raised
+    "model_runtime_error": (RuntimeError("shapes do not match"), "model", "forward"),
+    "oom_forward": (torch.OutOfMemoryError("CUDA out of memory"), "graph", "forward"),
+    "memory_error_forward": (MemoryError("no memory"), "graph", "forward"),
+    "oom_backward": (torch.OutOfMemoryError("CUDA out of memory"), "graph", "backward"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_an_error_that_is_not_the_compilers_propagates_unchanged(
+    capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    error, source, where = ERRORS[case]
+    if source == "model":
+        model, backend = Small(error), "aot_eager"
+    elif where == "forward":
+        model, backend = Small(), _raising_at_run(error)
+    else:
+        backend = aot_autograd(fw_compiler=_nop, bw_compiler=_raising_at_run(error))
+        model = Small()
+    forward = CompiledForward(model, True, backend=backend)
+    with pytest.raises(type(error)) as raised:
+        step(forward, torch.randn(8, 3))
+    assert raised.value is error
+    assert forward.active  # not taken for a compile failure
+    assert compile_lines(capsys.readouterr().err) == []
+
+
+def test_after_the_first_step_nothing_is_cloned_and_nothing_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class SecondCompileFails:
+        def __init__(self) -> None:
+            self.graphs = 0
+
+        def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+            self.graphs += 1
+            if self.graphs > 1:
+                raise RuntimeError("recompilation exploded")
+            return aot_eager(gm, example_inputs)
+
+    model = Small()
+    forward = CompiledForward(model, True, backend=SecondCompileFails())
+    clones = 0
+    state_dict = model.state_dict
+
+    def counted_state_dict(*args: Any, **kwargs: Any) -> Any:
+        nonlocal clones
+        clones += 1
+        return state_dict(*args, **kwargs)
+
+    monkeypatch.setattr(model, "state_dict", counted_state_dict)
+    assert step(forward, torch.randn(8, 3))
+    assert clones == 1  # the first step's state, once
+    for _ in range(3):
+        assert step(forward, torch.randn(8, 3))
+    assert clones == 1
+    # a recompilation (another batch size) that fails is an error: no fallback any more
+    with pytest.raises(dynamo.exc.BackendCompilerFailed, match="recompilation exploded"):
+        step(forward, torch.randn(5, 3))
+    assert forward.active and clones == 1
