@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -21,50 +22,111 @@ from fassl.models import Encoder
 def ema_update(teacher: nn.Module, student: nn.Module, tau: float) -> None:
     """Teacher EMA of Eq. 4 of the FASSL paper: theta_T <- tau theta_T + (1 - tau) theta_S.
 
-    Applied to every parameter. Buffers (BatchNorm running statistics, batch counters)
-    are copied from the student instead of averaged: the teacher normalises with batch
-    statistics during training anyway, and copying keeps its running statistics those
-    of the current weights rather than a lagging average of older ones. Both are
-    multi-tensor (``_foreach``) ops: a few kernel launches for the whole network instead
-    of one or more per tensor, the same arithmetic as a per-tensor ``lerp_`` / ``copy_``.
-
-    Both modules must have the same structure (parameter and buffer names and shapes);
-    a mismatch raises ValueError rather than silently pairing the wrong tensors.
+    One update of a pair seen once (``EmaPairs`` pairs the tensors, then updates them);
+    a method that updates every step keeps its ``EmaPairs``.
 
     Args:
         teacher: module updated in place.
         student: module read.
         tau: decay rate in [0, 1]; 0 copies the student, 1 keeps the teacher.
     """
-    if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau}")
-    params: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-    buffers: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-    for kind, t_items, s_items, lists in (
-        ("parameter", teacher.named_parameters(), student.named_parameters(), params),
-        ("buffer", teacher.named_buffers(), student.named_buffers(), buffers),
-    ):
-        t_dict, s_dict = dict(t_items), dict(s_items)
-        if t_dict.keys() != s_dict.keys():
-            missing = sorted(set(s_dict) - set(t_dict))[:5]
-            extra = sorted(set(t_dict) - set(s_dict))[:5]
-            raise ValueError(
-                f"ema_update: teacher and student {kind}s differ; only in the student: "
-                f"{missing}, only in the teacher: {extra}"
-            )
-        for name, t in t_dict.items():
-            if t.shape != s_dict[name].shape:
+    EmaPairs(teacher, student).update(tau)
+
+
+# Where a tensor lives: its module's _parameters or _buffers dict, and its key there.
+_Slot = tuple[dict[str, torch.Tensor | None], str]
+
+
+def _named_slots(module: nn.Module, kind: str) -> dict[str, _Slot]:
+    """Every parameter (or buffer) of ``module`` by name, as ``named_parameters`` (or
+    ``named_buffers``) lists them: same names, same order, a shared tensor once."""
+    seen: set[int] = set()
+    slots: dict[str, _Slot] = {}
+    for prefix, sub in module.named_modules():
+        owner = sub._parameters if kind == "parameter" else sub._buffers
+        for key, tensor in owner.items():
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            slots[f"{prefix}.{key}" if prefix else key] = (owner, key)
+    return slots
+
+
+class EmaPairs:
+    """The teacher's tensors and the student's they follow, paired by name once.
+
+    Every parameter is averaged. Buffers (BatchNorm running statistics, batch counters)
+    are copied from the student instead: the teacher normalises with batch statistics
+    during training anyway, and copying keeps its running statistics those of the
+    current weights rather than a lagging average of older ones. Both are multi-tensor
+    (``_foreach``) ops on lists built once: a few kernel launches for the whole network,
+    the same arithmetic as a per-tensor ``lerp_`` / ``copy_``.
+
+    The pairing checks the structure (names and shapes; a mismatch raises ValueError
+    rather than silently pairing the wrong tensors). A step only checks that every
+    paired tensor is still the one its module holds: ``.to()`` re-creates buffers (and
+    parameters, under ``torch.__future__``'s overwrite setting), ``load_state_dict(...,
+    assign=True)`` replaces both, and then the tensors are paired again.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
+        self.teacher, self.student = teacher, student
+        self._pair()
+
+    def _pair(self) -> None:
+        lists: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        slots: list[_Slot] = []
+        for kind in ("parameter", "buffer"):
+            t_slots, s_slots = _named_slots(self.teacher, kind), _named_slots(self.student, kind)
+            if t_slots.keys() != s_slots.keys():
+                missing = sorted(set(s_slots) - set(t_slots))[:5]
+                extra = sorted(set(t_slots) - set(s_slots))[:5]
                 raise ValueError(
-                    f"ema_update: {kind} '{name}' has shape {tuple(t.shape)} in the teacher "
-                    f"and {tuple(s_dict[name].shape)} in the student"
+                    f"ema_update: teacher and student {kind}s differ; only in the student: "
+                    f"{missing}, only in the teacher: {extra}"
                 )
-            lists[0].append(t)
-            lists[1].append(s_dict[name].to(t.dtype) if kind == "parameter" else s_dict[name])
-    if params[0]:
-        # lerp is exact at both ends: weight 1 gives s, weight 0 gives t.
-        torch._foreach_lerp_(params[0], params[1], 1.0 - tau)
-    if buffers[0]:
-        torch._foreach_copy_(buffers[0], buffers[1])
+            pair: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+            for name, (owner, key) in t_slots.items():
+                s_owner, s_key = s_slots[name]
+                t, s = owner[key], s_owner[s_key]
+                assert t is not None and s is not None  # _named_slots skips None
+                if t.shape != s.shape:
+                    raise ValueError(
+                        f"ema_update: {kind} '{name}' has shape {tuple(t.shape)} in the "
+                        f"teacher and {tuple(s.shape)} in the student"
+                    )
+                pair[0].append(t)
+                pair[1].append(s)
+                slots += [(owner, key), (s_owner, s_key)]
+            lists[kind] = pair
+        self._params, self._buffers = lists["parameter"], lists["buffer"]
+        # a student of another dtype (rare) is cast every step, as the lerp needs
+        self._cast = any(t.dtype != s.dtype for t, s in zip(*self._params, strict=True))
+        self._owners, self._keys = [o for o, _ in slots], [k for _, k in slots]
+        self._held = [o[k] for o, k in slots]
+
+    def _still_held(self) -> bool:
+        """Every paired tensor is still the one in its module (identity; a loop in C)."""
+        return all(map(operator.is_, map(operator.getitem, self._owners, self._keys), self._held))
+
+    @torch.no_grad()
+    def update(self, tau: float) -> None:
+        """theta_T <- tau theta_T + (1 - tau) theta_S for every parameter; buffers copied.
+
+        ``tau`` in [0, 1]: 0 copies the student, 1 keeps the teacher (lerp is exact at
+        both ends: weight 1 gives s, weight 0 gives t).
+        """
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        if not self._still_held():
+            self._pair()
+        teacher, student = self._params
+        if self._cast:
+            student = [s.to(t.dtype) for t, s in zip(teacher, student, strict=True)]
+        if teacher:
+            torch._foreach_lerp_(teacher, student, 1.0 - tau)
+        if self._buffers[0]:
+            torch._foreach_copy_(self._buffers[0], self._buffers[1])
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, end: float) -> float:
@@ -121,6 +183,7 @@ class MomentumTeacher(Method):
         self.teacher = teacher
         self.predictor = predictor
         self.ema = ema
+        self.ema_pairs = EmaPairs(teacher, student)  # the structure checked here, once
 
     def predict(self, view1: torch.Tensor, view2: torch.Tensor):
         """Student predictions of both views and the teacher's outputs (no gradient).
@@ -135,4 +198,4 @@ class MomentumTeacher(Method):
         return (p1, p2), teacher_out
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        ema_update(self.teacher, self.encoder, self.ema.at(step, total_steps))
+        self.ema_pairs.update(self.ema.at(step, total_steps))
