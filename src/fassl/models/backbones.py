@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from fassl.models.library import build_library_backbone
+from fassl.models.library import build_library_backbone, check_images
 from fassl.models.resnet import build_resnet
-from fassl.registry import split_arch
+from fassl.registry import LIBRARIES, split_arch
 
 
 def build_backbone(
@@ -23,3 +23,10 @@ def build_backbone(
 
 def is_library_arch(arch: str) -> bool:
     return split_arch(arch)[0] is not None
+
+
+def check_backbone(arch: str, kwargs: dict[str, Any] | None, image_size: int) -> None:
+    """A library model takes ``image_size`` px images in training, or a ConfigError saying
+    what to set (``library.check_images``); the own ResNets take any size from 8 px."""
+    if split_arch(arch)[0] in LIBRARIES:
+        check_images(arch, kwargs, image_size)

@@ -27,6 +27,7 @@ from fassl.errors import ConfigError, NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method
+from fassl.models import check_backbone
 from fassl.names import CONFIG, EXPORT
 from fassl.runs.settings import (
     RUN,
@@ -206,15 +207,20 @@ def started_run(
     data: LongTailData | None = None,
 ) -> Iterator[LongTailData]:
     """A whole run's start, in the order every run needs it: the folder locked (a second
-    run into it fails at once), the checkpoints the config names checked, the settings of
+    run into it fails at once), the checkpoints the config names checked, the backbone
+    tried on the images' size (a ViT built for 224 px on 32 px images), the settings of
     its stages checked (``prepare``, which returns the folders a restart clears), the
     data loaded (unless given) and checked against every stage, then the restarted
     stages cleared and config.yaml written. Yields the data; the lock is held until the
     block ends. Under torchrun rank 0 alone checks and writes, every rank loads."""
     with main_lock(cfg.out_dir):
         on_main(lambda: check_given_checkpoints(cfg))
+        size = data.image_size if data is not None else cfg.data.image_size
+        on_main(lambda: check_backbone(cfg.model.arch, cfg.model.kwargs, size))
         restarted = on_main(prepare)
         loaded = data or load_data(cfg)
+        if loaded.image_size != size:  # a source of one size (CIFAR's 32 px) whatever the key
+            on_main(lambda: check_backbone(cfg.model.arch, cfg.model.kwargs, loaded.image_size))
         on_all(lambda: check_data(cfg, loaded, stages))
         on_main(lambda: start_run(cfg, restarted))
         yield loaded
