@@ -4,11 +4,20 @@ Every knob of a run is a field of a dataclass below. A run's config is the defau
 then a YAML recipe from ``configs/``, then ``key=value`` overrides from the command line;
 OmegaConf checks each key and type against these dataclasses, so an unknown or mistyped
 key is an error that names it.
+
+An override of a key naming a path (``PATH_KEYS``) is taken as the text after the ``=``,
+not read as YAML: ``out_dir=/runs/keep #2`` names the folder ``/runs/keep #2`` (YAML would
+drop ``#2`` as a comment and write into ``/runs/keep``), and spaces at its end stay. A
+value wholly in one pair of quotes is the quoted text, as YAML reads it, so
+``data.root=''`` still empties the key. In a YAML file a path keeps YAML's rules (quote
+a value holding " #"). A path with a line break is refused, from either.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +48,20 @@ from fassl.config.sections import (
 )
 from fassl.errors import ConfigError
 from fassl.registry import ARM_NAMES, DATASETS, METHOD_NAMES, WEIGHTS
-from fassl.validation import choice_problems, range_problems, structure_problems
+from fassl.validation import (
+    choice_problems,
+    get_dotted,
+    path_keys,
+    range_problems,
+    structure_problems,
+)
 
 __all__ = [
     "ARM_NAMES",
     "COMPILE_MODES",
     "DATASETS",
     "METHOD_NAMES",
+    "PATH_KEYS",
     "WEIGHTS",
     "AugmentConfig",
     "BCLConfig",
@@ -73,10 +89,35 @@ __all__ = [
 ]
 
 
+# Every key naming a file or folder: the path() fields, and those whose readers resolve
+# them (out_dir is created, the cache folder and the list files are looked up where used).
+PATH_KEYS: tuple[str, ...] = (
+    *path_keys(Config()),
+    "out_dir",
+    "data.cache_dir",
+    *(f"data.split_files.{f.name}" for f in fields(SplitFilesConfig)),
+)
+
+
+def line_break_problems(cfg: Config) -> list[str]:
+    """One message per path key whose value holds a line break (a file name with one is
+    almost always a paste gone wrong, and would be written into config.yaml as two)."""
+    return [
+        f"config key '{key}' must name a path on one line, got {value!r}"
+        for key in PATH_KEYS
+        if isinstance(value := get_dotted(cfg, key), str) and ("\n" in value or "\r" in value)
+    ]
+
+
 def validate(cfg: Config) -> Config:
     """Check values that a type alone cannot (choices, ranges, keys that go together),
     each by the rule its field carries; raise ConfigError naming the key."""
-    problems = [*choice_problems(cfg), *range_problems(cfg), *structure_problems(cfg)]
+    problems = [
+        *choice_problems(cfg),
+        *range_problems(cfg),
+        *structure_problems(cfg),
+        *line_break_problems(cfg),
+    ]
     if problems:
         also = f"\n(also: {'; '.join(problems[1:])})" if problems[1:] else ""
         raise ConfigError(problems[0] + also)
@@ -98,9 +139,34 @@ def _load_yaml(path: Path) -> Any:
     return layer
 
 
+def _unquoted(value: str) -> str:
+    """``value``, or the text of the one pair of quotes around all of it, as YAML reads a
+    quoted scalar (``''`` inside single quotes is one quote; double quotes take escapes)."""
+    if len(value) < 2 or value[0] != value[-1] or value[0] not in "'\"":
+        return value
+    if value[0] == "'":
+        return value[1:-1].replace("''", "'")
+    try:
+        text = json.loads(value)
+    except ValueError:
+        return value[1:-1]
+    return text if isinstance(text, str) else value[1:-1]
+
+
+def _path_layer(key: str, value: str) -> Any:
+    """One override of a path key as a config layer holding ``value`` as given."""
+    nested: Any = _unquoted(value).replace("${", "\\${")  # no OmegaConf interpolation
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return OmegaConf.create(nested)
+
+
 def _override_layer(item: str) -> Any:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, _, value = item.partition("=")
+    if key in PATH_KEYS:
+        return _path_layer(key, value)
     try:
         return OmegaConf.from_dotlist([item])
     except Exception as err:  # YAML syntax errors come in several types
