@@ -9,7 +9,7 @@ import pytest
 
 from fassl.config import DataConfig
 from fassl.data.files import cache
-from fassl.data.sources.folder import load_cached
+from fassl.data.sources.folder import load_stored
 from tests.data_fixtures import save_image
 
 DEFAULT = DataConfig().cache_dir
@@ -56,7 +56,7 @@ def test_a_folder_is_cached_under_xdg_cache_home(
     root = tmp_path / "images"
     save_image(root / "a.png", np.zeros((8, 8, 3), np.uint8))
     cfg = DataConfig(dataset="folder", root=str(root), labeled=False, image_size=8)
-    data = load_cached(cfg, root)
-    assert len(data) == 1 and str(tmp_path / "xdg" / "fassl" / "decoded") in data.report[0]
-    assert list((tmp_path / "xdg" / "fassl" / "decoded").glob("*.json"))
+    data = load_stored(cfg, root)
+    assert len(data) == 1 and str(tmp_path / "xdg" / "fassl" / "store") in data.report[0]
+    assert list((tmp_path / "xdg" / "fassl" / "store").glob("*/*.json"))
     assert not (home / ".cache").exists()

@@ -282,9 +282,9 @@ def test_build_reads_a_folder_through_the_cache(tmp_path: Path) -> None:
         val_per_class=1,
     )
     first = build_data(cfg)
-    assert "decoded and saved to the cache" in first.notes[0]
+    assert "images, decoded 36 into the image store" in first.notes[0]
     second = build_data(cfg)
-    assert "read from the cache" in second.notes[0]
+    assert "images, read from the image store" in second.notes[0]
     assert np.array_equal(first.pretrain.images.numpy(), second.pretrain.images.numpy())
 
 

@@ -40,6 +40,7 @@ EXAMPLES = {
     "export": "fassl export runs/demo/rebalance/encoder.safetensors --out exported",
     "tsne": "fassl tsne runs/d/teacher/encoder.safetensors runs/d/rebalance/encoder.safetensors",
     "bench": "fassl bench --method simclr,sdclr --width 32 --device cpu",
+    "prepare": "fassl prepare ~/photos --config cifar10_lt_cpu data.image_size=64",
     "info": "fassl info",
 }
 
@@ -229,6 +230,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run_bench(settings_from_args(args), "fassl bench " + " ".join(sys.argv[2:]))
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    # start-up time: the command's layers load when it runs
+    from fassl.data.sources.folder import prepare
+
+    path = resolve_recipe(args.config) if args.config else None
+    overrides = [*args.overrides, "data.dataset=folder", f"data.root={args.data}"]
+    cfg = check_paths(load_config(path, overrides))
+    for line in prepare(cfg.data):
+        print(line)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
     from fassl.runtime import machine_lines
@@ -313,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training throughput, MFU and memory of the loop")
     bench_arguments(p)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("prepare", help="decode a folder once into the image store runs read")
+    p.add_argument("data", help="an image folder, or an archive of one")
+    _with_config(p, optional=True)
+    p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("info", help="this machine, and what precision and layout auto pick")
     p.set_defaults(func=cmd_info)
     _add_examples(parser, sub)

@@ -21,7 +21,7 @@ from fassl.data.datasets import LongTailData, channel_stats
 from fassl.data.files.archives import folder_root
 from fassl.data.files.decode import IMAGE_EXTENSIONS
 from fassl.data.files.walk import list_files
-from fassl.data.sources.folder import load_unlabeled_folder
+from fassl.data.sources.folder import IN_MEMORY_BYTES, stored_images, unlabeled_listing
 from fassl.data.splits import longtail
 from fassl.registry import NAMED_DATASETS
 
@@ -100,14 +100,18 @@ def _folder_labels(
 
 
 def load_folder_collection(path: str | Path, cfg: DataConfig) -> Collection:
-    """Every image below a folder (or in an archive of one), decoded at data.image_size."""
+    """Every image below a folder (or in an archive of one) at data.image_size, read
+    through the image store: decoded once, in memory when small, memory-mapped
+    otherwise (the channel statistics of a large one from a seeded sample)."""
     root = folder_root(dataclasses.replace(cfg, root=str(path)))
-    found = load_unlabeled_folder(root, cfg.image_size)
-    images = torch.from_numpy(found.images)
-    labels, classes, groups, notes = _folder_labels(found.paths, root, cfg)
+    stored, _, paths, report = stored_images(unlabeled_listing(root), cfg)
+    limit = min(IN_MEMORY_BYTES, cfg.max_memory_gb * 2**30)
+    images = torch.from_numpy(stored.load()) if stored.nbytes <= limit else stored
+    labels, classes, groups, notes = _folder_labels(paths, root, cfg)
     mean, std = channel_stats(images)
-    notes = [*found.report, f"{root}: {len(found):,} images", *notes]
-    return Collection(root.name, images, found.paths, mean, std, labels, classes, groups, notes)
+    notes = [*report, *notes]
+    coll = Collection(root.name, images, paths, mean, std, labels, classes, groups, notes)  # type: ignore[arg-type]
+    return coll
 
 
 def load_builtin_collection(name: str, cfg: DataConfig, seed: int) -> Collection:

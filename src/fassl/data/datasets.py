@@ -37,7 +37,10 @@ class Split:
         return int(self.images.shape[0])
 
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
+        """The images ``index``; of a lazy set (streamed, stored) a view, nothing read."""
+        if isinstance(self.images, torch.Tensor):
+            return Split(self.images[index], self.labels[index])
+        return Split(self.images.take(index), self.labels[index])
 
     @staticmethod
     def empty(image_size: int) -> Split:

@@ -321,7 +321,9 @@ class Trainer:
         self.method.load_epoch_state(resume.epoch_state)
         states = {name: rows for name, rows in resume.rng.items()}
         if states and states["cpu"].shape[0] == dist.world_size():
-            set_random_state({k: v[dist.rank()] for k, v in states.items()}, self.device)
+            # a row of the stacked states: torch reads a generator's state from offset 0
+            mine = {k: v[dist.rank()].clone() for k, v in states.items()}
+            set_random_state(mine, self.device)
         elif states and dist.is_main():
             print(
                 f"[{self.stage}] the checkpoint was written by {states['cpu'].shape[0]} "

@@ -65,7 +65,7 @@ def streamed_splits(sizes: dict[str, int], image_size: int, budget_gb: float) ->
     return streamed
 
 
-def _positions(index: Any, n: int) -> list[int]:
+def positions(index: Any, n: int) -> list[int]:
     """Row numbers from an int / slice / list / numpy array / tensor index (bool masks too)."""
     if isinstance(index, slice):
         return list(range(n))[index]
@@ -114,20 +114,20 @@ class StreamingImages:
         return state
 
     def take(self, index: Any) -> StreamingImages:
-        rows = _positions(index, len(self))
+        rows = positions(index, len(self))
         return StreamingImages([self.paths[r] for r in rows], self.image_size, self.workers)
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, int | np.integer):
             return self[[int(index)]][0]
-        rows = _positions(index, len(self))
+        rows = positions(index, len(self))
         return self._collect(self._submit(rows))
 
     def batches(self, index_batches: Iterable[Any], prefetch: int = 2) -> Iterator[torch.Tensor]:
         """Decode each batch of indices, keeping ``prefetch`` batches in flight."""
         pending: deque[list[tuple[list[str], Any]]] = deque()
         for index in index_batches:
-            pending.append(self._submit(_positions(index, len(self))))
+            pending.append(self._submit(positions(index, len(self))))
             if len(pending) > prefetch:
                 yield self._collect(pending.popleft())
         while pending:

@@ -16,22 +16,31 @@ import torch
 from fassl.config import DataConfig
 from fassl.data.datasets import LongTailData, Split, channel_stats
 from fassl.data.files.decode import ImageSet
+from fassl.data.files.store import StoreImages
 from fassl.data.splits import longtail
 from fassl.errors import DataError
 
 FULL_DEFAULT_MAX = 5000  # "full": CIFAR-10-LT's n_max
 
 
+def rows_of(images: np.ndarray | StoreImages, idx: np.ndarray) -> np.ndarray | StoreImages:
+    """Rows ``idx`` of decoded images: a copy of an array, a view of a stored set."""
+    return images.take(idx) if isinstance(images, StoreImages) else images[idx]
+
+
 def as_split(data: ImageSet, idx: np.ndarray | None = None) -> Split:
-    """The images (rows ``idx``, all by default) of a decoded set as a Split."""
+    """The images (rows ``idx``, all by default) of a decoded set as a Split; a stored
+    set stays on disk (its Split reads rows when asked)."""
     images, labels = data.images, data.labels
     if idx is not None:
-        images, labels = images[idx], labels[idx]
+        images, labels = rows_of(images, idx), labels[idx]
+    if isinstance(images, StoreImages):
+        return Split(images, torch.from_numpy(labels))  # type: ignore[arg-type]
     return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))
 
 
 def _subset(data: ImageSet, idx: np.ndarray) -> ImageSet:
-    return ImageSet(data.images[idx], data.labels[idx], data.classes, [])
+    return ImageSet(rows_of(data.images, idx), data.labels[idx], data.classes, [])
 
 
 def carve_test(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

@@ -181,5 +181,5 @@ def load(cfg: DataConfig) -> LongTailData:
     if not folder.has_train_test(root):
         raise FileNotFoundError(f"data.sdclr_splits: {root} needs train/ and test/ folders")
     train, dataset = load_jpeg_train(cfg, root / "train")
-    test = folder.load_cached(cfg, root / "test", train.classes)
+    test = folder.load_stored(cfg, root / "test", train.classes)
     return assemble_sdclr(cfg, dataset, train, test, root.name)

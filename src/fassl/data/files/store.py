@@ -1,0 +1,402 @@
+"""The image store: a folder's images decoded once into shards on disk, read memory-mapped.
+
+A folder of any size trains without holding its images in memory: each shard is a
+``.npy`` file of fixed-size uint8 (n, 3, S, S) records, opened with ``numpy.load(...,
+mmap_mode="r")``, so every process on a machine (the ranks of a torchrun, the loader of
+a tool) reads the same pages of the operating system's cache, and a batch costs a copy of
+its own rows. Random access by image index keeps the project's own seeded, rank-sliced
+order and its per-image state (FASSL's weights, BCL's momentum).
+
+Shards are cut where the sorted file list has a path whose hash is 0 modulo
+``SHARD_AVERAGE`` (or at ``SHARD_MAX`` files): the cut points depend on the paths alone,
+so adding, removing or touching a file re-decodes its own shard only. A shard's name is
+the hash of its files' paths, sizes and modification times, the image size and the
+store's version; shards no longer named by the folder are removed when it is opened.
+
+One process builds at a time (a lock file beside the shards): the ranks of a run, or two
+runs sharing a cache, wait while the first decodes, then read what it wrote. Decoding runs
+on ``data.workers`` processes (all cores by default) with a progress bar; pixels are
+``decode.decode_chunk``'s, the same as the in-memory path's.
+
+Why numpy and not a streaming-dataset library: see docs/datasets.md ("Large
+collections"): the project needs random access by index in its own order, which
+litdata's and mosaicml-streaming's readers serve through their own sampler and chunk
+cache; a memory-mapped array is both the random access and the shared cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fassl.data.files.decode import MAX_NAMED_FILES, Decoded, decode_chunk, plural
+from fassl.data.files.streaming import default_workers, positions
+from fassl.errors import printable
+from fassl.files import set_output_mode
+
+STORE_VERSION = 1  # bump when the records' layout or the decoded pixels change
+SHARD_AVERAGE = 4096  # files a shard holds on average (a cut at hash % this == 0)
+SHARD_MAX = 16384  # and at most
+CHUNK = 64  # files a decoding task takes
+SHARD_SUFFIX = ".npy"
+INFO_SUFFIX = ".json"
+
+
+def store_folder(cache_base: Path, root: Path, image_size: int) -> Path:
+    """Where the store of ``root`` at ``image_size`` lives inside the cache folder."""
+    tag = hashlib.sha256(f"{Path(root).absolute()}|{image_size}".encode()).hexdigest()[:16]
+    return Path(cache_base) / "store" / f"{Path(root).name[:40]}-{image_size}px-{tag}"
+
+
+def _path_hash(rel: str) -> int:
+    return int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=8).digest(), "little")
+
+
+def shard_bounds(files: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of the sorted ``files``: cut after a path whose hash is
+    0 modulo SHARD_AVERAGE, or after SHARD_MAX files."""
+    bounds, start = [], 0
+    for i, rel in enumerate(files):
+        if _path_hash(rel) % SHARD_AVERAGE == 0 or i + 1 - start >= SHARD_MAX:
+            bounds.append((start, i + 1))
+            start = i + 1
+    if start < len(files):
+        bounds.append((start, len(files)))
+    return bounds
+
+
+def _entry(root: Path, rel: str) -> list[Any]:
+    st = os.stat(root / rel)
+    return [rel, st.st_size, st.st_mtime_ns]
+
+
+def shard_name(entries: Sequence[Sequence[Any]], image_size: int) -> str:
+    """The name of the shard holding these files: what its records depend on."""
+    payload = json.dumps([STORE_VERSION, image_size, entries], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@dataclass
+class ShardInfo:
+    """What a shard's json records: its files, the ones that failed and what decoding did."""
+
+    files: list[str]
+    failed: dict[int, str] = field(default_factory=dict)  # row -> reason
+    conversions: dict[str, int] = field(default_factory=dict)
+    resized: int = 0
+    rotated: int = 0
+
+    @classmethod
+    def of(cls, files: list[str], decoded: list[Decoded]) -> ShardInfo:
+        ok = [d for d in decoded if d.pixels is not None]
+        return cls(
+            files,
+            {i: d.error for i, d in enumerate(decoded) if d.pixels is None},
+            dict(Counter(d.conversion for d in ok if d.conversion)),
+            sum(1 for d in ok if d.resized),
+            sum(1 for d in ok if d.rotated),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STORE_VERSION,
+            "files": self.files,
+            "failed": {str(k): v for k, v in self.failed.items()},
+            "conversions": self.conversions,
+            "resized": self.resized,
+            "rotated": self.rotated,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ShardInfo:
+        failed = {int(k): str(v) for k, v in raw["failed"].items()}
+        return cls(
+            list(raw["files"]), failed, dict(raw["conversions"]), raw["resized"], raw["rotated"]
+        )
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One builder at a time: the others wait here, then find its shards written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_info(path: Path) -> ShardInfo | None:
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("version") != STORE_VERSION:
+            return None
+        return ShardInfo.from_json(raw)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # absent or damaged: the shard is decoded again
+
+
+def _write_shard(
+    folder: Path,
+    name: str,
+    root: Path,
+    files: list[str],
+    image_size: int,
+    pool: Any,
+    bar: tqdm,
+) -> ShardInfo:
+    """Decode ``files`` into ``<name>.npy`` (records in file order, zeros where a file
+    failed) and ``<name>.json``; each is written to a temporary name and renamed, the
+    json last: it marks a complete shard."""
+    tmp = folder / f".{name}.{os.getpid()}.tmp.npy"
+    records = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
+    )
+    decoded: list[Decoded] = []
+    chunks = [[root / f for f in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
+    parts: Iterable[list[Decoded]]
+    if pool is None:
+        parts = (decode_chunk(c, image_size) for c in chunks)
+    else:
+        parts = pool.imap(_decode_task, [(c, image_size) for c in chunks])
+    try:
+        for part in parts:
+            for d in part:
+                if d.pixels is not None:
+                    records[len(decoded)] = d.pixels
+                decoded.append(d)
+            bar.update(len(part))
+        records.flush()
+        del records
+        set_output_mode(tmp)
+        os.replace(tmp, folder / f"{name}{SHARD_SUFFIX}")
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = ShardInfo.of(files, decoded)
+    info_tmp = folder / f".{name}.{os.getpid()}.tmp.json"
+    info_tmp.write_text(json.dumps(info.to_json()))
+    set_output_mode(info_tmp)
+    os.replace(info_tmp, folder / f"{name}{INFO_SUFFIX}")
+    return info
+
+
+def _decode_task(args: tuple[list[Path], int]) -> list[Decoded]:
+    paths, size = args
+    return decode_chunk(paths, size)
+
+
+@dataclass
+class Built:
+    """An opened store: its shards in file order and what building it found."""
+
+    folder: Path
+    names: list[str]
+    infos: list[ShardInfo]
+    decoded: int  # images decoded by this call (0: every shard was there)
+    removed: int  # stale shards removed
+
+    def report(self, root: Path, image_size: int) -> list[str]:
+        """Report lines as the in-memory path writes them (conversions, skipped files)."""
+        conversions: Counter[str] = Counter()
+        for info in self.infos:
+            conversions.update(info.conversions)
+        lines = [
+            f"converted {plural(n, f'{k} image')} to RGB" for k, n in sorted(conversions.items())
+        ]
+        rotated = sum(i.rotated for i in self.infos)
+        resized = sum(i.resized for i in self.infos)
+        if rotated:
+            lines.append(f"turned {plural(rotated, 'image')} upright (EXIF orientation)")
+        if resized:
+            lines.append(
+                f"resized {plural(resized, 'image')} to {image_size}x{image_size} "
+                "(shorter side, then centre crop)"
+            )
+        skipped = [(i.files[r], why) for i in self.infos for r, why in sorted(i.failed.items())]
+        if skipped:
+            named = "; ".join(f"{p} ({why})" for p, why in skipped[:MAX_NAMED_FILES])
+            more = len(skipped) - MAX_NAMED_FILES
+            tail = f"; and {more:,} more" if more > 0 else ""
+            lines.append(
+                printable(
+                    f"skipped {plural(len(skipped), 'unreadable image file')} in {root}: "
+                    f"{named}{tail}"
+                )
+            )
+        return lines
+
+    def ok_rows(self) -> tuple[np.ndarray, list[str]]:
+        """Rows of the decoded images in the shards' concatenation, and their files."""
+        rows, files, offset = [], [], 0
+        for info in self.infos:
+            good = [r for r in range(len(info.files)) if r not in info.failed]
+            rows.append(np.asarray(good, dtype=np.int64) + offset)
+            files.extend(info.files[r] for r in good)
+            offset += len(info.files)
+        return (np.concatenate(rows) if rows else np.zeros(0, np.int64)), files
+
+
+def build_store(
+    folder: Path,
+    root: Path,
+    files: Sequence[str],
+    image_size: int,
+    workers: int = 0,
+    progress: bool = True,
+) -> Built:
+    """Bring the store of ``files`` (sorted, relative to ``root``) up to date and open it:
+    decode the shards that are missing, remove those that no longer belong."""
+    files = list(files)
+    root = Path(root)
+    with _locked(folder):
+        names, todo = [], []
+        infos: list[ShardInfo | None] = []
+        for start, stop in shard_bounds(files):
+            entries = [_entry(root, rel) for rel in files[start:stop]]
+            name = shard_name(entries, image_size)
+            info = _read_info(folder / f"{name}{INFO_SUFFIX}")
+            if info is not None and not (folder / f"{name}{SHARD_SUFFIX}").is_file():
+                info = None
+            names.append(name)
+            infos.append(info)
+            if info is None:
+                todo.append(len(names) - 1)
+        bounds = shard_bounds(files)
+        missing = sum(bounds[i][1] - bounds[i][0] for i in todo)
+        if todo:
+            n_workers = default_workers(workers) if workers != 1 else 1
+            pool = multiprocessing.get_context().Pool(n_workers) if n_workers > 1 else None
+            bar = tqdm(
+                total=missing,
+                desc=f"storing {root.name}",
+                unit="img",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
+            try:
+                for i in todo:
+                    start, stop = bounds[i]
+                    infos[i] = _write_shard(
+                        folder, names[i], root, files[start:stop], image_size, pool, bar
+                    )
+            finally:
+                bar.close()
+                if pool is not None:
+                    pool.terminate()
+        keep = set(names)
+        removed = 0
+        for path in folder.glob(f"*{SHARD_SUFFIX}"):
+            if path.stem not in keep and not path.name.startswith("."):
+                path.unlink(missing_ok=True)
+                (folder / f"{path.stem}{INFO_SUFFIX}").unlink(missing_ok=True)
+                removed += 1
+        for path in folder.glob(".*.tmp.*"):  # of builders killed before their rename
+            path.unlink(missing_ok=True)
+    return Built(folder, names, [i for i in infos if i is not None], missing, removed)
+
+
+class StoreImages:
+    """The store's images as a uint8 (N, 3, S, S) tensor-like, read from memory-mapped
+    shards (the interface of ``streaming.StreamingImages``)::
+
+        images[idx]       the images as a uint8 tensor (an int gives (3, S, S))
+        images.take(idx)  a view of those images (nothing read)
+        images.batches(index_batches)   images[b] for each batch b
+        len(images), images.shape, images.dtype, images.ndim, images.device
+        images.load()     every image in memory, as a uint8 numpy array
+
+    Pickled without its open maps (a worker process opens its own).
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(
+        self, shards: Sequence[str | Path], counts: Sequence[int], image_size: int, rows: np.ndarray
+    ) -> None:
+        self.shards = [os.fspath(p) for p in shards]
+        self.counts = [int(c) for c in counts]
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.image_size = image_size
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self._maps: list[np.ndarray] | None = None
+
+    @classmethod
+    def open(cls, built: Built, image_size: int) -> StoreImages:
+        rows, _ = built.ok_rows()
+        shards = [built.folder / f"{n}{SHARD_SUFFIX}" for n in built.names]
+        return cls(shards, [len(i.files) for i in built.infos], image_size, rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), 3, self.image_size, self.image_size))
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * 3 * self.image_size * self.image_size
+
+    def __repr__(self) -> str:
+        return f"StoreImages({tuple(self.shape)}, {len(self.shards)} shards)"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__) | {"_maps": None}
+
+    def _open(self) -> list[np.ndarray]:
+        if self._maps is None:
+            self._maps = [np.load(p, mmap_mode="r") for p in self.shards]
+        return self._maps
+
+    def take(self, index: Any) -> StoreImages:
+        rows = self.rows[positions(index, len(self))]
+        view = StoreImages(self.shards, self.counts, self.image_size, rows)
+        view._maps = self._maps
+        return view
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The records of store rows ``rows`` (any order), as one uint8 array."""
+        maps = self._open()
+        out = np.empty((len(rows), 3, self.image_size, self.image_size), dtype=np.uint8)
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(shard):
+            at = np.flatnonzero(shard == s)
+            local = rows[at] - self.offsets[s]
+            order = np.argsort(local, kind="stable")  # ascending reads: the disk's order
+            out[at[order]] = maps[s][local[order]]
+        return out
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, int | np.integer):
+            return self[[int(index)]][0]
+        return torch.from_numpy(self.read_rows(self.rows[positions(index, len(self))]))
+
+    def batches(self, index_batches: Iterable[Any], prefetch: int = 2) -> Iterator[torch.Tensor]:
+        for index in index_batches:
+            yield self[index]
+
+    def load(self) -> np.ndarray:
+        """Every image as one in-memory array (a set small enough to hold)."""
+        return self.read_rows(self.rows)
+
+    def close(self) -> None:
+        self._maps = None
