@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from fassl.errors import ConfigError, DataError
 from fassl.eval.evaluate import evaluate
 from fassl.features import embed_images
 from fassl.methods import METHODS, Method, build_method
+from fassl.models import check_backbone
 from fassl.processes import run_lock
 from fassl.recipes import resolve_recipe
 from fassl.registry import CUSTOM
@@ -46,6 +48,12 @@ from fassl.runtime import Runtime, runtime_for
 from fassl.train.loop import Trainer
 
 TEST_FRACTION = 0.2  # of a labeled tensor set without a test split, held out per class
+
+# The global torch random streams are process state: two seeded calls in two threads
+# would draw from one stream and each train other weights than alone. Calls that seed
+# them (fit, fit_pipeline, probe) therefore run one at a time; re-entrant for a call
+# made from inside another.
+_RANDOM_STREAMS = threading.RLock()
 
 
 def make_config(recipe: str | Path | None = None, *overrides: str, **keys: Any) -> Config:
@@ -261,10 +269,11 @@ def _config_of(what: str, cfg: Config | None, overrides: tuple[str, ...], *base:
 
 @contextlib.contextmanager
 def _own_random_streams(device: torch.device) -> Iterator[None]:
-    """The global torch random streams (the CPU's, and the CUDA device's when used) as the
-    caller left them once the block ends: a call seeds its own run, not the script."""
+    """The global torch random streams (the CPU's, and the CUDA device's when used) held
+    by this call alone (another thread's call waits) and left as the caller had them once
+    the block ends: a call seeds its own run, not the script."""
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with _RANDOM_STREAMS, torch.random.fork_rng(devices=devices):
         yield
 
 
@@ -310,13 +319,16 @@ def fit(
     The same checks as ``fassl pretrain``: the folder is locked while training, and a
     folder trained with other settings is a RunConflict naming them (not resumed with
     the new ones). The run is seeded with ``seed``; the global torch random streams are
-    left as the caller had them."""
+    left as the caller had them. Calls in several threads train one after another (the
+    random streams are the process's), each the weights it trains alone."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: one of {list(METHODS)}")
     cfg = _config_of("fit", cfg, overrides, f"method={method}")
     data = _check_data(data, "fit")
     own = None if backbone is None else _own_backbone(backbone, feature_dim, cfg)
     check_batch_size(cfg, data, cfg.optim)
+    if own is None:  # a library model that cannot take the images says so before training
+        check_backbone(cfg.model.arch, cfg.model.kwargs, data.image_size)
     rt = runtime_for(cfg.train)
     run_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="fassl-"))
     with run_lock(run_dir), _own_random_streams(rt.device):
