@@ -266,7 +266,8 @@ def test_cache_files_are_complete(tmp_path: Path) -> None:
     save_image(root / "a" / "1.png", rgb(10))
     _, decode = _counting_decoder(root)
     cache.cached(tmp_path / "cache", "folder-labeled", root, 32, decode)
-    names = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "decoded").iterdir())
+    entries = [p.name for p in (tmp_path / "cache" / "decoded").iterdir()]
+    names = sorted(n.split(".", 1)[1] for n in entries if n != "CACHEDIR.TAG")  # cachedir tag
     assert names == ["images.npy", "json", "labels.npy"]  # no temp files left behind
 
 

@@ -6,11 +6,13 @@ size and mtime, so adding, removing or touching a file decodes the folder again.
 
 The cache lives in ``data.cache_dir``; left at its default it follows the XDG base
 directory rule: ``$XDG_CACHE_HOME/fassl`` when that variable holds an absolute path, else
-``~/.cache/fassl``.
+``~/.cache/fassl``. The folder of decoded sets carries a ``CACHEDIR.TAG``, so that
+backup tools, and fassl's own folder walk, skip it where it lies inside a data folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,13 +25,18 @@ import numpy as np
 
 from fassl.config import DataConfig
 from fassl.data.files.decode import ImageSet
-from fassl.data.files.walk import list_files
+from fassl.data.files.walk import CACHE_TAG, CACHE_TAG_SIGNATURE, list_files
 from fassl.files import set_output_mode
 
 # Bump when the decoded pixels or the stored layout change (resize method, conversions).
 # 2: EXIF orientation applied, 16-bit scaled by bit depth, transparency onto black.
 FORMAT_VERSION = 2
 DEFAULT_CACHE_DIR = DataConfig.cache_dir  # "~/.cache/fassl"
+# https://bford.info/cachedir/: the signature, then comments
+CACHE_TAG_TEXT = CACHE_TAG_SIGNATURE + (
+    b"\n# This file is a cache directory tag created by fassl (its decoded images).\n"
+    b"# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
 
 
 def cache_base(cache_dir: str | Path) -> Path:
@@ -42,8 +49,14 @@ def cache_base(cache_dir: str | Path) -> Path:
 
 
 def cache_root(cache_dir: str | Path) -> Path:
-    """The folder of decoded sets (and extracted archives) for ``data.cache_dir``."""
-    return cache_base(cache_dir) / "decoded"
+    """The folder of decoded sets (and extracted archives) for ``data.cache_dir``, made
+    with its CACHEDIR.TAG where it can be: archives are unpacked into it as soon as it is
+    named, and a folder walk that meets it (a cache inside the data folder) skips it."""
+    folder = cache_base(cache_dir) / "decoded"
+    with contextlib.suppress(OSError):  # a read-only cache is still read
+        folder.mkdir(parents=True, exist_ok=True)
+        tag_cache(folder)
+    return folder
 
 
 def fingerprint(kind: str, root: str | Path, image_size: int, extra: Sequence[str] = ()) -> str:
@@ -79,6 +92,14 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def tag_cache(folder: Path) -> None:
+    """``folder``'s CACHEDIR.TAG (https://bford.info/cachedir/), written once: backup
+    tools and ``walk.scan_folder`` skip the folder."""
+    tag = folder / CACHE_TAG
+    if not tag.is_file():
+        _write_atomic(tag, lambda f: f.write(CACHE_TAG_TEXT))
 
 
 def _paths(folder: Path, key: str) -> tuple[Path, Path, Path]:

@@ -250,9 +250,9 @@ def decode_files(
     Refused before decoding when the decoded images would not fit in memory (they are
     held twice while assembled): ``data.image_size`` names the knob."""
     if not files:
-        raise DataError(
-            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {printable(root)}"
-        )
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        skipped = "".join(f"; {line}" for line in report)  # links, caches, other files
+        raise DataError(f"no image files ({kinds}) in {printable(root)}{skipped}")
     check_fits_in_memory(len(files), size, printable(root))
     decoded = _decode_images([root / f for f in files], size)
     ok = [i for i, d in enumerate(decoded) if d.pixels is not None]

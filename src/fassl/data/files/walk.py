@@ -5,7 +5,10 @@ paths lead to it. A symbolic link is followed only when its target lies inside t
 folder and has not been read through another path; a link to a folder that contains the
 link (a loop), a link that leaves the data folder and a dangling link are skipped and
 counted in the run's notes. Hidden files and folders (names starting with ".") are not
-listed, but a link may lead into a hidden folder.
+listed, but a link may lead into a hidden folder. A folder below the data folder that
+holds a cache tag (``CACHEDIR.TAG``, https://bford.info/cachedir/: fassl's decode cache
+writes one, as do other tools' caches) is skipped and named in the notes: a
+``data.cache_dir`` inside the data folder must not add its extracted archives to the data.
 """
 
 from __future__ import annotations
@@ -19,9 +22,23 @@ from fassl.errors import printable
 
 MAX_NAMED = 5  # links named individually in a report line
 
+# The Cache Directory Tagging Specification: a file of this name whose content starts
+# with this signature marks its folder as a cache (backup and archive tools skip it).
+CACHE_TAG = "CACHEDIR.TAG"
+CACHE_TAG_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
 
 def is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def is_tagged_cache(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds a valid ``CACHEDIR.TAG`` (its first bytes the signature)."""
+    try:
+        with open(os.path.join(folder, CACHE_TAG), "rb") as f:
+            return f.read(len(CACHE_TAG_SIGNATURE)) == CACHE_TAG_SIGNATURE
+    except OSError:  # no tag (the usual case), or one that cannot be read
+        return False
 
 
 @dataclass
@@ -33,23 +50,26 @@ class FolderScan:
     outside: list[str] = field(default_factory=list)
     loops: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # links to what was already read
+    caches: list[str] = field(default_factory=list)  # folders holding a CACHEDIR.TAG
 
     def report(self, root: str | os.PathLike[str]) -> list[str]:
-        """One line per kind of skipped link, for the run's notes."""
+        """One line per kind of skipped link or folder, saying why, for the run's notes."""
+        outside = " leaving the data folder (only links whose targets lie inside it are followed)"
         kinds = (
-            (self.dangling, "dangling symbolic link"),
-            (self.outside, "symbolic link leaving the data folder"),
-            (self.loops, "symbolic link looping back to a parent folder"),
-            (self.duplicates, "symbolic link to files already read through another path"),
+            (self.dangling, "dangling symbolic link", ""),
+            (self.outside, "symbolic link", outside),
+            (self.loops, "symbolic link", " looping back to a parent folder"),
+            (self.duplicates, "symbolic link", " to files already read through another path"),
+            (self.caches, "cache folder", f" (holding a {CACHE_TAG})"),
         )
         lines = []
-        for names, what in kinds:
+        for names, what, why in kinds:
             if names:
                 shown = ", ".join(printable(n) for n in names[:MAX_NAMED])
                 more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
                 plural = "" if len(names) == 1 else "s"
                 lines.append(
-                    f"skipped {len(names)} {what}{plural} in {printable(root)}: {shown}{more}"
+                    f"skipped {len(names)} {what}{plural}{why} in {printable(root)}: {shown}{more}"
                 )
         return lines
 
@@ -81,7 +101,10 @@ def _walk_tree(state: _Walk, top: str, real_top: str, prefix: str) -> None:
                 if entry.is_symlink():
                     state.links.append((child_rel, entry.path))
                 elif entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, os.path.join(real, entry.name), child_rel + "/"))
+                    if is_tagged_cache(entry.path):
+                        state.scan.caches.append(child_rel)
+                    else:
+                        stack.append((entry.path, os.path.join(real, entry.name), child_rel + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     real_file = os.path.join(real, entry.name)
                     if real_file not in state.seen_files:
@@ -110,6 +133,8 @@ def _resolve(state: _Walk, rel: str, path: str) -> None:
             scan.loops.append(rel)
         elif target in state.seen_dirs:
             scan.duplicates.append(rel)
+        elif is_tagged_cache(target):
+            scan.caches.append(rel)
         else:
             _walk_tree(state, path, target, rel + "/")
     elif target in state.seen_files:
@@ -133,6 +158,7 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
         for rel, path in batch:
             _resolve(state, rel, path)
     state.scan.files.sort()
+    state.scan.caches.sort()
     return state.scan
 
 
