@@ -1,4 +1,4 @@
-"""Two-view augmentation throughput on the CPU: kornia.augmentation vs fassl's TwoViewAugment.
+"""Two-view augmentation throughput on the CPU: kornia.augmentation vs fassl's ViewAugment.
 
 Both pipelines do the same work (SDCLR's CIFAR recipe: RandomResizedCrop(scale 0.1..1),
 flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with p 0.2) on a uint8 batch,
@@ -72,7 +72,7 @@ def timed(
 
 def cases(cfg: AugmentConfig, size: int) -> dict[str, Callable[[torch.Tensor], object]]:
     """Full pipelines (uint8 batch -> two views) and single components (float batch of 2B)."""
-    ours = A.TwoViewAugment(cfg, size, MEAN, STD)
+    ours = A.ViewAugment(cfg, size, MEAN, STD)
     k_crop = nn.Sequential(
         K.RandomResizedCrop((size, size), scale=(cfg.crop_scale_min, 1.0), ratio=A.RATIO),
         K.RandomHorizontalFlip(p=cfg.flip_p),

@@ -1,4 +1,4 @@
-"""TwoViewAugment: shapes, exact special cases, the colour maps, determinism, autocast."""
+"""ViewAugment: shapes, exact special cases, the colour maps, determinism, autocast."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def unnormalize(view: torch.Tensor) -> torch.Tensor:
 
 
 def test_shapes_dtype_and_views_differ() -> None:
-    aug = A.TwoViewAugment(AugmentConfig(blur_p=0.5), 16, MEAN, STD)
+    aug = A.ViewAugment(AugmentConfig(blur_p=0.5), 16, MEAN, STD)
     x = batch()
     v1, v2 = aug(x)
     assert v1.shape == v2.shape == (8, 3, 16, 16)
@@ -37,13 +37,13 @@ def test_shapes_dtype_and_views_differ() -> None:
 
 
 def test_output_size_can_differ_from_the_input() -> None:
-    v1, _ = A.TwoViewAugment(AugmentConfig(), 24, MEAN, STD)(batch(size=8))
+    v1, _ = A.ViewAugment(AugmentConfig(), 24, MEAN, STD)(batch(size=8))
     assert v1.shape == (8, 3, 24, 24)
 
 
 def test_all_off_is_the_normalised_input() -> None:
     x = batch()
-    v1, v2 = A.TwoViewAugment(AugmentConfig(**OFF), 16, MEAN, STD)(x)
+    v1, v2 = A.ViewAugment(AugmentConfig(**OFF), 16, MEAN, STD)(x)
     expected = normalize_images(x, MEAN, STD)
     torch.testing.assert_close(v1, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(v2, expected, atol=1e-5, rtol=0)
@@ -51,13 +51,13 @@ def test_all_off_is_the_normalised_input() -> None:
 
 def test_flip_only_is_the_mirrored_image() -> None:
     x = batch()
-    v1, _ = A.TwoViewAugment(AugmentConfig(**{**OFF, "flip_p": 1.0}), 16, MEAN, STD)(x)
+    v1, _ = A.ViewAugment(AugmentConfig(**{**OFF, "flip_p": 1.0}), 16, MEAN, STD)(x)
     torch.testing.assert_close(v1, normalize_images(x.flip(-1), MEAN, STD), atol=1e-5, rtol=0)
 
 
 def test_grayscale_gives_equal_channels() -> None:
     x = batch()
-    v1, v2 = A.TwoViewAugment(AugmentConfig(**{**OFF, "grayscale_p": 1.0}), 16, MEAN, STD)(x)
+    v1, v2 = A.ViewAugment(AugmentConfig(**{**OFF, "grayscale_p": 1.0}), 16, MEAN, STD)(x)
     for view in (unnormalize(v1), unnormalize(v2)):
         torch.testing.assert_close(view[:, 0], view[:, 1], atol=1e-5, rtol=0)
         torch.testing.assert_close(view[:, 1], view[:, 2], atol=1e-5, rtol=0)
@@ -66,7 +66,7 @@ def test_grayscale_gives_equal_channels() -> None:
 
 
 def test_seeded_determinism() -> None:
-    aug = A.TwoViewAugment(AugmentConfig(blur_p=0.5), 16, MEAN, STD)
+    aug = A.ViewAugment(AugmentConfig(blur_p=0.5), 16, MEAN, STD)
     x = batch()
     torch.manual_seed(3)
     a = aug(x)
@@ -79,7 +79,7 @@ def test_seeded_determinism() -> None:
 
 
 def test_autocast_keeps_fp32() -> None:
-    aug = A.TwoViewAugment(AugmentConfig(), 16, MEAN, STD)
+    aug = A.ViewAugment(AugmentConfig(), 16, MEAN, STD)
     x = batch()
     torch.manual_seed(0)
     plain = aug(x)
@@ -92,7 +92,7 @@ def test_autocast_keeps_fp32() -> None:
 
 def test_rejects_float_input() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        A.TwoViewAugment(AugmentConfig(), 16, MEAN, STD)(torch.rand(2, 3, 16, 16))
+        A.ViewAugment(AugmentConfig(), 16, MEAN, STD)(torch.rand(2, 3, 16, 16))
 
 
 def test_crop_boxes_follow_scale_and_ratio() -> None:

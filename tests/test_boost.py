@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fassl.augment import boost as B
-from fassl.augment.views import TwoViewAugment
+from fassl.augment.views import ViewAugment
 from fassl.config import AugmentConfig
 
 
@@ -103,7 +103,7 @@ def test_translate_moves_by_its_share_of_the_side() -> None:
 
 def test_two_view_augment_boosts_only_with_a_strength() -> None:
     cfg = AugmentConfig()
-    aug = TwoViewAugment(cfg, 8, (0.5,) * 3, (0.25,) * 3, B.BoostSpec("randaugment"))
+    aug = ViewAugment(cfg, 8, (0.5,) * 3, (0.25,) * 3, B.BoostSpec("randaugment"))
     images = (_images(n=4) * 255).to(torch.uint8)
     torch.manual_seed(0)
     plain = aug(images)

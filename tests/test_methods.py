@@ -17,14 +17,14 @@ METHODS = ["simclr", "sdclr", "byol", "swav", "fassl_prototypes"]
 
 def views(n=8, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g), torch.randn(n, 3, size, size, generator=g)
+    return [torch.randn(n, 3, size, size, generator=g), torch.randn(n, 3, size, size, generator=g)]
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_loss_finite_and_gradients_reach_backbone(tmp_path, name):
     torch.manual_seed(0)
     method = build_method(tiny_config(tmp_path), name)
-    loss, logs = method(*views())
+    loss, logs = method(views())
     assert loss.ndim == 0 and torch.isfinite(loss) and "loss" in logs
     loss.backward()
     grads = [p.grad for p in method.backbone.parameters() if p.requires_grad]
@@ -87,7 +87,7 @@ def test_stage2_without_prototypes_is_refused(tmp_path):
 def test_phi_one_is_byol_from_teacher(tmp_path):
     m, _ = stage2(tmp_path, "rebalance.weight=none")
     v1, v2 = views()
-    loss, _ = m(v1, v2)
+    loss, _ = m([v1, v2])
     n = v1.shape[0]
     s = m.encoder(torch.cat([v1, v2]))[1]
     p = m.predictor(s)
@@ -111,7 +111,7 @@ def test_stage2_ema_follows_student(tmp_path):
 @pytest.mark.parametrize("weight", ["paper", "paper_normalized", "softmax_density"])
 def test_stage2_weights_average_one(tmp_path, weight):
     m, _ = stage2(tmp_path, f"rebalance.weight={weight}")
-    loss, logs = m(*views())
+    loss, logs = m(views())
     assert torch.isfinite(loss) and logs["weight_max"] >= 1.0
 
 
@@ -119,7 +119,7 @@ def test_stage2_weights_average_one(tmp_path, weight):
 def test_stage2_strength_bounds_the_spread_of_weights(tmp_path, strength):
     # clip at +- 2 std of log phi standardised to std s: max / min <= exp(4 s)
     m, _ = stage2(tmp_path, "rebalance.weight=paper", f"rebalance.strength={strength}")
-    _, logs = m(*views())
+    _, logs = m(views())
     ratio = (logs["weight_max"] / logs["weight_min"]).item()
     assert 1.0 < ratio <= math.exp(4 * strength) + 1e-4
 
@@ -143,12 +143,12 @@ def test_swav_queue_fills_and_rolls(tmp_path):
 def test_swav_prototypes_frozen_at_first(tmp_path):
     cfg = tiny_config(tmp_path, "swav.freeze_prototypes_steps=2")
     m = build_method(cfg, "swav")
-    loss, _ = m(*views())
+    loss, _ = m(views())
     loss.backward()
     assert m.prototypes.weight.grad is not None
     m.on_after_backward(step=1)
     assert m.prototypes.weight.grad is None
-    loss, _ = m(*views())
+    loss, _ = m(views())
     loss.backward()
     m.on_after_backward(step=2)
     assert m.prototypes.weight.grad is not None

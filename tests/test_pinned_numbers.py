@@ -74,7 +74,7 @@ def first_loss(tmp_path: Path, name: str) -> float:
     torch.manual_seed(SEED + 1)
     views = trainer.views(index)
     extras = trainer.forward_extras(index)
-    loss, _ = method(*views, *extras)
+    loss, _ = method(views, *extras)
     return float(loss.detach())
 
 

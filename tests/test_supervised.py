@@ -41,12 +41,12 @@ def test_loss_is_the_mean_of_both_views_cross_entropies(tmp_path):
     v1, v2 = (torch.randn(6, 3, 16, 16, generator=g) for _ in range(2))
     y = labels[[0, 1, 30, 31, 40, 41]]  # classes 0, 0, 1, 1, 2, 2
     method.eval()  # BatchNorm with running statistics: one batch of 12 == two of 6
-    loss, logs = method(v1, v2, y)
+    loss, logs = method([v1, v2], y)
     per_view = [F.cross_entropy(method.classifier(method.encoder.backbone(v)), y) for v in (v1, v2)]
     assert torch.allclose(loss, (per_view[0] + per_view[1]) / 2, atol=1e-6)
     assert 0.0 <= float(logs["train_acc"]) <= 1.0
     with pytest.raises(ValueError, match="labels"):
-        method(v1, v2)
+        method([v1, v2])
 
 
 def test_trainer_hands_over_labels_and_the_loss_decreases(tmp_path):

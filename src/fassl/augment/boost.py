@@ -338,6 +338,15 @@ def boost_two_views(both: torch.Tensor, strength: torch.Tensor, spec: BoostSpec)
     strengths (N,): operations and their application drawn per view, the magnitude once
     an image and shared by its two views (BCL's ``__getitem__`` builds one augmentation
     per image and calls it twice)."""
+    return boost_copies(both, strength, spec, 2)
+
+
+def boost_copies(
+    views: torch.Tensor, strength: torch.Tensor, spec: BoostSpec, copies: int
+) -> torch.Tensor:
+    """``copies`` views of a batch boosted, (copies * N, 3, H, W) = [view 1; view 2; ...]
+    of N images with strengths (N,): as ``boost_two_views``, the magnitude shared by all
+    views of an image."""
     magnitude = boost_magnitude(strength, spec)
-    twice = None if magnitude is None else torch.cat([magnitude, magnitude])
-    return boost_views(both, torch.cat([strength, strength]), spec, twice)
+    repeated = None if magnitude is None else torch.cat([magnitude] * copies)
+    return boost_views(views, torch.cat([strength] * copies), spec, repeated)

@@ -113,7 +113,7 @@ def per_image_baseline(trainer: Trainer, steps: int) -> tuple[str, float] | None
         v1 = v1.to(trainer.device, non_blocking=True).contiguous(memory_format=fmt)
         v2 = v2.to(trainer.device, non_blocking=True).contiguous(memory_format=fmt)
         with trainer.autocast():
-            loss, _ = trainer.forward(v1, v2)
+            loss, _ = trainer.forward([v1, v2])
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.optimizer.step()

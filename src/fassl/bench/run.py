@@ -108,14 +108,14 @@ def step_rate(trainer: Trainer, steps: int) -> tuple[float, float]:
 
 
 def flop_per_image(trainer: Trainer) -> float:
-    """FLOP of forward + backward of one training step, per image (two views each)."""
+    """FLOP of forward + backward of one training step, per image (all its views)."""
     batch = trainer.optim_cfg.batch_size
     index = torch.arange(batch)
-    v1, v2 = trainer.views(index)
+    views = trainer.views(index)
     extra = trainer.forward_extras(index)
     with flop_counter() as counter:
         with trainer.autocast():
-            loss, _ = trainer.method(v1, v2, *extra)
+            loss, _ = trainer.method(views, *extra)
         loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch

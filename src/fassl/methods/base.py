@@ -1,12 +1,13 @@
-"""What every method is: modules it owns, and how a batch of two views becomes a loss.
+"""What every method is: modules it owns, the views it takes, and how they become a loss.
 
-The training loop (``fassl.train.loop``) knows nothing else about a method: it calls
-``forward(view1, view2)`` for the loss and the hooks around the optimizer step.
+The training loop (``fassl.train.loop``) knows nothing else about a method: it makes the
+views the method declares (``Method.view_spec``), calls ``forward(views, *extras)`` for
+the loss and the hooks around the optimizer step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from fassl.augment.boost import BoostSpec
+from fassl.augment.views import TWO_VIEWS, ViewSpec
 from fassl.config import Config
 from fassl.data import LongTailData
 from fassl.errors import ConfigError
@@ -36,7 +38,12 @@ class EpochContext:
 
 
 class Method(nn.Module):
-    """Base class: a self-supervised objective over two augmented views."""
+    """Base class: a self-supervised objective over augmented views of each image.
+
+    ``forward`` receives the views ``view_spec`` declares, as a list in its order (global
+    crops, then local crops), then the extras (labels, image indices). Views of different
+    sizes cannot share a batch: run one forward per size (``multi_view_forward``).
+    """
 
     name = "method"
     # The config sections holding this method's own settings: a rerun with any of their
@@ -52,6 +59,10 @@ class Method(nn.Module):
     # Extra per-image augmentation on top of the common one (BCL): the operation set and
     # how many are drawn a view; ``view_strength`` gives each image's strength.
     boost: BoostSpec | None = None
+    # The views ``forward`` takes (``fassl.augment.views.ViewSpec``): by default two
+    # identical global views of ``augment``; multi-crop and asymmetric methods declare
+    # theirs (an instance may set its own from its config, as BCL sets ``boost``).
+    view_spec: ViewSpec = TWO_VIEWS
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -69,9 +80,9 @@ class Method(nn.Module):
         return self.encoder.backbone
 
     def forward(  # type: ignore[override]
-        self, view1: torch.Tensor, view2: torch.Tensor
+        self, views: list[torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the loss and detached scalars to log."""
+        """The loss of the views ``view_spec`` declares, and detached scalars to log."""
         raise NotImplementedError
 
     def attach_data(self, data: LongTailData) -> None:
@@ -122,16 +133,47 @@ class Method(nn.Module):
         return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
 
 
+def multi_view_forward(
+    encoder: nn.Module, views: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run the views through ``encoder``, one batch per run of same-size views (a batch
+    needs one size: DINO's multi-crop wrapper does the same), and split the outputs.
+
+    Returns (features, projections), one tensor per view in the order given.
+    """
+    feats: list[torch.Tensor] = []
+    proj: list[torch.Tensor] = []
+    start = 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
+            end += 1
+        f, p = encoder(torch.cat(list(views[start:end])))
+        sizes = [v.shape[0] for v in views[start:end]]
+        feats += f.split(sizes)
+        proj += p.split(sizes)
+        start = end
+    return feats, proj
+
+
 def two_view_forward(
-    encoder: nn.Module, view1: torch.Tensor, view2: torch.Tensor
+    encoder: nn.Module, views: Sequence[torch.Tensor]
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Run both views as one batch (one pass is faster than two) and split the outputs.
 
     Returns ((features1, features2), (projections1, projections2)).
     """
+    view1, view2 = pair(views)
     n = view1.shape[0]
     feats, proj = encoder(torch.cat([view1, view2]))
     return (feats[:n], feats[n:]), (proj[:n], proj[n:])
+
+
+def pair(views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views of a two-view method; a clear error for any other number."""
+    if len(views) != 2:
+        raise ValueError(f"expected 2 views (the default view_spec), got {len(views)}")
+    return views[0], views[1]
 
 
 class ScheduledContrast(Method):

@@ -170,9 +170,9 @@ class BCLSimCLR(BoostedMemorization, SimCLR):
     reference_num_ops: ClassVar[int] = 1  # BCL's README: --rand_k 1
 
     def forward(  # type: ignore[override]
-        self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor
+        self, views: list[torch.Tensor], index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
+        _, (z1, z2) = two_view_forward(self.encoder, views)
         return self.boosted_loss(z1, z2, index, self.temperature)
 
 
@@ -184,7 +184,7 @@ class BCLSDCLR(BoostedMemorization, SDCLR):
     reference_num_ops: ClassVar[int] = 2  # BCL's README: --rand_k 2
 
     def forward(  # type: ignore[override]
-        self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor
+        self, views: list[torch.Tensor], index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z1, z2 = self.dense_and_pruned(view1, view2)
+        z1, z2 = self.dense_and_pruned(views)
         return self.boosted_loss(z1, z2, index, self.temperature)

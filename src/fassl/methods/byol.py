@@ -28,8 +28,8 @@ class BYOL(MomentumTeacher):
         ema = EmaSchedule(b.ema, b.ema_end, b.ema_schedule)
         return cls(encoder, frozen_copy(encoder), predictor, ema)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
-        (p1, p2), (_, (t1, t2)) = self.predict(view1, view2)
+    def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
+        (p1, p2), (_, (t1, t2)) = self.predict(views)
         loss = byol_loss(p1, p2, t1, t2)
         return loss, {"loss": loss.detach()}
 

@@ -65,8 +65,8 @@ class PrototypeLearning(ScheduledContrast):
         schedule = TemperatureSchedule.from_config(p.temperature, cfg.temperature)
         return cls(encoder, prototypes, p.temperature, p.normalize, p.feature, schedule)
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
-        feats, proj = two_view_forward(self.encoder, view1, view2)
+    def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
+        feats, proj = two_view_forward(self.encoder, views)
         z1 = select_feature((feats[0], proj[0]), self.feature)
         z2 = select_feature((feats[1], proj[1]), self.feature)
         loss = prototype_contrastive_loss(z1, z2, self.prototypes, self.temperature, self.normalize)
@@ -184,8 +184,8 @@ class RebalancedBYOL(MomentumTeacher):
         }
         return weights, logs
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
-        (p1, p2), ((f1, f2), (t1, t2)) = self.predict(view1, view2)
+    def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
+        (p1, p2), ((f1, f2), (t1, t2)) = self.predict(views)
         logs: dict[str, torch.Tensor] = {}
         weights = None
         if self.weighted:

@@ -185,16 +185,16 @@ class MomentumTeacher(Method):
         self.ema = ema
         self.ema_pairs = EmaPairs(teacher, student)  # the structure checked here, once
 
-    def predict(self, view1: torch.Tensor, view2: torch.Tensor):
+    def predict(self, views: list[torch.Tensor]):
         """Student predictions of both views and the teacher's outputs (no gradient).
 
         Returns ((p1, p2), ((f1, f2), (t1, t2))): predictions, then the teacher's
         backbone features and projections of each view.
         """
-        _, (s1, s2) = two_view_forward(self.encoder, view1, view2)
+        _, (s1, s2) = two_view_forward(self.encoder, views)
         p1, p2 = self.predictor(torch.cat([s1, s2])).chunk(2)
         with torch.no_grad():
-            teacher_out = two_view_forward(self.teacher, view1, view2)
+            teacher_out = two_view_forward(self.teacher, views)
         return (p1, p2), teacher_out
 
     def on_step_end(self, step: int, total_steps: int) -> None:

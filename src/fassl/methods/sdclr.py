@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from fassl.config import Config
 from fassl.losses import nt_xent
-from fassl.methods.base import EpochContext, ScheduledContrast, State
+from fassl.methods.base import EpochContext, ScheduledContrast, State, pair
 from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder
 from fassl.models.pruning import (
@@ -73,16 +73,15 @@ class SDCLR(ScheduledContrast):
         with pruned_norms(self.encoder):
             return functional_call(self.encoder, masked, (x,))
 
-    def dense_and_pruned(
-        self, view1: torch.Tensor, view2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_and_pruned(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projections of view 1 through the dense network and view 2 through the pruned."""
+        view1, view2 = pair(views)
         _, z1 = self.encoder(view1)
         _, z2 = self.pruned_forward(view2)
         return z1, z2
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
-        z1, z2 = self.dense_and_pruned(view1, view2)
+    def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
+        z1, z2 = self.dense_and_pruned(views)
         loss = nt_xent(z1, z2, self.temperature)
         return loss, {"loss": loss.detach()}
 

@@ -25,7 +25,7 @@ class SimCLR(ScheduledContrast):
         t = cfg.simclr.temperature
         return cls(encoder, t, TemperatureSchedule.from_config(t, cfg.temperature))
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
-        _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
+    def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
+        _, (z1, z2) = two_view_forward(self.encoder, views)
         loss = nt_xent(z1, z2, self.temperature)
         return loss, {"loss": loss.detach()}

@@ -8,7 +8,7 @@ so it is a reference, never a candidate.
 The training loop hands labels only to a method whose class sets ``needs_labels``
 (``fassl.methods.base.training_labels``); ``attach_data`` sizes the classifier for the
 dataset's classes before the optimizer is built, and ``forward`` gets the batch's labels
-as a third argument.
+after the views.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from fassl.config import Config
 from fassl.data import LongTailData
-from fassl.methods.base import Method, State
+from fassl.methods.base import Method, State, pair
 from fassl.models import Encoder
 
 
@@ -74,7 +74,7 @@ class Supervised(Method):
         return F.cross_entropy(logits, targets)
 
     def forward(  # type: ignore[override]
-        self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor | None = None
+        self, views: list[torch.Tensor], labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if labels is None or self.classifier is None:
             raise ValueError(
@@ -82,6 +82,7 @@ class Supervised(Method):
                 "attach_data (the training loop does both)"
             )
         targets = torch.cat([labels, labels])
+        view1, view2 = pair(views)
         logits = self.classifier(self.encoder.backbone(torch.cat([view1, view2]))).float()
         loss = self.classification_loss(logits, targets)
         accuracy = (logits.detach().argmax(1) == targets).float().mean()

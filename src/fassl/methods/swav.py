@@ -70,9 +70,9 @@ class SwAV(Method):
             scores = torch.cat([scores.detach().float(), queued])
             return sinkhorn(scores, self.epsilon, self.sinkhorn_iters, valid)[:n]
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor):  # type: ignore[override]
+    def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
         normalize_(self.prototypes.weight)
-        _, (z1, z2) = two_view_forward(self.encoder, view1, view2)
+        _, (z1, z2) = two_view_forward(self.encoder, views)
         z1, z2 = (
             nn.functional.normalize(z1.float(), dim=1),
             nn.functional.normalize(z2.float(), dim=1),

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fassl import distributed as dist
-from fassl.augment.views import TwoViewAugment
+from fassl.augment.views import ViewAugment
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data import LongTailData
 from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
@@ -196,8 +196,9 @@ class Trainer:
         self.optimizer = build_optimizer(method, optim_cfg)
         self.images = training_images(data.pretrain.images, self.device)
         self.images_on_device = isinstance(self.images, torch.Tensor)  # else lazy, on the host
-        self.augment = TwoViewAugment(
-            cfg.augment, data.image_size, data.mean, data.std, method.boost
+        # the views the method declares (two global views of cfg.augment by default)
+        self.augment = ViewAugment(
+            cfg.augment, data.image_size, data.mean, data.std, method.boost, method.view_spec
         ).to(self.device)
         self.steps_per_epoch = len(data.pretrain) // optim_cfg.batch_size
         self.total_steps = self.steps_per_epoch * optim_cfg.epochs
@@ -340,14 +341,13 @@ class Trainer:
             return self.images[index.to(self.device, non_blocking=True)]
         return torch.as_tensor(self.images[index.cpu()]).to(self.device, non_blocking=True)
 
-    def views(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """The views of the images ``index`` that the method declares (``view_spec``),
+        in its order, in the method's memory layout."""
         batch = self.rows(index)
         with torch.no_grad():
-            v1, v2 = self.augment(batch, self.method.view_strength(index))
-        return (
-            v1.contiguous(memory_format=self.memory_format),
-            v2.contiguous(memory_format=self.memory_format),
-        )
+            views = self.augment(batch, self.method.view_strength(index))
+        return [v.contiguous(memory_format=self.memory_format) for v in views]
 
     def embed(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Features of all training images (no augmentation) through ``fn``, in eval mode,
@@ -380,7 +380,7 @@ class Trainer:
         return self.rt.autocast()
 
     def forward_extras(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """What a method reads besides the two views: the batch's labels (``needs_labels``),
+        """What a method reads besides the views: the batch's labels (``needs_labels``),
         then its image indices (``needs_index``)."""
         extras: tuple[torch.Tensor, ...] = ()
         if self.labels is not None:
@@ -400,15 +400,15 @@ class Trainer:
         self.lr = lr_at(step, self.total_steps, self.warmup_steps, o.lr, o.min_lr_ratio)
         set_lr(self.optimizer, self.lr)
         self.method.on_step_start(step, self.total_steps)
-        v1, v2 = self.views(index)
+        views = self.views(index)
         extra = self.forward_extras(index)
         with self.autocast():
-            loss, logs = self.forward(v1, v2, *extra)
+            loss, logs = self.forward(views, *extra)
         self.optimizer.zero_grad(set_to_none=True)
         if not self.forward.backward(loss):  # the compiled backward failed: redo eagerly
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                loss, logs = self.forward(v1, v2, *extra)
+                loss, logs = self.forward(views, *extra)
             loss.backward()
         self.method.on_after_backward(step)
         self.optimizer.step()
