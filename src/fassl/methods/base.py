@@ -50,7 +50,8 @@ class Method(nn.Module):
     # keys changed is a conflict (fassl.runs.settings), a sweep over them retrains it.
     sections: ClassVar[tuple[str, ...]] = ()
     # The supervised references read the batch's labels, BCL the batch's image indices
-    # (further ``forward`` arguments, labels first); the others see the two views only.
+    # (further ``forward`` arguments after the views, labels first); the others see the
+    # views only.
     needs_labels: ClassVar[bool] = False
     needs_index: ClassVar[bool] = False
     # The projection head of the method's reference code (``model.head=auto``): a BatchNorm
