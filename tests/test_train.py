@@ -81,8 +81,8 @@ def test_nan_loss_keeps_last_checkpoint(tmp_path, monkeypatch):
     original = type(t.method).forward
     calls = {"n": 0}
 
-    def sometimes_nan(self, v1, v2):
-        loss, logs = original(self, v1, v2)
+    def sometimes_nan(self, views):
+        loss, logs = original(self, views)
         calls["n"] += 1
         if calls["n"] > t.steps_per_epoch:  # the second epoch goes wrong
             loss = loss * float("nan")
@@ -158,8 +158,8 @@ def test_nan_is_caught_within_log_every_steps(tmp_path, monkeypatch):
     original = type(t.method).forward
     calls = {"n": 0}
 
-    def nan_at_step_7(self, v1, v2):  # global step 6: epoch 2, step 2
-        loss, logs = original(self, v1, v2)
+    def nan_at_step_7(self, views):  # global step 6: epoch 2, step 2
+        loss, logs = original(self, views)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 7 else loss), logs
 
@@ -178,11 +178,11 @@ def test_interrupt_says_whether_the_rerun_resumes_or_starts_over(tmp_path, monke
         """Ctrl-C in the n-th forward of a fresh trainer (5 steps an epoch)."""
         t, calls = make_trainer(cfg), []
 
-        def forward(self, v1, v2):
+        def forward(self, views):
             calls.append(1)
             if len(calls) == n:
                 raise KeyboardInterrupt
-            return original(self, v1, v2)
+            return original(self, views)
 
         monkeypatch.setattr(method_class, "forward", forward)
         t.fit()
