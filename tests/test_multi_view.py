@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fassl.augment import boost as B
 from fassl.augment import views as A
 from fassl.config import AugmentConfig, Config
 from fassl.features import normalize_images
@@ -118,6 +119,18 @@ def test_per_view_settings_equal_to_the_config_draw_as_the_default() -> None:
     torch.manual_seed(0)
     spelled = A.ViewAugment(cfg, 16, MEAN, STD, spec=same)(batch())
     assert all(torch.equal(a, b) for a, b in zip(default, spelled, strict=True))
+
+
+def test_the_boost_applies_to_the_global_views_only() -> None:
+    spec = A.ViewSpec(local_crops=2, local_size=LOCAL)
+    aug = A.ViewAugment(AugmentConfig(), 16, MEAN, STD, B.BoostSpec("randaugment"), spec)
+    x = batch()
+    torch.manual_seed(0)
+    still = aug(x, torch.zeros(8))  # strength 0: the same draws, nothing applied
+    torch.manual_seed(0)
+    boosted = aug(x, torch.ones(8))
+    assert not torch.equal(still[0], boosted[0]) and not torch.equal(still[1], boosted[1])
+    assert torch.equal(still[2], boosted[2]) and torch.equal(still[3], boosted[3])
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from fassl.augment.views import RATIO
+from fassl.augment.views import RATIO, TWO_VIEWS
 from fassl.bench.settings import CIFAR10_LT_IMAGES
 from fassl.data import LongTailData, Split
 from fassl.train.loop import Trainer
@@ -85,7 +85,11 @@ def per_image_augment(trainer: Trainer) -> tuple[str, Callable[[torch.Tensor], t
 def per_image_baseline(trainer: Trainer, steps: int) -> tuple[str, float] | None:
     """Images/s when a per-image pipeline (``per_image_augment``) makes the two views
     image by image in DataLoader workers and the same model trains on them, with the
-    library used; None when neither torchvision nor kornia can be imported."""
+    library used; None when neither torchvision nor kornia can be imported, or when the
+    method takes other views than the default pair (the baseline makes only those)."""
+    if trainer.method.view_spec != TWO_VIEWS:
+        print(f"per-image baseline skipped: {trainer.method.name} takes other views than two")
+        return None
     try:
         library, aug = per_image_augment(trainer)
     except ImportError:
