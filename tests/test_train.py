@@ -262,26 +262,6 @@ def test_lazy_images_train_like_a_tensor(tmp_path):
         assert torch.equal(v, lazy.method.state_dict()[k]), k
 
 
-def test_compile_failure_warns_once_and_trains_eagerly(tmp_path, monkeypatch):
-    eager = make_trainer(tiny_config(tmp_path / "eager"))
-    eager.fit()
-
-    def broken_compile(model):
-        def call(*args):
-            raise RuntimeError("backend exploded")
-
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    t = make_trainer(tiny_config(tmp_path / "compiled", "train.compile=compile"))
-    assert t.forward.active
-    with pytest.warns(RuntimeWarning, match="backend exploded") as record:
-        t.fit()
-    assert len(record) == 1 and not t.forward.active
-    for k, v in eager.method.state_dict().items():
-        assert torch.equal(v, t.method.state_dict()[k]), k
-
-
 def test_byol_checkpoint_of_the_previous_layout_resumes(tmp_path, monkeypatch):
     # BYOL's EMA network was saved as ``target.*`` before BYOL and stage 2 shared one
     # momentum-teacher class (``teacher.*``); such a checkpoint must still resume exactly.
