@@ -65,3 +65,13 @@ def test_no_finished_run_names_the_unfinished_ones(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "no finished runs" in err
     assert "byol/seed3 (missing encoder.safetensors, results.json)" in err
+
+
+def test_a_run_of_no_registered_arm_is_a_row_of_its_own(tmp_path, capsys) -> None:
+    """A script may train runs beside the arms (the paper-width script's bcl_d_continued)
+    in a comparison's folder: the tables show it as it is."""
+    finished(tmp_path, "sdclr", 0)
+    finished(tmp_path, "bcl_d_continued", 0)
+    assert main(["tables", str(tmp_path)]) == 0
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| bcl_d_continued | 1 |" in text and "| sdclr | 1 |" in text

@@ -17,9 +17,10 @@ from fassl import report
 from fassl.config import Config, load_config, to_yaml
 from fassl.data import build_data
 from fassl.distributed import on_all, on_main
-from fassl.errors import ConfigError
+from fassl.errors import ConfigError, DamagedFile
 from fassl.files import write_text
 from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
+from fassl.registry import ARMS
 from fassl.runs.arms import (
     arm_order,
     arm_record,
@@ -87,6 +88,8 @@ def teacher_runs(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
         name, teacher = r["method"], r["results"].get("teacher")
+        if name not in ARMS:  # a run a script added beside the arms (bcl_d_continued)
+            continue
         own = is_pipeline(name) and name == stage1_lead(name) and not arm_record(name).start_arm
         if teacher and own:
             rows.append({"method": f"{name}_teacher", "seed": r["seed"], "results": teacher})
