@@ -249,6 +249,10 @@ class LazyImages:
         assert isinstance(index, torch.Tensor) and index.device.type == "cpu"
         return self._images[index].clone()
 
+    def batches(self, index_batches):
+        for index in index_batches:
+            yield self[index]
+
 
 def test_lazy_images_train_like_a_tensor(tmp_path):
     eager = make_trainer(tiny_config(tmp_path / "a"))

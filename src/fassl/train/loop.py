@@ -341,10 +341,11 @@ class Trainer:
             return self.images[index.to(self.device, non_blocking=True)]
         return torch.as_tensor(self.images[index.cpu()]).to(self.device, non_blocking=True)
 
-    def views(self, index: torch.Tensor) -> list[torch.Tensor]:
-        """The views of the images ``index`` that the method declares (``view_spec``),
-        in its order, in the method's memory layout."""
-        batch = self.rows(index)
+    def views(self, index: torch.Tensor, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The views of the images ``index`` (``rows``: those images, when a loader has
+        read them already) that the method declares (``view_spec``), in its order, in
+        the method's memory layout."""
+        batch = self.rows(index) if rows is None else rows.to(self.device, non_blocking=True)
         with torch.no_grad():
             views = self.augment(batch, self.method.view_strength(index))
         return [v.contiguous(memory_format=self.memory_format) for v in views]
@@ -391,16 +392,16 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
     def train_step(
-        self, index: torch.Tensor, step: int
+        self, index: torch.Tensor, step: int, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step on the images ``index`` at global step ``step``. Returns the
-        detached loss and the method's logged scalars, still on the device: nothing here
-        waits for the device."""
+        """One optimizer step on the images ``index`` at global step ``step`` (``rows``:
+        their pixels, read ahead by a loader). Returns the detached loss and the method's
+        logged scalars, still on the device: nothing here waits for the device."""
         o = self.optim_cfg
         self.lr = lr_at(step, self.total_steps, self.warmup_steps, o.lr, o.min_lr_ratio)
         set_lr(self.optimizer, self.lr)
         self.method.on_step_start(step, self.total_steps)
-        views = self.views(index)
+        views = self.views(index, rows)
         extra = self.forward_extras(index)
         with self.autocast():
             loss, logs = self.forward(views, *extra)
@@ -458,10 +459,12 @@ class Trainer:
         loss_sum = torch.full((), done_loss, device=self.device)
         window: list[tuple[int, torch.Tensor]] = []  # losses not yet checked
         values: list[float] = []
+        # a lazy set reads (and decodes) the next batches while this one trains
+        ahead = None if self.images_on_device else self.images.batches(index[first:])
         for i in range(first, len(index)):
             idx = index[i]
             step = epoch * self.steps_per_epoch + i
-            loss, logs = self.train_step(idx, step)
+            loss, logs = self.train_step(idx, step, None if ahead is None else next(ahead))
             loss_sum += loss
             window.append((i, loss))
             seen += idx.numel() * dist.world_size()

@@ -1,11 +1,15 @@
 """The image store: a folder's images decoded once into shards on disk, read memory-mapped.
 
-A folder of any size trains without holding its images in memory: each shard is a
-``.npy`` file of fixed-size uint8 (n, 3, S, S) records, opened with ``numpy.load(...,
-mmap_mode="r")``, so every process on a machine (the ranks of a torchrun, the loader of
-a tool) reads the same pages of the operating system's cache, and a batch costs a copy of
-its own rows. Random access by image index keeps the project's own seeded, rank-sliced
-order and its per-image state (FASSL's weights, BCL's momentum).
+A folder of any size trains without holding its images in memory. Up to
+``FIXED_MAX_SIZE`` px a shard is a ``.npy`` file of fixed-size uint8 (n, 3, S, S)
+records, opened with ``numpy.load(..., mmap_mode="r")``, so every process on a machine
+(the ranks of a torchrun, the loader of a tool) reads the same pages of the operating
+system's cache, and a batch costs a copy of its own rows. Above it (224 px: 147 KiB an
+image decoded) a shard holds each image resized and centre-cropped as a JPEG of quality
+``JPEG_QUALITY`` (about a fifth of the bytes; lossy, as FFCV's default ``jpg`` mode,
+quality 90), memory-mapped the same way and decoded by loader worker processes while the
+step runs (``StoreImages.batches``). Random access by image index keeps the project's own
+seeded, rank-sliced order and its per-image state (FASSL's weights, BCL's momentum).
 
 Shards are cut where the sorted file list has a path whose hash is 0 modulo
 ``SHARD_AVERAGE`` (or at ``SHARD_MAX`` files): the cut points depend on the paths alone,
@@ -29,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import multiprocessing
 import os
+import signal
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from fassl.data.files.decode import MAX_NAMED_FILES, Decoded, decode_chunk, plural
@@ -48,10 +55,12 @@ from fassl.errors import printable
 from fassl.files import set_output_mode
 
 STORE_VERSION = 1  # bump when the records' layout or the decoded pixels change
+FIXED_MAX_SIZE = 96  # px: fixed uint8 records up to this size, JPEG records above
+JPEG_QUALITY = 95
 SHARD_AVERAGE = 4096  # files a shard holds on average (a cut at hash % this == 0)
 SHARD_MAX = 16384  # and at most
 CHUNK = 64  # files a decoding task takes
-SHARD_SUFFIX = ".npy"
+SHARD_SUFFIX = ".npy"  # fixed records (n, 3, S, S), or the JPEG records' bytes end to end
 INFO_SUFFIX = ".json"
 
 
@@ -98,6 +107,7 @@ class ShardInfo:
     conversions: dict[str, int] = field(default_factory=dict)
     resized: int = 0
     rotated: int = 0
+    offsets: list[int] | None = None  # JPEG records: where each one's bytes start and end
 
     @classmethod
     def of(cls, files: list[str], decoded: list[Decoded]) -> ShardInfo:
@@ -118,13 +128,19 @@ class ShardInfo:
             "conversions": self.conversions,
             "resized": self.resized,
             "rotated": self.rotated,
+            "offsets": self.offsets,
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ShardInfo:
         failed = {int(k): str(v) for k, v in raw["failed"].items()}
         return cls(
-            list(raw["files"]), failed, dict(raw["conversions"]), raw["resized"], raw["rotated"]
+            list(raw["files"]),
+            failed,
+            dict(raw["conversions"]),
+            raw["resized"],
+            raw["rotated"],
+            raw.get("offsets"),
         )
 
 
@@ -150,6 +166,26 @@ def _read_info(path: Path) -> ShardInfo | None:
         return None  # absent or damaged: the shard is decoded again
 
 
+def encoded(image_size: int) -> bool:
+    """Whether images of this size are stored as JPEG records (else fixed uint8 ones)."""
+    return image_size > FIXED_MAX_SIZE
+
+
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    """A (3, S, S) uint8 image as JPEG bytes (quality JPEG_QUALITY, 4:4:4 chroma)."""
+    out = io.BytesIO()
+    Image.fromarray(pixels.transpose(1, 2, 0)).save(
+        out, "JPEG", quality=JPEG_QUALITY, subsampling=0
+    )
+    return out.getvalue()
+
+
+def decode_jpeg(data: np.ndarray | bytes) -> np.ndarray:
+    """A JPEG record back to uint8 (3, S, S)."""
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
 def _write_shard(
     folder: Path,
     name: str,
@@ -159,34 +195,43 @@ def _write_shard(
     pool: Any,
     bar: tqdm,
 ) -> ShardInfo:
-    """Decode ``files`` into ``<name>.npy`` (records in file order, zeros where a file
-    failed) and ``<name>.json``; each is written to a temporary name and renamed, the
-    json last: it marks a complete shard."""
+    """Decode ``files`` into ``<name>.npy`` (records in file order; a file that failed
+    has zeros, or no bytes) and ``<name>.json``; each is written to a temporary name and
+    renamed, the json last: it marks a complete shard."""
     tmp = folder / f".{name}.{os.getpid()}.tmp.npy"
-    records = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
-    )
+    jpeg = encoded(image_size)
+    records: Any = None
+    if not jpeg:
+        records = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
+        )
     decoded: list[Decoded] = []
+    blobs: list[bytes] = []
     chunks = [[root / f for f in files[i : i + CHUNK]] for i in range(0, len(files), CHUNK)]
-    parts: Iterable[list[Decoded]]
-    if pool is None:
-        parts = (decode_chunk(c, image_size) for c in chunks)
-    else:
-        parts = pool.imap(_decode_task, [(c, image_size) for c in chunks])
+    tasks = [(c, image_size, jpeg) for c in chunks]
+    parts: Iterable[list[tuple[Decoded, bytes]]]
+    parts = map(_decode_task, tasks) if pool is None else pool.imap(_decode_task, tasks)
     try:
         for part in parts:
-            for d in part:
-                if d.pixels is not None:
+            for d, blob in part:
+                if records is not None and d.pixels is not None:
                     records[len(decoded)] = d.pixels
+                    d.pixels = d.pixels[:0]  # written: only whether it decoded is kept
                 decoded.append(d)
+                blobs.append(blob)
             bar.update(len(part))
-        records.flush()
-        del records
+        if records is not None:
+            records.flush()
+            del records
+        else:
+            np.save(tmp, np.frombuffer(b"".join(blobs), dtype=np.uint8))
         set_output_mode(tmp)
         os.replace(tmp, folder / f"{name}{SHARD_SUFFIX}")
     finally:
         tmp.unlink(missing_ok=True)
     info = ShardInfo.of(files, decoded)
+    if jpeg:
+        info.offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).tolist()
     info_tmp = folder / f".{name}.{os.getpid()}.tmp.json"
     info_tmp.write_text(json.dumps(info.to_json()))
     set_output_mode(info_tmp)
@@ -194,9 +239,24 @@ def _write_shard(
     return info
 
 
-def _decode_task(args: tuple[list[Path], int]) -> list[Decoded]:
-    paths, size = args
-    return decode_chunk(paths, size)
+def _worker_start() -> None:
+    """A decoding worker ends on SIGTERM and leaves Ctrl-C to the process that started
+    it: a handler inherited from the command (SIGTERM as an interrupt) would keep a
+    worker alive, waiting for tasks, when the pool ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_task(args: tuple[list[Path], int, bool]) -> list[tuple[Decoded, bytes]]:
+    """Decode a chunk; with ``jpeg``, each image's record as JPEG bytes (pixels dropped)."""
+    paths, size, jpeg = args
+    out = []
+    for d in decode_chunk(paths, size):
+        blob = b""
+        if jpeg and d.pixels is not None:
+            blob, d.pixels = encode_jpeg(d.pixels), d.pixels[:0]  # only the bytes travel back
+        out.append((d, blob))
+    return out
 
 
 @dataclass
@@ -279,7 +339,9 @@ def build_store(
         missing = sum(bounds[i][1] - bounds[i][0] for i in todo)
         if todo:
             n_workers = default_workers(workers) if workers != 1 else 1
-            pool = multiprocessing.get_context().Pool(n_workers) if n_workers > 1 else None
+            pool = None
+            if n_workers > 1:
+                pool = multiprocessing.get_context().Pool(n_workers, initializer=_worker_start)
             bar = tqdm(
                 total=missing,
                 desc=f"storing {root.name}",
@@ -293,6 +355,9 @@ def build_store(
                     infos[i] = _write_shard(
                         folder, names[i], root, files[start:stop], image_size, pool, bar
                     )
+                if pool is not None:  # every task done: the workers end on their own
+                    pool.close()
+                    pool.join()
             finally:
                 bar.close()
                 if pool is not None:
@@ -326,20 +391,33 @@ class StoreImages:
     ndim = 4
 
     def __init__(
-        self, shards: Sequence[str | Path], counts: Sequence[int], image_size: int, rows: np.ndarray
+        self,
+        shards: Sequence[str | Path],
+        counts: Sequence[int],
+        image_size: int,
+        rows: np.ndarray,
+        jpeg_offsets: Sequence[Sequence[int]] | None = None,
+        workers: int = 0,
     ) -> None:
         self.shards = [os.fspath(p) for p in shards]
         self.counts = [int(c) for c in counts]
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.image_size = image_size
         self.rows = np.asarray(rows, dtype=np.int64)
+        # JPEG records: per shard, where each record's bytes start (n + 1 entries)
+        self.jpeg_offsets = None
+        if jpeg_offsets is not None:
+            self.jpeg_offsets = [np.asarray(o, dtype=np.int64) for o in jpeg_offsets]
+        self.workers = default_workers(workers)
         self._maps: list[np.ndarray] | None = None
 
     @classmethod
-    def open(cls, built: Built, image_size: int) -> StoreImages:
+    def open(cls, built: Built, image_size: int, workers: int = 0) -> StoreImages:
         rows, _ = built.ok_rows()
         shards = [built.folder / f"{n}{SHARD_SUFFIX}" for n in built.names]
-        return cls(shards, [len(i.files) for i in built.infos], image_size, rows)
+        jpeg = [i.offsets or [0] for i in built.infos] if encoded(image_size) else None
+        counts = [len(i.files) for i in built.infos]
+        return cls(shards, counts, image_size, rows, jpeg, workers)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -368,9 +446,9 @@ class StoreImages:
         return self._maps
 
     def take(self, index: Any) -> StoreImages:
-        rows = self.rows[positions(index, len(self))]
-        view = StoreImages(self.shards, self.counts, self.image_size, rows)
-        view._maps = self._maps
+        view = StoreImages.__new__(StoreImages)
+        view.__dict__ = dict(self.__dict__)
+        view.rows = self.rows[positions(index, len(self))]
         return view
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -382,7 +460,12 @@ class StoreImages:
             at = np.flatnonzero(shard == s)
             local = rows[at] - self.offsets[s]
             order = np.argsort(local, kind="stable")  # ascending reads: the disk's order
-            out[at[order]] = maps[s][local[order]]
+            if self.jpeg_offsets is None:
+                out[at[order]] = maps[s][local[order]]
+                continue
+            starts = self.jpeg_offsets[s]
+            for j, r in zip(at[order], local[order], strict=True):
+                out[j] = decode_jpeg(maps[s][starts[r] : starts[r + 1]])
         return out
 
     def __getitem__(self, index: Any) -> torch.Tensor:
@@ -391,8 +474,20 @@ class StoreImages:
         return torch.from_numpy(self.read_rows(self.rows[positions(index, len(self))]))
 
     def batches(self, index_batches: Iterable[Any], prefetch: int = 2) -> Iterator[torch.Tensor]:
-        for index in index_batches:
-            yield self[index]
+        """``self[b]`` for each index batch ``b``, in order. JPEG records are decoded by
+        ``workers`` loader processes, ``prefetch`` batches each ahead of the caller."""
+        if self.jpeg_offsets is None or self.workers <= 1:
+            for index in index_batches:
+                yield self[index]
+            return
+        loader = torch.utils.data.DataLoader(
+            _Batches(self, list(index_batches)),
+            batch_size=None,
+            num_workers=self.workers,
+            prefetch_factor=prefetch,
+            worker_init_fn=_loader_start,
+        )
+        yield from loader
 
     def load(self) -> np.ndarray:
         """Every image as one in-memory array (a set small enough to hold)."""
@@ -400,3 +495,22 @@ class StoreImages:
 
     def close(self) -> None:
         self._maps = None
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Index batches as a map-style dataset: item i is batch i's images (a loader's
+    worker decodes a whole batch)."""
+
+    def __init__(self, images: StoreImages, index_batches: list[Any]) -> None:
+        self.images, self.index_batches = images, index_batches
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[self.index_batches[i]]
+
+
+def _loader_start(worker: int) -> None:
+    _worker_start()
+    torch.set_num_threads(1)  # decoding is PIL's; the step keeps the cores

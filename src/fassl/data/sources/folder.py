@@ -166,7 +166,7 @@ def stored_images(
     folder = store_folder(cache.cache_base(cfg.cache_dir), found.root, size)
     built = build_store(folder, found.root, found.files, size, cfg.workers, progress)
     cache.tag_cache(folder.parent)  # a cache_dir inside the data folder is not data
-    images = StoreImages.open(built, size)
+    images = StoreImages.open(built, size, cfg.workers)
     rows, files = built.ok_rows()
     if not len(rows):
         path, why = next((i.files[r], w) for i in built.infos for r, w in i.failed.items())
