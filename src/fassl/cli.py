@@ -366,16 +366,18 @@ def main(argv: list[str] | None = None) -> int:
         prefix = ""
         if group is not None and not isinstance(err, PeerFailed):
             group.announce_stop(group.FAILED)
-            peer = None if isinstance(err, expected_errors()) else group.stopped_peer()
-            if peer is not None:  # a collective failed because that rank's process ended
-                err = group.peer_stopped(peer)
+            # a collective failed because another rank stopped, or its process is gone
+            lost = None if isinstance(err, expected_errors()) else group.peer_failure(err)
+            if lost is not None:
+                err = lost
             elif not group.is_main():
                 prefix = f"rank {group.rank()}: "
         if not isinstance(err, expected_errors()):
             raise  # a bug: keep the traceback
         if debug_enabled():
             traceback.print_exc()
-        print(f"fassl: error: {prefix}{describe(err)}", file=sys.stderr)
+        # one write: the ranks of a torchrun run share stderr, and print's two would mix
+        sys.stderr.write(f"fassl: error: {prefix}{describe(err)}\n")
         return 2
     finally:
         _on_sigterm(previous)

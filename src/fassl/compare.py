@@ -33,6 +33,7 @@ from fassl.runs.arms import (
     stage1_lead,
 )
 from fassl.runs.settings import pipeline_stages
+from fassl.runs.stage import check_same_config, check_same_data
 from fassl.runtime import runtime_for
 from fassl.sweep import run_sweep
 from fassl.validation import check_paths
@@ -49,8 +50,10 @@ def run_comparison(cfg: Config) -> dict:
     out = Path(cfg.out_dir)
     check_paths(cfg)
     rt = runtime_for(cfg.train)  # joins the process group before anything else
+    check_same_config(cfg)  # under torchrun: the ranks were given the same settings
     # a bad data folder fails before anything is written, on every rank together
     data = on_all(lambda: build_data(cfg.data, cfg.seed))
+    check_same_data(data, cfg.data.root)
 
     def start() -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -102,34 +105,46 @@ def _seed_of(folder: Path) -> int | None:
     return int(digits) if folder.name.startswith("seed") and digits.isdigit() else None
 
 
+def _damage(path: Path) -> str:
+    """What is wrong with the run file at ``path``; "" when it reads as a JSON object."""
+    try:
+        report.read_json_object(path)
+    except DamagedFile as err:
+        return str(err)
+    return ""
+
+
 def collect_runs(out: Path) -> list[dict]:
-    """Every finished run under ``out/<method>/seed<k>/results.json``."""
+    """Every finished run under ``out/<method>/seed<k>/results.json``; a damaged
+    results.json is an unfinished run (``unfinished_runs`` names it), not a traceback."""
     runs = []
     for path in sorted(Path(out).glob("*/seed*/results.json")):
         seed = _seed_of(path.parent)
-        if seed is None:
+        if seed is None or not path.is_file():
             continue
-        runs.append(
-            {
-                "method": path.parent.parent.name,
-                "seed": seed,
-                "results": json.loads(path.read_text()),
-            }
-        )
+        try:
+            results = report.read_json_object(path)
+        except DamagedFile:
+            continue
+        runs.append({"method": path.parent.parent.name, "seed": seed, "results": results})
     return runs
 
 
 @dataclass(frozen=True)
 class Unfinished:
-    """A run of a comparison without results.json: ``<arm>/seed<k>`` and the files of a
-    finished run it lacks (``started``: whether its folder exists)."""
+    """A run of a comparison without a readable results.json: ``<arm>/seed<k>``, the
+    files of a finished run it lacks (``started``: whether its folder exists) and what is
+    wrong with a results.json that is there but damaged."""
 
     run: str
     missing: list[str]
     started: bool
+    damaged: str = ""
 
     def describe(self) -> str:
         """``fassl/seed0 (missing rebalance/encoder.safetensors, results.json)``."""
+        if self.damaged:
+            return f"{self.run} ({self.damaged})"
         what = "not started" if not self.started else "missing " + ", ".join(self.missing)
         return f"{self.run} ({what})"
 
@@ -175,8 +190,9 @@ def _planned(out: Path) -> list[tuple[str, int]]:
 
 
 def unfinished_runs(out: Path) -> list[Unfinished]:
-    """Every run folder ``out/<arm>/seed<k>/`` without results.json, and every run the
-    comparison's config.yaml plans that has no folder yet, with the files each lacks."""
+    """Every run folder ``out/<arm>/seed<k>/`` without a readable results.json, and every
+    run the comparison's config.yaml plans that has no folder yet, with the files each
+    lacks (or what is wrong with its results.json)."""
     out = Path(out)
     found = [(f.parent.name, _seed_of(f)) for f in sorted(out.glob("*/seed*")) if f.is_dir()]
     # the planned runs in the comparison's order, then any other folder
@@ -184,11 +200,12 @@ def unfinished_runs(out: Path) -> list[Unfinished]:
     unfinished = []
     for arm, seed in runs:
         folder = out / arm / f"seed{seed}"
-        if (folder / RESULTS).is_file():
+        damaged = _damage(folder / RESULTS) if (folder / RESULTS).is_file() else ""
+        if (folder / RESULTS).is_file() and not damaged:
             continue
         files = expected_files(out, arm, seed)
         missing = [f for f in files if not (folder / f).is_file()]
-        unfinished.append(Unfinished(f"{arm}/seed{seed}", missing, folder.is_dir()))
+        unfinished.append(Unfinished(f"{arm}/seed{seed}", missing, folder.is_dir(), damaged))
     return unfinished
 
 
@@ -217,7 +234,9 @@ def collect_analyses(out: Path) -> dict[tuple[str, str], list[dict]]:
     for path in sorted(Path(out).glob("*/seed*/analysis_*.json")):
         stage = path.stem.removeprefix("analysis_")
         stage = _LEGACY_ANALYSIS.get(stage, stage)
-        found.setdefault((stage, path.parent.parent.name), []).append(json.loads(path.read_text()))
+        analysis = report.read_results(path, "left out of the tables")
+        if analysis is not None:
+            found.setdefault((stage, path.parent.parent.name), []).append(analysis)
     return found
 
 

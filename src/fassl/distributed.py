@@ -17,22 +17,25 @@ import contextlib
 import inspect
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 import torch
 import torch.distributed as dist
 
-from fassl.errors import Interrupted, PeerFailed, describe
-from fassl.processes import run_lock
+from fassl.errors import Interrupted, PeerFailed, RanksDiffer, describe
+from fassl.processes import pid_alive, run_lock
 
 T = TypeVar("T")
 # Rank 0's own work (probes of a large set, an analysis) may take hours while the other
 # ranks wait in the exchange; a rank that dies is seen at once, so this only bounds a hang.
 CONTROL_TIMEOUT = timedelta(hours=24)
 _STOPPED_KEY = "fassl/stopped/{rank}"  # in the group's store: this rank stopped, and how
+_PROCESS_KEY = "fassl/process/{rank}"  # in the group's store: "<host> <pid>" of each rank
 _control: dist.ProcessGroup | None = None
 
 
@@ -59,6 +62,8 @@ def init_from_env(device_type: str) -> bool:
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     _control_group()  # a collective: every rank makes it here, before any other work
+    with contextlib.suppress(Exception):  # best effort: only names a rank that dies
+        _store().set(_PROCESS_KEY.format(rank=rank()), f"{socket.gethostname()} {os.getpid()}")
     return True
 
 
@@ -163,6 +168,38 @@ def on_all(fn: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def check_same(what: str, values: dict[str, Any], hint: str = "") -> None:
+    """Every rank holds the same ``values`` (its resolved settings, its data's
+    fingerprint); else every rank raises RanksDiffer naming the ranks that differ from
+    rank 0 and the keys where they do. Ranks that disagree would otherwise train
+    different things in step, wait in collectives that never match (a hang), or leave a
+    record of rank 0's settings alone. Called by every rank at the same point."""
+    if world_size() == 1:
+        return
+    gathered = [o.value for o in _exchange(_Outcome(True, values))]
+    reference, missing = gathered[0], "(none)"
+    differ = {
+        r: [k for k in sorted(reference.keys() | v.keys()) if reference.get(k) != v.get(k)]
+        for r, v in enumerate(gathered)
+    }
+    ranks = [r for r, keys in differ.items() if keys]
+    if not ranks:
+        return
+    first = ranks[0]
+    shown = "; ".join(
+        f"{k} {reference.get(k, missing)!r} on rank 0, "
+        f"{gathered[first].get(k, missing)!r} on rank {first}"
+        for k in differ[first][:4]
+    )
+    more = f" and {len(differ[first]) - 4} more" if len(differ[first]) > 4 else ""
+    who = f"rank {first}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+    _quiet_signals()  # every rank stops with this line: torchrun's SIGTERM must not cut it
+    raise RanksDiffer(
+        f"the processes of this run differ in their {what}: {who} against rank 0: "
+        f"{shown}{more}{f' ({hint})' if hint else ''}"
+    )
+
+
 @contextlib.contextmanager
 def main_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
     """``fassl.processes.run_lock`` on ``folder``, taken and released by rank 0 alone: the
@@ -177,6 +214,7 @@ def _store() -> Any:
 
 
 FAILED, INTERRUPTED = "failed", "interrupted"  # how a rank stopped, as it announces it
+ENDED = "ended"  # a rank whose process is gone without a word (SIGKILL, out of memory)
 
 
 def announce_stop(how: str) -> None:
@@ -204,13 +242,72 @@ def stopped_peer() -> tuple[int, str] | None:
     return None
 
 
+def ended_peer() -> tuple[int, str] | None:
+    """(rank, ``ENDED``) of the first other rank on this machine whose process is gone
+    (killed: it could not announce it stopped); None when every rank this machine can
+    see still runs."""
+    if world_size() == 1:
+        return None
+    host = socket.gethostname()
+    try:
+        store = _store()
+        for r in range(world_size()):
+            key = _PROCESS_KEY.format(rank=r)
+            if r == rank() or not store.check([key]):
+                continue
+            where, _, pid = store.get(key).decode().rpartition(" ")
+            if where == host and pid.isdigit() and _gone(int(pid)):
+                return r, ENDED
+    except Exception:  # the store is gone (with the rank that held it): nobody to ask
+        return None
+    return None
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` ended: no such process, or a zombie its launcher has not
+    reaped yet (Linux's /proc says so; elsewhere only the first counts)."""
+    if not pid_alive(pid):
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] in ("Z", "X")  # after the command name
+    return False
+
+
+# what gloo says in a collective whose peer's process is gone (its connection closed)
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank's connection
+    closed, as torch raises it (a DistError, or gloo's RuntimeError from its transport)."""
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in _LOST_PEER)
+
+
+def peer_failure(err: BaseException) -> PeerFailed | None:
+    """This rank's one line when ``err`` came from another rank's end: a rank that
+    announced it stopped, or a collective that failed because a rank's process is gone
+    (named when it ran on this machine); None when ``err`` is this rank's own."""
+    peer = stopped_peer()
+    if peer is not None:
+        return peer_stopped(peer)
+    if is_lost_peer(err):  # a rank that fails announces it before its connections close
+        _quiet_signals()  # torchrun's SIGTERM follows at once: keep this rank's one line
+        return peer_stopped(ended_peer() or (-1, ENDED))
+    return None
+
+
 def peer_stopped(peer: tuple[int, str] | None = None) -> PeerFailed:
     """The error of a rank that stops because ``peer`` (rank, how; looked up when None)
     stopped. Further SIGTERM / SIGINT (torchrun stopping the group) are ignored from
     here on, so that this rank's one line is not replaced by an interrupt's."""
     peer = peer or stopped_peer()
-    if peer is None:
+    if peer is None or peer[0] < 0:
         what = "another process of this run ended"
+    elif peer[1] == ENDED:
+        what = f"rank {peer[0]}'s process ended without a word (killed, or out of memory)"
     else:
         what = f"rank {peer[0]} {'was interrupted' if peer[1] == INTERRUPTED else 'failed'}"
     _quiet_signals()

@@ -62,6 +62,16 @@ class PeerFailed(FasslError):
     stops with it. The failed process prints its own error."""
 
 
+class RanksDiffer(FasslError, ValueError):
+    """The processes of a multi-process run (torchrun) hold different settings or data
+    (an override passed to one rank, a node whose copy of the images differs)."""
+
+
+class DamagedFile(FasslError, ValueError):
+    """A file a run wrote (results.json, grid.json) that is empty, truncated or does not
+    hold what it should: the run is treated as unfinished, or the file is named."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM during a command; the message says where it stopped and
     how to resume. A KeyboardInterrupt, so no ``except Exception`` swallows it."""

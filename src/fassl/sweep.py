@@ -35,6 +35,7 @@ from typing import Any
 from fassl import report
 from fassl.config import Config, load_config, to_yaml
 from fassl.data import LongTailData, build_data
+from fassl.distributed import on_all
 from fassl.errors import ConfigError
 from fassl.files import write_text
 from fassl.names import EXPORT
@@ -50,7 +51,12 @@ from fassl.runs.arms import (
     starts_from,
 )
 from fassl.runs.settings import RUN, method_sections, pipeline_stages
-from fassl.runs.stage import STAGE_METHODS, check_batch_sizes, run_pipeline_stage
+from fassl.runs.stage import (
+    STAGE_METHODS,
+    check_batch_sizes,
+    check_same_data,
+    run_pipeline_stage,
+)
 from fassl.runtime import Runtime, runtime_for
 
 GRID_FILE = "grid/grid.json"
@@ -240,7 +246,9 @@ def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> d
     for point in points:
         key = to_yaml(point.cfg.data)
         if key not in datasets:
-            datasets[key] = build_data(point.cfg.data, seed)
+            # on every rank together, and the same images on each (fassl.runs.stage)
+            datasets[key] = on_all(lambda c=point.cfg.data: build_data(c, seed))
+            check_same_data(datasets[key], point.cfg.data.root)
         stages = pipeline_stages(point.cfg) if any(is_pipeline(m) for m in methods) else []
         if not all(is_pipeline(m) for m in methods):
             stages.append(RUN)
@@ -276,12 +284,15 @@ def collect_point(out: Path, point: dict) -> tuple[list[dict], list[dict]]:
     for name, folder in point["runs"].items():
         for path in sorted((out / folder).glob("seed*/results.json")):
             seed = int(path.parent.name.removeprefix("seed"))
-            runs.append({"method": name, "seed": seed, "results": json.loads(path.read_text())})
+            results = report.read_results(path, "the run is left out as unfinished")
+            if results is not None:
+                runs.append({"method": name, "seed": seed, "results": results})
     arms = [a for a in point["runs"] if is_pipeline(a)]
     analyses: list[dict] = []
     for arm in sorted(arms, key=lambda a: a != "fassl"):
         files = sorted((out / point["runs"][arm]).glob("seed*/analysis_prototypes.json"))
-        analyses = [json.loads(p.read_text()) for p in files]
+        read = [report.read_results(p, "left out of the tables") for p in files]
+        analyses = [a for a in read if a is not None]
         if analyses:
             break
     return runs, analyses
@@ -306,7 +317,7 @@ def write_sweep(out: Path) -> dict:
     path = Path(out) / GRID_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no sweep in {out}: {path} is missing")
-    grid = json.loads(path.read_text())
+    grid = report.read_json_object(path)
     collected = [collect_point(Path(out), p) for p in grid["points"]]
     sweep = sweep_report.Sweep(
         keys=grid["keys"],

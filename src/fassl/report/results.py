@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fassl.data import GROUPS
+from fassl.errors import DamagedFile, printable
 from fassl.files import write_text
 
 # The column order of every results table and chart: All, then the groups, then the std
@@ -39,6 +42,46 @@ def write_json(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``results`` as JSON atomically (``fassl.files``): a reader never sees a
     half-written file; NaN and infinities become null."""
     write_text(path, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object a run wrote at ``path`` (results.json, analysis_*.json, grid.json);
+    DamagedFile naming the file and what is wrong when it is empty, truncated or holds
+    anything but an object (a copy cut short, a disk error, a hand edit)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DamagedFile(f"{printable(path)} is damaged: not UTF-8 text ({err.reason})") from err
+    if not text.strip():
+        raise DamagedFile(f"{printable(path)} is damaged: the file is empty")
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        what = f"not valid JSON ({err})"
+        if isinstance(err, json.JSONDecodeError) and err.pos >= len(text.rstrip()):
+            what = f"truncated JSON (it ends at line {err.lineno} before the object closes)"
+        raise DamagedFile(f"{printable(path)} is damaged: {what}") from err
+    if not isinstance(value, dict):
+        raise DamagedFile(
+            f"{printable(path)} is damaged: it holds a JSON {type(value).__name__}, "
+            "not an object"
+        )
+    return value
+
+
+def read_results(
+    path: str | os.PathLike[str], then: str = "the run counts as unfinished"
+) -> dict[str, Any] | None:
+    """results.json (or another run file) at ``path``; None when it is missing or damaged
+    (the run is then unfinished: probed again or listed as such), saying so on stderr,
+    with what happens ``then``, when damaged."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read_json_object(path)
+    except DamagedFile as err:
+        print(f"fassl: warning: {err}; {then}", file=sys.stderr)
+        return None
 
 
 _ROW_ORDER = ("standard", "few_shot", "knn")

@@ -24,7 +24,6 @@ added to the comparison when it is not listed. ``fassl compare`` and its sweeps
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from fassl.data import LongTailData
 from fassl.distributed import on_main
 from fassl.names import EXPORT
 from fassl.registry import ARMS, Arm
+from fassl.report import read_results
 from fassl.reweight import REWEIGHTERS
 from fassl.runs.pipeline import run_pipeline
 from fassl.runs.pretrain import run_pretrain
@@ -196,10 +196,11 @@ def arm_structure(name: str, cfg: Config) -> str:
 
 def run_arm(c: Config, name: str, data: LongTailData, rt: Runtime) -> dict:
     """The results of arm ``name``'s run ``c`` (``run_config``): its results.json when the
-    run finished, else the run trained now (the pipeline for a FASSL arm). The file is
-    read by rank 0 alone, so under torchrun every rank reuses or trains the same runs."""
+    run finished (and the file reads), else the run trained now (the pipeline for a FASSL
+    arm). The file is read by rank 0 alone, so under torchrun every rank reuses or trains
+    the same runs."""
     done = Path(c.out_dir) / "results.json"
-    results = on_main(lambda: json.loads(done.read_text()) if done.is_file() else None)
+    results = on_main(lambda: read_results(done))  # a damaged file: probed again
     if results is not None:
         return results
     train = run_pipeline if is_pipeline(name) else run_pretrain

@@ -4,7 +4,6 @@ unlabeled data, the label-free rarity sheets."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fassl import report
@@ -107,7 +106,9 @@ def teacher_results(
         return None
     beside = teacher.parent / "results.json"
     if beside.is_file() and beside.stat().st_mtime >= teacher.stat().st_mtime:
-        return json.loads(beside.read_text())
+        found = report.read_results(beside)  # a damaged file: probed again
+        if found is not None:
+            return found
     own_run = (teacher.parent / SETTINGS).is_file()
     folder = teacher.parent if own_run else out / "teacher"
     folder.mkdir(parents=True, exist_ok=True)

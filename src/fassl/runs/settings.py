@@ -8,7 +8,8 @@ whose keys differ is a ``RunConflict`` naming them, unless the stage is restarte
 
 Keys that change only where or how fast a stage runs, or what happens after training
 (``NEUTRAL``), are not recorded. A pipeline stage records its own keys and those of the
-stages it starts from; a folder from before this record existed is used as found.
+stages it starts from. A trained folder without the record (deleted, or from before it
+existed) is checked against its config.yaml and checkpoint, and gets the record again.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fassl.config import Config, OptimConfig, to_dict, to_yaml
+from fassl.config import Config, OptimConfig, load_config, to_dict, to_yaml
 from fassl.errors import ConfigError, RunConflict
 from fassl.files import write_text
 from fassl.methods import METHODS
-from fassl.names import EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
+from fassl.names import CONFIG, EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
 from fassl.train.checkpoint import read_meta
 from fassl.validation import NEUTRAL as NEUTRAL_META
 from fassl.validation import absolute_path, keys_with, path_keys
@@ -53,6 +54,19 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
+
+
+# keys that may differ between the processes of one torchrun run: where each machine
+# keeps its cache, how many workers and how much memory it gives decoding, its progress bar
+PER_MACHINE = ("data.cache_dir", "data.download", "data.workers", "data.max_memory_gb")
+PER_MACHINE += ("train.progress",)
+
+
+def run_settings(cfg: Config) -> dict[str, Any]:
+    """Every flattened key of ``cfg`` that all processes of a run must share (all but
+    ``PER_MACHINE``), as JSON values."""
+    flat = _flat(to_dict(cfg))
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in PER_MACHINE}))
 
 
 def optim_key(cfg: Config, optim_cfg: OptimConfig) -> str:
@@ -155,21 +169,70 @@ def _check_last(run_dir: Path, method: str) -> None:
         )
 
 
+def _from_config_file(
+    cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path
+) -> dict[str, Any] | None:
+    """The settings of the config.yaml the stage wrote when it started training, for a
+    folder whose settings.json is gone; None without one that loads."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        old = load_config(path)
+    except (ConfigError, OSError, ValueError):  # a config of another version: not usable
+        return None
+    section = optim_key(cfg, optim_cfg)
+    stage = section.partition(".")[2]
+    old_optim = old.optim if section == "optim" else getattr(old.pipeline, stage)
+    return settings_for(old, method, old_optim)
+
+
+def _from_checkpoint(cfg: Config, optim_cfg: OptimConfig, run_dir: Path) -> dict[str, Any]:
+    """What the stage's checkpoint records of its settings (the model and the epochs), as
+    settings keys; empty without a checkpoint, or when the export is there (finished: the
+    checkpoint is not used)."""
+    last = run_dir / LAST
+    if not last.is_file() or (run_dir / EXPORT).is_file():
+        return {}
+    meta = read_meta(last)
+    found = _flat(meta["model"], "model.") if isinstance(meta.get("model"), dict) else {}
+    if "epochs" in meta:
+        found[f"{optim_key(cfg, optim_cfg)}.epochs"] = meta["epochs"]
+    return found
+
+
+def _recorded_elsewhere(
+    cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path
+) -> tuple[dict[str, Any], str]:
+    """A trained folder without settings.json: its settings as its config.yaml (written
+    when it started) and its checkpoint record them, and where they were read."""
+    _check_last(run_dir, method)
+    from_file = _from_config_file(cfg, method, optim_cfg, run_dir) or {}
+    from_last = _from_checkpoint(cfg, optim_cfg, run_dir)
+    where = [n for n, found in ((CONFIG, from_file), (LAST, from_last)) if found]
+    return from_file | from_last, " and ".join(where)
+
+
 def check_stage(cfg: Config, method: str, optim_cfg: OptimConfig, run_dir: Path) -> dict:
-    """The stage's settings; RunConflict when ``run_dir`` was trained with others."""
+    """The stage's settings; RunConflict when ``run_dir`` was trained with others.
+
+    Without settings.json (deleted, or a folder from before it existed) the settings come
+    from the stage's config.yaml and checkpoint, so a lost record never lets a rerun
+    resume under other settings."""
     settings = settings_for(cfg, method, optim_cfg)
     recorded = _recorded(run_dir)
     if not _has_outputs(run_dir):
         return settings
+    source = ""
     if recorded is None:
-        _check_last(run_dir, method)
-        return settings
+        recorded, where = _recorded_elsewhere(cfg, method, optim_cfg, run_dir)
+        source = f" (by its {where}; {SETTINGS} is missing)" if where else ""
     changed = [k for k in settings if k in recorded and not _same(k, recorded[k], settings[k])]
     if changed:
         shown = ", ".join(f"{k} {recorded[k]!r} -> {settings[k]!r}" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise RunConflict(
-            f"{run_dir} was trained with other settings: {shown}{more}\n"
+            f"{run_dir} was trained with other settings{source}: {shown}{more}\n"
             + _restart_hint(run_dir, optim_key(cfg, optim_cfg))
         )
     return settings
@@ -184,9 +247,8 @@ def _same(key: str, recorded: Any, value: Any) -> bool:
 
 
 def record_settings(run_dir: Path, settings: dict[str, Any]) -> None:
-    """Write ``settings.json``, except into a folder trained before the record existed."""
-    if (run_dir / LAST).is_file() and not (run_dir / SETTINGS).is_file():
-        return
+    """Write ``settings.json`` (after ``check_stage``): again when it is missing from a
+    trained folder too, so later changes are noticed from the record itself."""
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
     write_text(run_dir / SETTINGS, text)
 

@@ -13,22 +13,25 @@ under a config it was not trained with.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data import LongTailData, build_data
-from fassl.distributed import is_main, main_lock, on_all, on_main, world_size
+from fassl.distributed import check_same, is_main, main_lock, on_all, on_main, world_size
 from fassl.encoders import check_encoder_file, load_backbone, load_init
-from fassl.errors import ConfigError, NonFiniteLoss, printable
+from fassl.errors import ConfigError, DataError, NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method
 from fassl.models import check_backbone
 from fassl.names import CONFIG, EXPORT
+from fassl.registry import ROOT_DATASETS
 from fassl.runs.settings import (
     RUN,
     STAGE_METHODS,
@@ -36,6 +39,7 @@ from fassl.runs.settings import (
     diverged_hint,
     optim_key,
     record_settings,
+    run_settings,
     start_run,
 )
 from fassl.runtime import Runtime
@@ -48,6 +52,8 @@ __all__ = [
     "check_batch_sizes",
     "check_data",
     "check_given_checkpoints",
+    "check_same_config",
+    "check_same_data",
     "load_backbone",
     "load_data",
     "run_pipeline_stage",
@@ -60,6 +66,12 @@ def check_batch_size(cfg: Config, data: LongTailData, optim_cfg: OptimConfig) ->
     """A batch larger than the pre-training set would train zero steps an epoch; under
     torchrun the global batch must split evenly over the processes."""
     n, batch, world = len(data.pretrain), optim_cfg.batch_size, world_size()
+    if n < 2:  # no batch size can fit: a batch needs two images (the key's own range)
+        where = cfg.data.root if cfg.data.dataset in ROOT_DATASETS else data.name
+        raise DataError(
+            f"{printable(where)} has too few images to train: {n} pre-training image"
+            f"{'' if n == 1 else 's'}, at least 2 needed (a batch holds two images or more)"
+        )
     if batch > n:
         raise ConfigError(
             f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) is larger than the "
@@ -193,10 +205,52 @@ def check_given_checkpoints(cfg: Config) -> None:
         check_encoder_file(cfg.train.init_from, cfg.model, "train.init_from", rebalance)
 
 
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().contiguous().cpu()
+    return hashlib.sha256(data.reshape(-1).view(torch.uint8).numpy()).hexdigest()[:16]
+
+
+def data_fingerprint(data: LongTailData) -> dict[str, Any]:
+    """What the processes of a run must agree on about their data: the images and
+    labels of each split, and a digest of the pre-training labels, classes and images
+    (of a streamed set, its channel statistics: its images are not all in memory)."""
+    found: dict[str, Any] = {
+        "classes": hashlib.sha256("\n".join(data.classes).encode()).hexdigest()[:16],
+        "pre-training labels": _digest(data.pretrain.labels),
+        "channel mean": [round(v, 9) for v in data.mean],
+        "channel std": [round(v, 9) for v in data.std],
+    }
+    for split in ("pretrain", "pool", "few_shot", "val", "test"):
+        found[f"{split} images"] = len(getattr(data, split))
+    if isinstance(data.pretrain.images, torch.Tensor):
+        found["pre-training image bytes"] = _digest(data.pretrain.images)
+    return found
+
+
+def check_same_data(data: LongTailData, root: str = "") -> None:
+    """Under torchrun: every rank loaded the same images (a node whose copy of the folder
+    differs would train other steps, then hang in a collective); RanksDiffer otherwise."""
+    if world_size() == 1:
+        return  # nothing to compare: no digest of the images to take
+    where = f"the data at {printable(root)}" if root else "the data"
+    hint = f"every machine must hold the same copy of {where}"
+    check_same("data", data_fingerprint(data), hint)
+
+
+def check_same_config(cfg: Config) -> None:
+    """Under torchrun: every rank resolved the same config (an override given to one
+    rank alone would otherwise train, with rank 0's settings recorded); RanksDiffer
+    naming the keys otherwise."""
+    hint = "give every process the same command, config file and overrides"
+    check_same("settings", run_settings(cfg), hint)
+
+
 def load_data(cfg: Config) -> LongTailData:
     """``build_data`` on every rank (each needs the images), all ranks stopping together
-    when it fails on one."""
-    return on_all(lambda: build_data(cfg.data, cfg.seed))
+    when it fails on one, or when their images differ."""
+    data = on_all(lambda: build_data(cfg.data, cfg.seed))
+    check_same_data(data, cfg.data.root)
+    return data
 
 
 @contextlib.contextmanager
@@ -212,7 +266,9 @@ def started_run(
     its stages checked (``prepare``, which returns the folders a restart clears), the
     data loaded (unless given) and checked against every stage, then the restarted
     stages cleared and config.yaml written. Yields the data; the lock is held until the
-    block ends. Under torchrun rank 0 alone checks and writes, every rank loads."""
+    block ends. Under torchrun rank 0 alone checks and writes, every rank loads, after
+    the ranks found their configs the same."""
+    check_same_config(cfg)
     with main_lock(cfg.out_dir):
         on_main(lambda: check_given_checkpoints(cfg))
         size = data.image_size if data is not None else cfg.data.image_size

@@ -107,7 +107,14 @@ def load_plain_weights(path: Path) -> dict[str, torch.Tensor]:
 def read_meta(path: Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint's header, without reading its tensors."""
     header = _read_header(path)
-    if header.get("format") != FORMAT:
+    found = header.get("format")
+    if found != FORMAT:
+        # a file of another format version names both, not "not a fassl checkpoint"
+        if isinstance(found, str) and found.startswith(FORMAT.rpartition("-")[0] + "-"):
+            raise CheckpointError(
+                f"{path} is a fassl checkpoint of format {found!r}; this version of fassl "
+                f"reads {FORMAT!r} (use the fassl version that wrote it, or train again)"
+            )
         raise CheckpointError(f"{path} is a safetensors file but not a fassl checkpoint")
     try:
         meta = json.loads(header.get("meta", ""))
