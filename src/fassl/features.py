@@ -96,7 +96,44 @@ def extract_features(
     return torch.cat(chunks)
 
 
-PROGRESS_CHUNK = 4096  # images between progress-bar updates (each chunk is batched)
+PROGRESS_CHUNK = 4096  # images read, embedded and handed on at a time
+
+
+def image_chunks(images: torch.Tensor, chunk: int = PROGRESS_CHUNK) -> Iterator[torch.Tensor]:
+    """``images[start : start + chunk]`` in order: a uint8 tensor is sliced, a lazily
+    decoded set (``images.batches``, e.g. a streamed split) decodes the next chunks
+    while this one is embedded; never all images at once."""
+    n = int(images.shape[0])
+    starts = range(0, n, chunk)
+    batches = getattr(images, "batches", None)
+    if callable(batches):
+        yield from batches(slice(s, s + chunk) for s in starts)
+        return
+    for start in starts:
+        yield images[start : start + chunk]
+
+
+def feature_chunks(
+    net: nn.Module,
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rt: Runtime,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, float32 features on the CPU) of each chunk of ``images``, in order, with
+    a progress bar: what a writer needs to store features of any number of images in
+    bounded memory. Each chunk is the probes' own extraction (``extract_features``), so
+    the rows are exactly the features a probe sees for the same images."""
+    net = net.to(rt.device)
+    n = int(images.shape[0])
+    start = 0
+    with tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
+        for part in image_chunks(images):
+            yield start, extract_features(net, part, mean, std, rt, batch_size)
+            start += int(part.shape[0])
+            bar.update(int(part.shape[0]))
 
 
 def embed_images(
@@ -109,14 +146,8 @@ def embed_images(
     progress: bool = True,
 ) -> torch.Tensor:
     """``extract_features`` of any number of images with a progress bar: float32 (N, D) on
-    the CPU. Each chunk is the probes' own extraction, so the rows are exactly the
-    features a probe sees for the same images; a streamed split is read chunk by chunk."""
-    net = net.to(rt.device)
-    chunks = []
-    n = int(images.shape[0])
-    with tqdm(total=n, unit="img", desc="features", disable=not progress) as bar:
-        for start in range(0, n, PROGRESS_CHUNK):
-            part = images[start : start + PROGRESS_CHUNK]
-            chunks.append(extract_features(net, part, mean, std, rt, batch_size))
-            bar.update(int(part.shape[0]))
+    the CPU, read a chunk at a time (``feature_chunks``); no images give (0, D)."""
+    if int(images.shape[0]) == 0:
+        return extract_features(net.to(rt.device), images, mean, std, rt, batch_size)
+    chunks = [f for _, f in feature_chunks(net, images, mean, std, rt, batch_size, progress)]
     return torch.cat(chunks)

@@ -153,6 +153,28 @@ def _blocked(
     return out_s, out_i
 
 
+@torch.no_grad()
+def knn_similarities(queries: Tensor, bank: Tensor, k: int) -> Tensor:
+    """(N, k) the k largest cosine similarities of each query to the bank, descending:
+    ``exact_knn``'s values without its indices (no tie rule needed, no host
+    synchronisation: the per-batch search of a training step). Non-finite features give
+    non-finite values, as a plain matrix product would."""
+    _check(queries, bank, k, False)
+    q = F.normalize(queries.float(), dim=1)
+    b = F.normalize(bank.to(q.device).float(), dim=1)
+    cols = max(1, min(b.shape[0], BANK_BLOCK))
+    rows = max(1, BLOCK_ELEMENTS // cols)
+    out = []
+    for r0 in range(0, q.shape[0], rows):
+        best = q.new_empty(min(rows, q.shape[0] - r0), 0)
+        for c0 in range(0, b.shape[0], cols):
+            sims = q[r0 : r0 + rows] @ b[c0 : c0 + cols].T
+            best = torch.cat([best, sims], dim=1)
+            best = best.topk(min(k, best.shape[1]), dim=1).values
+        out.append(best)
+    return torch.cat(out) if out else q.new_empty(0, k)
+
+
 def _lists(m: int) -> int:
     """Inverted lists of the approximate index: about 4 sqrt(M), at least 39 rows each
     (faiss's k-means warns below that)."""

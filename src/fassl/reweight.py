@@ -21,6 +21,7 @@ from torch import Tensor
 from fassl.config import RebalanceConfig
 from fassl.float32 import float32_only
 from fassl.losses import log_rebalance_weight
+from fassl.neighbours import Neighbours, find_neighbours, knn_similarities
 from fassl.prototypes import cosine_scores, nearest_prototype, occupancy
 from fassl.registry import WEIGHT_CLASSES, load
 
@@ -95,8 +96,13 @@ def log_weight_knn(z: Tensor, bank: Tensor, k: int) -> Tensor:
     """
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must be in [1, {bank.shape[0]}] (the bank size), got {k}")
-    cos = F.normalize(z.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
-    return -cos.topk(k, dim=1).values.mean(dim=1)
+    return log_weight_of_neighbours(knn_similarities(z, bank, k))
+
+
+def log_weight_of_neighbours(similarities: Tensor) -> Tensor:
+    """-(mean cosine to the neighbours found): ``log_weight_knn`` from a search's
+    (N, k) similarities, so that one search serves the weight and the local density."""
+    return -similarities.float().mean(dim=1)
 
 
 # ------------------------------------------------------------------------ the variants
@@ -188,14 +194,23 @@ class ClusterSizeWeight(Reweighter):
 
 
 class KnnWeight(Reweighter):
-    """Inverse local density among the dataset's features (``log_weight_knn``)."""
+    """Inverse local density among the dataset's features (``log_weight_knn``).
+
+    A batch's log phi searches the bank exactly (blocked: bounded memory whatever its
+    size). The dataset's own neighbours (each image without itself) are searched once
+    per fit and kept: ``dataset_log_phi`` and the local density of ``fassl rare`` share
+    them; above ``approximate_above`` bank rows that search may be approximate
+    (``fassl.neighbours``; None: always exact, as in training).
+    """
 
     name = "knn"
     needs_dataset = True
 
-    def __init__(self, k: int = 10) -> None:
+    def __init__(self, k: int = 10, approximate_above: int | None = None) -> None:
         super().__init__()
         self.k = k
+        self.approximate_above = approximate_above
+        self._neighbours: Neighbours | None = None
 
     @classmethod
     def from_config(cls, cfg: RebalanceConfig) -> Reweighter:
@@ -205,16 +220,28 @@ class KnnWeight(Reweighter):
         super().fit(prototypes, features)
         assert features is not None
         self.bank = F.normalize(features, dim=1)
+        self._neighbours = None  # a new bank: its neighbours are searched on demand
 
     def log_phi(self, z: Tensor) -> Tensor:
         return log_weight_knn(z, self.bank, self.k)
 
+    def dataset_neighbours(self) -> Neighbours:
+        """The k nearest other images of every fitted image (one search per fit)."""
+        if self.features is None:
+            raise ValueError("dataset_neighbours needs fit(prototypes, features)")
+        if self._neighbours is None:
+            self._neighbours = find_neighbours(
+                self.bank,
+                self.bank,
+                self.k,
+                exclude_self=True,
+                approximate_above=self.approximate_above,
+            )
+        return self._neighbours
+
     def dataset_log_phi(self) -> Tensor:
-        # Every image is in the bank: ask one more neighbour and discount the
-        # self-match (cos(x, x) = 1).
-        assert self.features is not None
-        lp = log_weight_knn(self.features, self.bank, self.k + 1)
-        return (lp * (self.k + 1) + 1.0) / self.k
+        # Every image is in the bank: its neighbours are the k nearest other images.
+        return log_weight_of_neighbours(self.dataset_neighbours().similarities)
 
 
 class NoWeight(Reweighter):

@@ -21,6 +21,7 @@ from fassl.data.collection import Collection
 from fassl.encoders import LoadedEncoder
 from fassl.errors import RarityError
 from fassl.features import embed_images
+from fassl.neighbours import APPROXIMATE_ABOVE
 from fassl.prototypes import cosine_scores, occupancy
 from fassl.reweight import REWEIGHTERS, KnnWeight, Reweighter, build_reweighter
 from fassl.runtime import Runtime
@@ -42,6 +43,7 @@ class Ranking:
     cosine: torch.Tensor | None = None  # (N,) cosine to it
     occupancy: torch.Tensor | None = None  # (K,) images per prototype
     notes: list[str] = field(default_factory=list)
+    approximate: bool = False  # the neighbours came from the approximate search
 
     @property
     def primary(self) -> str:
@@ -90,28 +92,28 @@ def neighbour_count(cfg: RebalanceConfig, n: int) -> tuple[int, list[str]]:
 def dataset_log_phi(reweighter: Reweighter, features: torch.Tensor) -> torch.Tensor:
     """``reweighter.dataset_log_phi()`` computed a block of rows at a time.
 
-    The kNN weight compares every image with every other: in one piece that is an N x N
-    matrix (10 GB for 50k images). Its self-match discount is KnnWeight's own: ask k + 1
-    neighbours, then remove the cosine 1 of the image with itself.
+    The kNN weight compares every image with every other: its own neighbour search
+    (``fassl.neighbours``) holds a bounded block of that N x N matrix at a time.
     """
+    if type(reweighter).dataset_log_phi is not Reweighter.dataset_log_phi:
+        return reweighter.dataset_log_phi()  # a variant with its own rule (knn): as is
     rows = max(1, BLOCK_ELEMENTS // max(1, len(features)))
-    blocks = features.split(rows)
-    if not isinstance(reweighter, KnnWeight):
-        if type(reweighter).dataset_log_phi is not Reweighter.dataset_log_phi:
-            return reweighter.dataset_log_phi()  # a variant with its own rule: as is
-        return torch.cat([reweighter.log_phi(b) for b in blocks])
-    k = reweighter.k
-    wide = KnnWeight(k + 1)
-    wide.fit(reweighter.prototypes, features)
-    log_phi = torch.cat([wide.log_phi(b) for b in blocks])
-    return (log_phi * (k + 1) + 1.0) / k
+    return torch.cat([reweighter.log_phi(b) for b in features.split(rows)])
 
 
 def local_density(features: torch.Tensor, k: int) -> torch.Tensor:
     """(N,) mean cosine of each image to its k nearest other images (itself excluded)."""
-    knn = KnnWeight(k)
+    return -neighbour_weight(features, k).dataset_log_phi()
+
+
+def neighbour_weight(
+    features: torch.Tensor, k: int, approximate_above: int | None = None
+) -> KnnWeight:
+    """The knn weight fitted on ``features``: its one neighbour search (on the features'
+    device) gives both the knn scores and the local density."""
+    knn = KnnWeight(k, approximate_above)
     knn.fit(features.new_zeros(0, features.shape[1]), features)
-    return -dataset_log_phi(knn, features)
+    return knn
 
 
 def weight_scores(
@@ -130,8 +132,15 @@ def rank_images(
     weights: list[str],
     cfg: RebalanceConfig,
     source: str = "the checkpoint",
+    approximate_above: int | None = None,
+    device: torch.device | None = None,
 ) -> Ranking:
-    """Score every image under each of ``weights``; the first one orders the ranking."""
+    """Score every image under each of ``weights``; the first one orders the ranking.
+
+    The neighbours of every image are searched once (on ``device``, default the CPU;
+    approximately above ``approximate_above`` images when faiss is installed) and give
+    both the knn weight and the local density; the ranking's notes say which search ran.
+    """
     check_weights(weights, prototypes, source)
     features = features.float().cpu()
     if prototypes is not None and prototypes.shape[1] != features.shape[1]:
@@ -141,8 +150,16 @@ def rank_images(
         )
     k, notes = neighbour_count(cfg, len(features))
     cfg = dataclasses.replace(cfg, weight_k=k)
-    scores = {w: weight_scores(w, cfg, features, prototypes) for w in weights}
-    ranking = Ranking(scores, local_density(features, k), k, notes=notes)
+    knn = neighbour_weight(features.to(device or features.device), k, approximate_above)
+    found = knn.dataset_neighbours()
+    scores = {
+        w: knn.dataset_log_phi().cpu()
+        if w == "knn"
+        else weight_scores(w, cfg, features, prototypes)
+        for w in weights
+    }
+    density = found.similarities.float().mean(dim=1).cpu()
+    ranking = Ranking(scores, density, k, notes=[*notes, found.note], approximate=found.approximate)
     if prototypes is not None:
         cos = cosine_scores(features, prototypes.float().cpu())
         ranking.cosine, ranking.nearest = cos.max(dim=1)
@@ -172,12 +189,23 @@ def rank_collection(
     weights: list[str],
     batch_size: int = 512,
     progress: bool = True,
+    approximate_above: int | None = APPROXIMATE_ABOVE,
 ) -> tuple[Ranking, torch.Tensor]:
     """(ranking, features): every image of ``coll`` scored by ``weights`` (empty: the
     config's rebalance.weight) on the feature the prototypes live on, normalised as the
-    encoder's training images were."""
+    encoder's training images were. The images are read a chunk at a time (a streamed
+    collection is never decoded whole); only the (N, D) features are held."""
     coll = coll.normalised_as(loaded.training_stats, loaded.source)
     net = loaded.feature_net(cfg.prototypes.feature)
     feats = embed_images(net, coll.images, coll.mean, coll.std, rt, batch_size, progress)
     chosen = weights or [cfg.rebalance.weight]
-    return rank_images(feats, loaded.prototypes, chosen, cfg.rebalance, loaded.source), feats
+    ranking = rank_images(
+        feats,
+        loaded.prototypes,
+        chosen,
+        cfg.rebalance,
+        loaded.source,
+        approximate_above,
+        rt.device,
+    )
+    return ranking, feats

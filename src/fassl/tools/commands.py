@@ -39,6 +39,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     ckpt = Path(args.checkpoint)
     cfg = _config(args, ckpt)
     opts = EmbedOptions(args.feature, args.dtype, args.batch_size, cfg.train.progress)
+    opts.allow_overflow = args.allow_overflow
     coll = load_collection(args.data, cfg.data, cfg.seed)
     out = Path(args.out) if args.out else default_out(ckpt, "embed", coll.name)
     feats = run_embed(ckpt, coll, runtime_for(cfg.train), opts, out)
@@ -57,6 +58,8 @@ def cmd_rare(args: argparse.Namespace) -> None:
     cfg = _config(args, ckpt)
     weights = [w.strip() for w in args.weights.split(",") if w.strip()] if args.weights else []
     opts = RareOptions(weights, args.sheet, args.batch_size, cfg.train.progress, cfg.seed)
+    if args.approximate_above is not None:
+        opts.approximate_above = args.approximate_above
     coll = load_collection(args.data, cfg.data, cfg.seed)
     out = Path(args.out) if args.out else default_out(ckpt, "rare", coll.name)
     written = run_rare(ckpt, coll, cfg, runtime_for(cfg.train), opts, out)
@@ -128,6 +131,11 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--feature", choices=("backbone", "projection"), default="backbone")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument(
+        "--allow-overflow",
+        action="store_true",
+        help="float16: write features beyond 65504 as inf (counted) instead of refusing",
+    )
     p.set_defaults(func=cmd_embed)
     p = _per_image_tool(
         sub,
@@ -139,6 +147,13 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="", help="weights to rank by, e.g. knn,cluster_size")
     p.add_argument(
         "--sheet", type=flags.at_least(1), default=32, help="images on each side of the sheet"
+    )
+    p.add_argument(
+        "--approximate-above",
+        type=flags.at_least(0),
+        default=None,
+        help="images above which the neighbour search is approximate, with faiss-cpu "
+        "(pip install 'fassl[ann]'); exact without it (default 50000)",
     )
     p.set_defaults(func=cmd_rare)
     p = sub.add_parser("export", help="the backbone for plain PyTorch: safetensors, TorchScript")
