@@ -1,7 +1,7 @@
 """Decoding as people expect from their photos: EXIF orientation, 16-bit depth, transparency.
 
 Each test writes its own small image and reads it back through ``decode_chunk``, the
-decoding that folder loading (``decode_files``) and streaming both use.
+decoding that folder loading (``decode_files``) and the image store both use.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ import torch
 
 from fassl.config import DataConfig, SplitFilesConfig
 from fassl.data import build_data
-from fassl.data.files.streaming import StreamingImages, streamed_splits
+from fassl.data.files.store import StoreImages
 from fassl.data.splits.splitfile import class_names, read_list
+from fassl.errors import DataError
 from tests.data_fixtures import REPO, save_image
 
 WNIDS = ["n001", "n002", "n003"]
@@ -118,13 +119,11 @@ def test_errors_name_the_list_and_line(listed: DataConfig) -> None:
         build_data(replace(listed, split_files=replace(listed.split_files, test="")))
 
 
-def test_streaming_gives_the_in_memory_pixels(listed: DataConfig) -> None:
+def test_a_mapped_store_gives_the_in_memory_pixels(listed: DataConfig) -> None:
     memory = build_data(listed)
     streamed = build_data(replace(listed, max_memory_gb=1e-9, workers=2))
     images = streamed.pretrain.images
-    assert isinstance(images, StreamingImages) and not isinstance(
-        memory.pretrain.images, StreamingImages
-    )
+    assert isinstance(images, StoreImages) and isinstance(memory.pretrain.images, torch.Tensor)
     assert images.shape == (10, 3, 16, 16) and images.dtype == torch.uint8 and len(images) == 10
     idx = torch.tensor([9, 0, 4, 4, 7, 1, 2, 3, 5, 6, 8])
     assert torch.equal(images[idx], memory.pretrain.images[idx])
@@ -135,25 +134,19 @@ def test_streaming_gives_the_in_memory_pixels(listed: DataConfig) -> None:
     assert torch.equal(images.take(idx[:3])[torch.tensor([2, 0])], memory.pretrain.images[[4, 9]])
     assert streamed.mean == pytest.approx(memory.mean) and streamed.std == pytest.approx(memory.std)
     assert torch.equal(streamed.test.images[torch.arange(6)], memory.test.images)
-    assert any("streamed" in line for line in streamed.notes)
+    assert any("memory-mapped from the image store" in line for line in streamed.notes)
     copy = pickle.loads(pickle.dumps(images))
     assert torch.equal(copy[idx], memory.pretrain.images[idx])
     images.close()
     copy.close()
 
 
-def test_streaming_plan_and_errors(tmp_path: Path) -> None:
-    mib = 1024**2 / (3 * 32 * 32)  # images of 32 px per MiB
-    sizes = {"pretrain": int(300 * mib), "test": int(100 * mib), "val": int(50 * mib)}
-    assert streamed_splits(sizes, 32, 1.0) == set()
-    assert streamed_splits(sizes, 32, 0.3) == {"pretrain"}
-    assert streamed_splits(sizes, 32, 0.1) == {"pretrain", "test"}
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"not a jpeg")
-    with pytest.raises(OSError, match=r"cannot decode .*bad\.jpg"):
-        StreamingImages([bad], 8, workers=1)[0]
-    with pytest.raises(IndexError):
-        StreamingImages([bad], 8, workers=1)[torch.tensor([1])]
+def test_a_listed_image_that_does_not_decode_is_an_error(listed: DataConfig) -> None:
+    lists = Path(listed.split_files.dir)
+    first = Path(listed.root) / read_list(lists / listed.split_files.pretrain).paths[0]
+    first.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"every listed image must decode; 1 did not: "):
+        build_data(listed)
 
 
 def test_real_imagenet_100_lists_parse() -> None:

@@ -163,7 +163,7 @@ def test_a_large_folder_stays_on_disk_and_trains_like_memory(
         return method.state_dict()
 
     in_memory = trained("memory")
-    monkeypatch.setattr(folder, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(store, "IN_MEMORY_BYTES", 0)
     mapped = trained("mapped")
     for k, v in in_memory.items():
         assert torch.equal(v, mapped[k]), k

@@ -9,7 +9,7 @@ it returns. The package, by what each part is:
   ``protocol``: a source's splits put together), SDCLR's published index files
   (``sdclr``, data.sdclr_splits) and list files (``splitfile``, dataset=splitfile);
 - ``files/``: image files and where they live (``decode``, ``walk``, ``cache``,
-  ``archives``, ``streaming``, ``filelist``);
+  ``archives``, ``store``, ``filelist``);
 - ``datasets`` (the types and channel statistics), ``build`` (the entry point),
   ``collection`` (the images a per-image tool runs on).
 

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fassl.config import DataConfig
@@ -20,8 +21,9 @@ from fassl.data.build import build_data
 from fassl.data.datasets import LongTailData, channel_stats
 from fassl.data.files.archives import folder_root
 from fassl.data.files.decode import IMAGE_EXTENSIONS
+from fassl.data.files.store import held_or_mapped
 from fassl.data.files.walk import list_files
-from fassl.data.sources.folder import IN_MEMORY_BYTES, stored_images, unlabeled_listing
+from fassl.data.sources.folder import stored_images, unlabeled_listing
 from fassl.data.splits import longtail
 from fassl.registry import NAMED_DATASETS
 
@@ -105,8 +107,8 @@ def load_folder_collection(path: str | Path, cfg: DataConfig) -> Collection:
     otherwise (the channel statistics of a large one from a seeded sample)."""
     root = folder_root(dataclasses.replace(cfg, root=str(path)))
     stored, _, paths, report = stored_images(unlabeled_listing(root), cfg)
-    limit = min(IN_MEMORY_BYTES, cfg.max_memory_gb * 2**30)
-    images = torch.from_numpy(stored.load()) if stored.nbytes <= limit else stored
+    held = held_or_mapped(stored, cfg.max_memory_gb)
+    images = torch.from_numpy(held) if isinstance(held, np.ndarray) else held
     labels, classes, groups, notes = _folder_labels(paths, root, cfg)
     mean, std = channel_stats(images)
     notes = [*report, *notes]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fassl.data.files.streaming import StreamingImages
+from fassl.data.files.store import StoreImages
 
 # The paper's class groups by training frequency (the one spelling everywhere)
 GROUPS = ("frequent", "medium", "rare")
@@ -82,8 +82,8 @@ class LongTailData:
         return int(self.pretrain.images.shape[-1])
 
 
-def _stats_sample(images: torch.Tensor | StreamingImages) -> list[torch.Tensor]:
-    """Chunks of the images: all of a tensor, a seeded sample of a streamed set."""
+def _stats_sample(images: torch.Tensor | StoreImages) -> list[torch.Tensor]:
+    """Chunks of the images: all of a tensor, a seeded sample of a stored set."""
     if isinstance(images, torch.Tensor):
         return list(images.split(4096))
     n = len(images)
@@ -91,10 +91,10 @@ def _stats_sample(images: torch.Tensor | StreamingImages) -> list[torch.Tensor]:
     return list(images.batches(np.array_split(rows, max(1, len(rows) // 256))))
 
 
-def channel_stats(images: torch.Tensor | StreamingImages) -> tuple[Triple, Triple]:
+def channel_stats(images: torch.Tensor | StoreImages) -> tuple[Triple, Triple]:
     """Per-channel mean and std in [0, 1], accumulated in float64 chunks to bound memory.
 
-    A streamed set is summarised by a seeded sample of STATS_SAMPLE images.
+    A memory-mapped set is summarised by a seeded sample of STATS_SAMPLE images.
     """
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)

@@ -97,7 +97,7 @@ def read_scalars(values: list[torch.Tensor]) -> list[float]:
 
 def training_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 tensors go to the device whole (CIFAR-size sets are small); a lazy,
-    tensor-like collection (a streaming decoder) stays on the host, indexed per batch."""
+    tensor-like collection (the image store, memory-mapped) stays on the host, read per batch."""
     return images.to(device) if isinstance(images, torch.Tensor) else images
 
 

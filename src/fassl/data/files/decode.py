@@ -9,7 +9,7 @@ is black whatever colour it stores, a half-transparent one is darkened in propor
 size becomes ``size`` x ``size`` (shorter side resized bicubically, then centre-cropped).
 A file that cannot be decoded is returned with the reason, never raised, so one bad file
 does not stop a folder: ``decode_files`` drops it and names it in the set's report lines.
-The in-memory loaders and ``streaming.StreamingImages`` decode through ``decode_chunk``,
+The in-memory loaders and the image store (``store``) decode through ``decode_chunk``,
 so both give identical pixels.
 """
 

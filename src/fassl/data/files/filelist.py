@@ -2,16 +2,15 @@
 
 Unlike a folder, whose images are whatever lies below it, a list names each image (a
 published split, splits/sdclr.py; Tiny-ImageNet's layout), so a missing or unreadable image is
-an error rather than a skipped file. Decoded lists are cached like folders, keyed by the
-listed files themselves (path, size, mtime), so a list of 12k ImageNet images never lists
-the 1.3M files around it.
+an error rather than a skipped file. A list has an image store of its own (files/store.py),
+named by its files, so a list of 12k ImageNet images never lists the 1.3M files around
+it, and a changed file re-decodes its own shard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import torch
 
 from fassl.data.datasets import Split
 from fassl.data.files import cache
-from fassl.data.files.decode import ImageSet, decode_files
-from fassl.data.files.streaming import StreamingImages
+from fassl.data.files.decode import ImageSet
+from fassl.data.files.store import StoreImages, build_store, held_or_mapped, store_folder
 from fassl.errors import DataError
 
 
@@ -41,51 +40,39 @@ class FileList:
         return FileList(self.root, [self.files[i] for i in idx], self.labels[idx], self.classes)
 
 
-def list_fingerprint(kind: str, files: FileList, image_size: int) -> str:
-    """Hash of what decoding the list depends on: every listed file, labels, size, version."""
-    stats = []
-    for rel in files.files:
-        st = os.stat(files.root / rel)
-        stats.append([rel, st.st_size, st.st_mtime_ns])
-    payload = {
-        "kind": kind,
-        "root": str(files.root),
-        "files": stats,
-        "labels": hashlib.sha256(files.labels.astype(np.int64).tobytes()).hexdigest(),
-        "classes": files.classes,
-        "image_size": image_size,
-        "version": cache.FORMAT_VERSION,
-    }
-    blob = json.dumps(payload, separators=(",", ":")).encode()
-    return "list-" + hashlib.sha256(blob).hexdigest()[:32]
+def list_key(kind: str, files: FileList) -> str:
+    """What names a list's own store: its kind and its files (their order too)."""
+    blob = json.dumps([kind, files.files], separators=(",", ":")).encode()
+    return f"{kind}-" + hashlib.sha256(blob).hexdigest()[:16]
 
 
-def decode_list(files: FileList, image_size: int, cache_dir: str, kind: str) -> ImageSet:
-    """Every listed image decoded (through the cache), in list order; any failure raises."""
-    key = list_fingerprint(kind, files, image_size)
-    hit = cache.load(cache_dir, key)
-    if hit is not None:
-        return hit
-    data = decode_files(
-        files.root, files.files, files.labels.tolist(), files.classes, image_size, []
-    )
-    if len(data) != len(files):
-        skipped = [line for line in data.report if line.startswith("skipped")]
-        raise DataError(f"{kind}: every listed image must decode; {'; '.join(skipped)}")
-    cache.save(cache_dir, key, data)
-    return data
+def decode_list(
+    files: FileList, image_size: int, cache_dir: str, kind: str, max_memory_gb: float = 8.0,
+    workers: int = 0,
+) -> ImageSet:
+    """Every listed image, in list order, through the list's image store (decoded once;
+    held in memory when small, memory-mapped otherwise); any failure raises."""
+    base = cache.cache_base(cache_dir)
+    folder = store_folder(base, files.root, image_size, list_key(kind, files))
+    built = build_store(folder, files.root, files.files, image_size, workers)
+    cache.tag_cache(folder.parent)
+    failed = [(i.files[r], why) for i in built.infos for r, why in sorted(i.failed.items())]
+    if failed:
+        named = "; ".join(f"{p} ({why})" for p, why in failed[:5])
+        raise DataError(f"{kind}: every listed image must decode; {len(failed)} did not: {named}")
+    images = StoreImages.open(built, image_size, workers)
+    labels = files.labels.astype(np.int64)
+    return ImageSet(held_or_mapped(images, max_memory_gb), labels, files.classes, [], files.files)
 
 
 def to_split(
-    files: FileList, image_size: int, cache_dir: str, stream_workers: int | None = None
+    files: FileList, image_size: int, cache_dir: str, max_memory_gb: float = 8.0, workers: int = 0
 ) -> Split:
-    """A Split held in memory, or streamed (decoded on the fly) when ``stream_workers``."""
+    """A Split of the listed images: in memory when small, memory-mapped otherwise."""
     labels = torch.from_numpy(files.labels.astype(np.int64))
     if not len(files):
         return Split(torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), labels)
-    if stream_workers is not None:
-        paths = [files.root / f for f in files.files]
-        streaming = StreamingImages(paths, image_size, stream_workers)
-        return Split(streaming, labels)  # type: ignore[arg-type]
-    data = decode_list(files, image_size, cache_dir, "list")
+    data = decode_list(files, image_size, cache_dir, "list", max_memory_gb, workers)
+    if isinstance(data.images, StoreImages):
+        return Split(data.images, labels)  # type: ignore[arg-type]
     return Split(torch.from_numpy(np.ascontiguousarray(data.images)), labels)

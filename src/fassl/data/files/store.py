@@ -50,11 +50,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from fassl.data.files.decode import MAX_NAMED_FILES, Decoded, decode_chunk, plural
-from fassl.data.files.streaming import default_workers, positions
 from fassl.errors import printable
 from fassl.files import set_output_mode
 
 STORE_VERSION = 1  # bump when the records' layout or the decoded pixels change
+# A store whose decoded images take at most this much (and data.max_memory_gb) is read
+# into memory, where a step indexes one tensor (CIFAR-10 at 32 px: 150 MiB); a larger one
+# stays memory-mapped, one copy in the page cache for every process of the machine.
+IN_MEMORY_BYTES = 1 << 30
 FIXED_MAX_SIZE = 96  # px: fixed uint8 records up to this size, JPEG records above
 JPEG_QUALITY = 95
 SHARD_AVERAGE = 4096  # files a shard holds on average (a cut at hash % this == 0)
@@ -64,10 +67,43 @@ SHARD_SUFFIX = ".npy"  # fixed records (n, 3, S, S), or the JPEG records' bytes 
 INFO_SUFFIX = ".json"
 
 
-def store_folder(cache_base: Path, root: Path, image_size: int) -> Path:
-    """Where the store of ``root`` at ``image_size`` lives inside the cache folder."""
-    tag = hashlib.sha256(f"{Path(root).absolute()}|{image_size}".encode()).hexdigest()[:16]
+def default_workers(workers: int) -> int:
+    """data.workers, or up to 8 CPU cores when it is 0."""
+    return workers or min(8, os.cpu_count() or 1)
+
+
+def positions(index: Any, n: int) -> list[int]:
+    """Row numbers from an int / slice / list / numpy array / tensor index (bool masks too)."""
+    if isinstance(index, slice):
+        return list(range(n))[index]
+    arr = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+    if arr.dtype == np.bool_:
+        if arr.shape != (n,):
+            raise IndexError(f"boolean index of shape {arr.shape} for {n} images")
+        return np.flatnonzero(arr).tolist()
+    if arr.dtype.kind not in "iu":
+        raise IndexError(f"images can be indexed by integers, not {arr.dtype}")
+    flat = arr.reshape(-1).astype(np.int64)
+    if flat.size and (flat.max() >= n or flat.min() < -n):
+        raise IndexError(f"index out of range for {n} images")
+    return (flat % max(n, 1)).tolist()
+
+
+def store_folder(cache_base: Path, root: Path, image_size: int, listing: str = "") -> Path:
+    """Where the store of ``root`` at ``image_size`` lives inside the cache folder;
+    ``listing`` names a list of files below ``root`` that has a store of its own (a
+    folder's store holds what lies below it, and drops the shards of files gone)."""
+    key = f"{Path(root).absolute()}|{image_size}|{listing}"
+    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(cache_base) / "store" / f"{Path(root).name[:40]}-{image_size}px-{tag}"
+
+
+def held_or_mapped(images: StoreImages, max_memory_gb: float) -> np.ndarray | StoreImages:
+    """A store's images read into memory when they are small (IN_MEMORY_BYTES and
+    ``data.max_memory_gb``), else the memory-mapped store itself."""
+    if images.nbytes <= min(IN_MEMORY_BYTES, max_memory_gb * 2**30):
+        return images.load()
+    return images
 
 
 def _path_hash(rel: str) -> int:
@@ -376,7 +412,7 @@ def build_store(
 
 class StoreImages:
     """The store's images as a uint8 (N, 3, S, S) tensor-like, read from memory-mapped
-    shards (the interface of ``streaming.StreamingImages``)::
+    shards::
 
         images[idx]       the images as a uint8 tensor (an int gives (3, S, S))
         images.take(idx)  a view of those images (nothing read)

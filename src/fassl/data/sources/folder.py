@@ -22,16 +22,12 @@ from fassl.data.datasets import LongTailData
 from fassl.data.files import cache
 from fassl.data.files.archives import folder_root
 from fassl.data.files.decode import IMAGE_EXTENSIONS, ImageSet, decode_files, plural
-from fassl.data.files.store import StoreImages, build_store, store_folder
+from fassl.data.files.store import StoreImages, build_store, held_or_mapped, store_folder
 from fassl.data.files.walk import FolderScan, scan_folder
 from fassl.data.splits import protocol
 from fassl.errors import DataError, printable
 
 TEST_FRACTION = 0.2  # a folder without train/ and test/ keeps 20% per class as test
-# A stored folder whose decoded images take at most this much (and data.max_memory_gb) is
-# read into memory, where a step indexes one tensor (CIFAR-10 at 32 px: 150 MiB); a larger
-# one stays memory-mapped, one copy in the page cache for every process of the machine.
-IN_MEMORY_BYTES = 1 << 30
 
 
 def _is_image(path: str) -> bool:
@@ -189,9 +185,7 @@ def load_stored(cfg: DataConfig, root: Path, classes: list[str] | None = None) -
     """A folder through the image store: in memory when small, memory-mapped otherwise."""
     found = labeled_listing(root, classes) if cfg.labeled else unlabeled_listing(root)
     images, labels, files, report = stored_images(found, cfg)
-    limit = min(IN_MEMORY_BYTES, cfg.max_memory_gb * 2**30)
-    pixels: np.ndarray | StoreImages = images.load() if images.nbytes <= limit else images
-    data = ImageSet(pixels, labels, found.classes, report, files)
+    data = ImageSet(held_or_mapped(images, cfg.max_memory_gb), labels, found.classes, report, files)
     if cfg.labeled and not found.fixed_classes:
         _check_no_empty_class(data, found.root)
     return data

@@ -104,10 +104,9 @@ def load_train_test(cfg: DataConfig, root: Path) -> tuple[ImageSet, ImageSet]:
     wnids = read_wnids(root)
     classes = class_names(root, wnids)
     test_files = val_list(root, wnids, classes)
-    train = decode_list(
-        train_list(root, wnids, classes), cfg.image_size, cfg.cache_dir, "tiny-train"
-    )
-    test = decode_list(test_files, cfg.image_size, cfg.cache_dir, "tiny-val")
+    size, where, budget = cfg.image_size, cfg.cache_dir, cfg.max_memory_gb
+    train = decode_list(train_list(root, wnids, classes), size, where, "tiny-train", budget)
+    test = decode_list(test_files, size, where, "tiny-val", budget)
     return train, test
 
 

@@ -130,7 +130,8 @@ def load_jpeg_train(cfg: DataConfig, train_dir: Path) -> tuple[ImageSet, str]:
         )
     labels = read_labels(path, len(classes))
     files = FileList(train_dir, jpeg_train_files(train_dir, labels, classes), labels, classes)
-    return decode_list(files, cfg.image_size, cfg.cache_dir, "sdclr-jpeg"), dataset
+    data = decode_list(files, cfg.image_size, cfg.cache_dir, "sdclr-jpeg", cfg.max_memory_gb)
+    return data, dataset
 
 
 def read_labels(path: Path, num_classes: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 SDCLR's ImageNet format (e.g. ``train/n01558993/n01558993_9337.JPEG 26``). Image paths are
 relative to data.root; labels are ints 0..C-1. Class names are the images' folder names
 (ImageNet wnids) when every label has exactly one folder, else the labels. A missing pool,
-val or few-shot list is drawn as the protocol would; a split whose images would not fit
-data.max_memory_gb decoded is streamed (``files.streaming.StreamingImages``).
+val or few-shot list is drawn as the protocol would. Each list is read through its image
+store (``files.store``): held in memory when small, memory-mapped otherwise.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fassl.config import DataConfig
 from fassl.data.datasets import LongTailData, Split
 from fassl.data.files.archives import folder_root
 from fassl.data.files.filelist import FileList, to_split
-from fassl.data.files.streaming import default_workers, streamed_splits
 from fassl.data.splits import longtail, protocol
 from fassl.errors import DataError
 
@@ -139,18 +139,13 @@ def load(cfg: DataConfig, seed: int) -> LongTailData:
     """LongTailData from list files: pretrain (long-tailed), pool, few_shot, val, test."""
     root = _root(cfg)
     files, notes = _file_lists(cfg, root, seed)
-    size = cfg.image_size
-    streamed = streamed_splits({k: len(f) for k, f in files.items()}, size, cfg.max_memory_gb)
-    workers = default_workers(cfg.workers)
     splits: dict[str, Split] = {
-        k: to_split(f, size, cfg.cache_dir, workers if k in streamed else None)
+        k: to_split(f, cfg.image_size, cfg.cache_dir, cfg.max_memory_gb, cfg.workers)
         for k, f in files.items()
     }
-    if streamed:
-        notes.append(
-            f"streamed (decoded on the fly by {workers} processes, beyond data.max_memory_gb="
-            f"{cfg.max_memory_gb:g}): {', '.join(sorted(streamed))}"
-        )
+    mapped = [k for k, split in splits.items() if not isinstance(split.images, torch.Tensor)]
+    if mapped:
+        notes.append(f"read memory-mapped from the image store: {', '.join(sorted(mapped))}")
     return protocol.assemble(cfg, root.name, files["pretrain"].classes, splits, notes)
 
 
