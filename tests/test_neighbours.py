@@ -156,3 +156,12 @@ def test_approximate_search_of_a_tiny_bank_falls_back_to_exact_rows():
     got = approximate_knn(feats, feats, 5, exclude_self=True)
     want = exact_knn(feats, feats, 5, exclude_self=True)
     assert torch.equal(got[1], want[1])
+
+
+def test_similarities_only_equal_the_full_sort_in_any_blocks(monkeypatch):
+    bank, queries = quarter_signs(90, 16, seed=7), quarter_signs(31, 16, seed=8)
+    want = brute_force(queries, bank, 6, False)[0]
+    assert torch.equal(neighbours.knn_similarities(queries, bank, 6), want)
+    monkeypatch.setattr(neighbours, "BANK_BLOCK", 4)  # blocks narrower than k
+    monkeypatch.setattr(neighbours, "BLOCK_ELEMENTS", 40)
+    assert torch.equal(neighbours.knn_similarities(queries, bank, 6), want)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,19 +14,26 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+import fassl
+from fassl import features, reweight
 from fassl.analysis import rarity
 from fassl.analysis.prototypes import GridLabels, grid_order, retrieval_rows
 from fassl.analysis.rarity import local_density, rank_images, rank_order, ranks
 from fassl.cli import main
 from fassl.config import RebalanceConfig, to_yaml
 from fassl.data import build_data
+from fassl.data.collection import Collection, load_collection
 from fassl.encoders import load_encoder
-from fassl.features import extract_features
+from fassl.errors import DataError, ToolError
+from fassl.features import embed_images, extract_features
 from fassl.methods import build_method
 from fassl.models import build_backbone
+from fassl.neighbours import APPROXIMATE_ABOVE, faiss_available
 from fassl.report.comparison import bar_figure
 from fassl.reweight import build_reweighter
 from fassl.runtime import Runtime
+from fassl.tools import embed as embed_tool
+from fassl.tools.embed import EmbedOptions, run_embed
 from fassl.tools.export import torchvision_state
 from fassl.tools.tsne import TsneOptions, run_tsne
 from fassl.train.checkpoint import export_encoder
@@ -424,3 +432,173 @@ def test_tools_normalise_like_the_training_images_when_the_export_says_how():
     assert "e.st" in used.notes[-1]
     older = loaded({})  # exports written before they recorded the statistics
     assert coll.normalised_as(older.training_stats, older.source) is coll
+
+
+# ------------------------------------------------------- collections of any size
+
+
+class CountingImages:
+    """uint8 images behind the lazy interface (``images[a:b]``, ``shape``): records how
+    many images each read returns, so a test can see that none reads them all."""
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.reads: list[int] = []
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        out = self.images[index]
+        self.reads.append(len(out))
+        return out
+
+
+def small_collection(folder: Path) -> Collection:
+    outlier_folder(folder)
+    return load_collection(str(folder), tiny_config(folder.parent, "data.image_size=16").data, 0)
+
+
+def test_embed_reads_and_writes_a_chunk_at_a_time(tmp_path, monkeypatch):
+    coll = small_collection(tmp_path / "imgs")
+    ckpt = write_export(tmp_path / "run")
+    whole = run_embed(ckpt, coll, CPU, EmbedOptions(progress=False), tmp_path / "whole")
+    monkeypatch.setattr(features, "PROGRESS_CHUNK", 5)
+    lazy = CountingImages(coll.images)
+    chunked = dataclasses.replace(coll, images=lazy)
+    got = run_embed(ckpt, chunked, CPU, EmbedOptions(progress=False), tmp_path / "chunked")
+    assert lazy.reads == [5, 5, 2]  # 12 images, never more than a chunk at once
+    assert isinstance(got, np.memmap) and got.shape == (12, 32)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(whole))
+    assert not list((tmp_path / "chunked").glob(".*tmp-*"))  # no temporary left behind
+
+
+class PrefetchingImages(CountingImages):
+    """A lazy set that decodes ahead (``batches``, as the image store's): the chunks must
+    be asked for through it, in order."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__(images)
+        self.batched: list[slice] = []
+
+    def batches(self, index_batches, prefetch: int = 2):
+        for index in index_batches:
+            self.batched.append(index)
+            yield self[index]
+
+
+def test_lazy_images_decoding_ahead_embed_like_decoded_ones(tmp_path, monkeypatch):
+    coll = small_collection(tmp_path / "imgs")
+    net = load_encoder(write_export(tmp_path / "run")).backbone
+    decoded = embed_images(net, coll.images, coll.mean, coll.std, CPU, progress=False)
+    lazy = PrefetchingImages(coll.images)
+    monkeypatch.setattr(features, "PROGRESS_CHUNK", 5)
+    got = embed_images(net, lazy, coll.mean, coll.std, CPU, progress=False)  # type: ignore[arg-type]
+    assert lazy.batched == [slice(0, 5), slice(5, 10), slice(10, 15)] and lazy.reads == [5, 5, 2]
+    torch.testing.assert_close(got, decoded)
+
+
+def huge_features(monkeypatch, scale: float) -> None:
+    """fassl embed's features multiplied by ``scale`` (an encoder with a huge output)."""
+    real = embed_tool.feature_chunks
+
+    def scaled(*args, **kwargs):
+        return ((start, f * scale) for start, f in real(*args, **kwargs))
+
+    monkeypatch.setattr(embed_tool, "feature_chunks", scaled)
+
+
+def test_float16_overflow_is_refused_or_counted(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "imgs"
+    outlier_folder(folder)
+    ckpt = write_export(tmp_path / "run")
+    huge_features(monkeypatch, 1e6)
+    out = tmp_path / "emb"
+    base = ["embed", ckpt, folder, "--out", out, "--dtype", "float16", "data.image_size=16"]
+    assert cli(*base) == 2
+    err = capsys.readouterr().err
+    assert "float16's largest value 65504" in err and "--dtype float32" in err
+    assert (
+        "Traceback" not in err
+        and len([line for line in err.splitlines() if "float16" in line]) == 1
+    )
+    assert not out.exists() or not any(out.iterdir())  # refused: nothing written
+    assert cli(*base, "--allow-overflow") == 0
+    emb = np.load(out / "embeddings.npy")
+    meta = json.loads((out / "embeddings.json").read_text())
+    assert meta["float16_overflow"] == int(np.isinf(emb).sum()) > 0
+    assert "written as inf" in capsys.readouterr().err
+    assert cli(*base[:-3], "data.image_size=16") == 0  # float32 keeps them finite
+    assert np.isfinite(np.load(out / "embeddings.npy")).all()
+    monkeypatch.undo()
+    assert cli(*base) == 0  # an ordinary encoder in float16: nothing to count
+    assert json.loads((out / "embeddings.json").read_text())["float16_overflow"] == 0
+
+
+def test_embedding_no_images_names_the_empty_collection(tmp_path):
+    ckpt = write_export(tmp_path / "run")
+    empty = Collection(
+        "holiday", torch.empty(0, 3, 16, 16, dtype=torch.uint8), [], (0.5,) * 3, (0.25,) * 3
+    )
+    with pytest.raises(ToolError, match="holiday: the collection holds no images"):
+        run_embed(ckpt, empty, CPU, EmbedOptions(progress=False), tmp_path / "emb")
+    assert not (tmp_path / "emb").exists()
+    net = load_encoder(ckpt).backbone
+    with pytest.raises(
+        DataError, match=r"embed: images holds no images \(shape \(0, 3, 16, 16\)\)"
+    ):
+        fassl.embed(net, torch.empty(0, 3, 16, 16, dtype=torch.uint8))
+    assert embed_images(net, empty.images, empty.mean, empty.std, CPU).shape == (0, 32)
+
+
+def test_one_neighbour_search_gives_the_knn_scores_and_the_density(monkeypatch):
+    calls = []
+    real = reweight.find_neighbours
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reweight, "find_neighbours", counted)
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(60, 5, generator=g)
+    ranking = rank_images(feats, None, ["knn"], RebalanceConfig(weight_k=4))
+    assert calls == [4]  # one search, k = 4
+    assert torch.equal(ranking.scores["knn"], -ranking.density)
+    assert ranking.notes[-1] == "neighbours: exact search over 60 images"
+    assert not ranking.approximate
+    # the numbers of the knn weight as before: k + 1 neighbours less the self-match
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    top = (unit @ unit.T).topk(5, dim=1).values
+    torch.testing.assert_close(ranking.density, (top.sum(dim=1) - 1.0) / 4)
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed")
+def test_rare_above_the_threshold_searches_approximately_and_says_so(tmp_path):
+    folder = tmp_path / "imgs"
+    outlier_folder(folder)
+    ckpt = write_export(tmp_path / "run")
+    out = tmp_path / "rare"
+    base = ["rare", ckpt, folder, "--out", out, "data.image_size=16", "prototypes.feature=backbone"]
+    assert cli(*base, "--approximate-above", "5") == 0
+    meta = json.loads((out / "rarity.json").read_text())
+    assert meta["neighbour_search"] == "approximate (faiss)"
+    assert any("faiss" in note and "above 5" in note for note in meta["notes"])
+    assert read_csv(out / "rarity.csv")[0]["path"] == "odd.png"
+    assert cli(*base) == 0  # 12 images: below the default, exact
+    meta = json.loads((out / "rarity.json").read_text())
+    assert meta["neighbour_search"] == "exact"
+    assert "neighbours: exact search over 12 images" in meta["notes"]
+
+
+def test_rare_help_states_the_default_threshold(capsys):
+    with pytest.raises(SystemExit):
+        main(["rare", "--help"])
+    assert f"default {APPROXIMATE_ABOVE}" in " ".join(capsys.readouterr().out.split())

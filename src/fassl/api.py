@@ -380,6 +380,8 @@ def embed(
         raise DataError(f"embed: images must be a (N, 3, H, W) tensor or array, got {shape}")
     if batch_size < 1:
         raise DataError(f"embed: batch_size must be >= 1, got {batch_size}")
+    if images.shape[0] == 0:
+        raise DataError(f"embed: images holds no images (shape {tuple(images.shape)})")
     arr = _pixels(images.numpy() if isinstance(images, torch.Tensor) else images, "embed")
     pixels = torch.from_numpy(np.ascontiguousarray(arr))
     if data is not None:

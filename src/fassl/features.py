@@ -99,11 +99,12 @@ def extract_features(
 PROGRESS_CHUNK = 4096  # images read, embedded and handed on at a time
 
 
-def image_chunks(images: torch.Tensor, chunk: int = PROGRESS_CHUNK) -> Iterator[torch.Tensor]:
+def image_chunks(images: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
     """``images[start : start + chunk]`` in order: a uint8 tensor is sliced, a lazily
     decoded set (``images.batches``, e.g. a streamed split) decodes the next chunks
-    while this one is embedded; never all images at once."""
+    while this one is embedded; never all images at once (default chunk: PROGRESS_CHUNK)."""
     n = int(images.shape[0])
+    chunk = chunk or PROGRESS_CHUNK
     starts = range(0, n, chunk)
     batches = getattr(images, "batches", None)
     if callable(batches):

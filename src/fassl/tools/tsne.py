@@ -2,7 +2,9 @@
 
 The same images (a seeded sample of each chosen class from one split) go through every
 checkpoint, so two maps side by side compare the encoders, not the samples. Each class
-is named with its Frequent / Medium / Rare group in the legend.
+is named with its Frequent / Medium / Rare group in the legend. t-SNE maps only that
+sample (at most ``--per-class`` images of each chosen class, whatever the split's size);
+a streamed split decodes only the sampled images, a chunk at a time.
 """
 
 from __future__ import annotations
@@ -65,9 +67,12 @@ def sample_collection(data: LongTailData, opts: TsneOptions) -> Collection:
     if len(index) < 3:
         raise ToolError(f"t-SNE needs at least 3 images; the {opts.split} split has {len(index)}")
     paths = [f"{opts.split}/{int(i):06d}" for i in index]
+    images = split.images
+    # a lazily read split (the image store): a view of the sample, read a chunk at a time
+    sample = images[index] if isinstance(images, torch.Tensor) else images.take(index)
     return Collection(
         data.name,
-        split.images[index],
+        sample,
         paths,
         data.mean,
         data.std,
