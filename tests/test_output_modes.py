@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from fassl import files
-from fassl.data.files import cache
-from fassl.data.files.decode import ImageSet
+from fassl.data.files.store import build_store
 from fassl.train.checkpoint import save_checkpoint
+from tests.data_fixtures import save_image
 
 
 @pytest.fixture(params=[0o022, 0o027])
@@ -54,11 +54,12 @@ def test_encoders_checkpoints_and_text_outputs_share_one_mode(tmp_path: Path, um
     assert {p.name: oct(mode(p)) for p in written} == {p.name: oct(expected) for p in written}
 
 
-def test_cached_sets_get_the_same_mode(tmp_path: Path, umask: int) -> None:
-    data = ImageSet(np.zeros((1, 3, 2, 2), np.uint8), np.zeros(1, np.int64), [])
-    cache.save(tmp_path, "key", data)
-    modes = {oct(mode(p)) for p in (tmp_path / "decoded").iterdir()}
-    assert modes == {oct(0o666 & ~umask)}
+def test_stored_shards_get_the_same_mode(tmp_path: Path, umask: int) -> None:
+    save_image(tmp_path / "photos" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    built = build_store(tmp_path / "s", tmp_path / "photos", ["a.png"], 4, 1, False)
+    shards = [tmp_path / "s" / f"{n}{suffix}" for n in built.names for suffix in (".npy", ".json")]
+    assert {oct(mode(p)) for p in shards} == {oct(0o666 & ~umask)}
+    assert not list((tmp_path / "s").glob(".*tmp*"))  # no temporary file left behind
 
 
 def test_umask_without_proc_is_read_once_and_restored(

@@ -16,8 +16,6 @@ from PIL import Image
 from fassl import config
 from fassl.config import DataConfig
 from fassl.data import build_data, sources
-from fassl.data.files import cache
-from fassl.data.files.decode import ImageSet
 from fassl.data.sources import cifar, digits, folder
 from tests.data_fixtures import random_images, rgb, save_image, write_cifar10, write_cifar100
 
@@ -226,49 +224,6 @@ def test_digits_are_upscaled_rgb() -> None:
 
 
 # ------------------------------------------------------------------------ cache
-
-
-def _counting_decoder(root: Path) -> tuple[list[int], object]:
-    calls: list[int] = []
-
-    def decode() -> ImageSet:
-        calls.append(1)
-        return folder.load_labeled_folder(root, 32)
-
-    return calls, decode
-
-
-def test_cache_hits_then_invalidates(tmp_path: Path) -> None:
-    root = tmp_path / "imgs"
-    save_image(root / "a" / "1.png", rgb(10))
-    save_image(root / "b" / "2.png", Image.new("L", (32, 32), 5))
-    calls, decode = _counting_decoder(root)
-    first, hit = cache.cached(tmp_path / "cache", "folder-labeled", root, 32, decode)
-    assert not hit and calls == [1]
-    second, hit = cache.cached(tmp_path / "cache", "folder-labeled", root, 32, decode)
-    assert hit and calls == [1]
-    assert np.array_equal(first.images, second.images)
-    assert second.labels.dtype == np.int64 and second.classes == ["a", "b"]
-    assert second.report == first.report == ["converted 1 grayscale image to RGB"]
-    _, hit = cache.cached(tmp_path / "cache", "folder-labeled", root, 16, decode)
-    assert not hit  # another image size is another entry
-
-    save_image(root / "a" / "1.png", rgb(11))  # same size, new content and mtime
-    os.utime(root / "a" / "1.png", ns=(1, 1))
-    third, hit = cache.cached(tmp_path / "cache", "folder-labeled", root, 32, decode)
-    assert not hit and (third.images[0] == 11).all()
-    save_image(root / "b" / "3.png", rgb(12))  # a new file
-    assert not cache.cached(tmp_path / "cache", "folder-labeled", root, 32, decode)[1]
-
-
-def test_cache_files_are_complete(tmp_path: Path) -> None:
-    root = tmp_path / "imgs"
-    save_image(root / "a" / "1.png", rgb(10))
-    _, decode = _counting_decoder(root)
-    cache.cached(tmp_path / "cache", "folder-labeled", root, 32, decode)
-    entries = [p.name for p in (tmp_path / "cache" / "decoded").iterdir()]
-    names = sorted(n.split(".", 1)[1] for n in entries if n != "CACHEDIR.TAG")  # cachedir tag
-    assert names == ["images.npy", "json", "labels.npy"]  # no temp files left behind
 
 
 def test_build_reads_a_folder_through_the_cache(tmp_path: Path) -> None:

@@ -1,36 +1,25 @@
-"""Decoded image sets cached on disk, keyed by the exact files they were decoded from.
+"""Where fassl keeps what it derives from data: the image stores (``store``) and unpacked
+archives, in ``data.cache_dir``.
 
-Decoding tens of thousands of small JPEGs costs seconds to minutes; reading the decoded
-uint8 array back costs a fraction of a second. The key hashes every file's relative path,
-size and mtime, so adding, removing or touching a file decodes the folder again.
-
-The cache lives in ``data.cache_dir``; left at its default it follows the XDG base
-directory rule: ``$XDG_CACHE_HOME/fassl`` when that variable holds an absolute path, else
-``~/.cache/fassl``. The folder of decoded sets carries a ``CACHEDIR.TAG``, so that
-backup tools, and fassl's own folder walk, skip it where it lies inside a data folder.
+Left at its default the folder follows the XDG base directory rule:
+``$XDG_CACHE_HOME/fassl`` when that variable holds an absolute path, else
+``~/.cache/fassl``. Its folders carry a ``CACHEDIR.TAG``, so that backup tools, and
+fassl's own folder walk, skip them where they lie inside a data folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fassl.config import DataConfig
-from fassl.data.files.decode import ImageSet
-from fassl.data.files.walk import CACHE_TAG, CACHE_TAG_SIGNATURE, list_files
+from fassl.data.files.walk import CACHE_TAG, CACHE_TAG_SIGNATURE
 from fassl.files import set_output_mode
 
-# Bump when the decoded pixels or the stored layout change (resize method, conversions).
-# 2: EXIF orientation applied, 16-bit scaled by bit depth, transparency onto black.
-FORMAT_VERSION = 2
 DEFAULT_CACHE_DIR = DataConfig.cache_dir  # "~/.cache/fassl"
 # https://bford.info/cachedir/: the signature, then comments
 CACHE_TAG_TEXT = CACHE_TAG_SIGNATURE + (
@@ -49,7 +38,7 @@ def cache_base(cache_dir: str | Path) -> Path:
 
 
 def cache_root(cache_dir: str | Path) -> Path:
-    """The folder of decoded sets (and extracted archives) for ``data.cache_dir``, made
+    """The folder of extracted archives for ``data.cache_dir``, made
     with its CACHEDIR.TAG where it can be: archives are unpacked into it as soon as it is
     named, and a folder walk that meets it (a cache inside the data folder) skips it."""
     folder = cache_base(cache_dir) / "decoded"
@@ -57,28 +46,6 @@ def cache_root(cache_dir: str | Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         tag_cache(folder)
     return folder
-
-
-def fingerprint(kind: str, root: str | Path, image_size: int, extra: Sequence[str] = ()) -> str:
-    """Hash of what a decoded set depends on: source kind, folder, its files, size, version.
-
-    ``extra`` carries other inputs of the decode (e.g. a fixed class order).
-    """
-    root = Path(root).expanduser().absolute()
-    files = []
-    for rel in list_files(root):
-        st = os.stat(os.path.join(root, rel))
-        files.append([rel, st.st_size, st.st_mtime_ns])
-    payload = {
-        "kind": kind,
-        "root": str(root),
-        "files": files,
-        "image_size": image_size,
-        "extra": list(extra),
-        "version": FORMAT_VERSION,
-    }
-    blob = json.dumps(payload, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
@@ -100,48 +67,3 @@ def tag_cache(folder: Path) -> None:
     tag = folder / CACHE_TAG
     if not tag.is_file():
         _write_atomic(tag, lambda f: f.write(CACHE_TAG_TEXT))
-
-
-def _paths(folder: Path, key: str) -> tuple[Path, Path, Path]:
-    return folder / f"{key}.images.npy", folder / f"{key}.labels.npy", folder / f"{key}.json"
-
-
-def save(cache_dir: str | Path, key: str, data: ImageSet) -> None:
-    """Store the arrays first and the json last: the json marks a complete entry."""
-    folder = cache_root(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    images, labels, meta = _paths(folder, key)
-    _write_atomic(images, lambda f: np.save(f, np.ascontiguousarray(data.images)))
-    _write_atomic(labels, lambda f: np.save(f, data.labels.astype(np.int64)))
-    info = {"classes": data.classes, "report": data.report, "version": FORMAT_VERSION}
-    _write_atomic(meta, lambda f: f.write(json.dumps(info, indent=1).encode()))
-
-
-def load(cache_dir: str | Path, key: str) -> ImageSet | None:
-    """The cached set for ``key``, or None when absent or unreadable."""
-    images, labels, meta = _paths(cache_root(cache_dir), key)
-    if not meta.is_file():
-        return None
-    try:
-        info = json.loads(meta.read_text())
-        return ImageSet(np.load(images), np.load(labels), info["classes"], info["report"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def cached(
-    cache_dir: str | Path,
-    kind: str,
-    root: str | Path,
-    image_size: int,
-    decode: Callable[[], ImageSet],
-    extra: Sequence[str] = (),
-) -> tuple[ImageSet, bool]:
-    """(the decoded set, whether it came from the cache); decode and store it on a miss."""
-    key = fingerprint(kind, root, image_size, extra)
-    hit = load(cache_dir, key)
-    if hit is not None:
-        return hit, True
-    data = decode()
-    save(cache_dir, key, data)
-    return data, False
