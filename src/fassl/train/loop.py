@@ -40,6 +40,7 @@ from fassl import distributed as dist
 from fassl.augment.views import ViewAugment
 from fassl.config import Config, OptimConfig, to_dict
 from fassl.data import LongTailData
+from fassl.data.memory import check_fits
 from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
@@ -194,6 +195,8 @@ class Trainer:
             )
         self.forward = CompiledForward(self.model, wants_compile(cfg.train.compile, self.device))
         self.optimizer = build_optimizer(method, optim_cfg)
+        # refused here, before any step, when the run cannot hold what it needs
+        check_fits(data, int(getattr(method.backbone, "out_dim", 0)))
         self.images = training_images(data.pretrain.images, self.device)
         self.images_on_device = isinstance(self.images, torch.Tensor)  # else lazy, on the host
         # the views the method declares (two global views of cfg.augment by default)
