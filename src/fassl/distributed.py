@@ -280,8 +280,9 @@ _LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken p
 
 def is_lost_peer(err: BaseException) -> bool:
     """Whether ``err`` is a collective that failed because another rank's connection
-    closed, as torch raises it (a DistError, or gloo's RuntimeError from its transport)."""
-    if isinstance(err, dist.DistError):
+    closed, as torch raises it (a DistNetworkError, or gloo's RuntimeError from its
+    transport); other backend errors (a CUDA error in NCCL) stay this rank's own."""
+    if isinstance(err, dist.DistNetworkError):
         return True
     return isinstance(err, RuntimeError) and any(text in str(err) for text in _LOST_PEER)
 
