@@ -20,6 +20,7 @@ METHOD_CLASSES: dict[str, str] = {
     "sdclr": "fassl.methods.sdclr:SDCLR",
     "byol": "fassl.methods.byol:BYOL",
     "swav": "fassl.methods.swav:SwAV",
+    "dino": "fassl.methods.dino:DINO",
     "fassl_prototypes": "fassl.methods.fassl:PrototypeLearning",
     "fassl_rebalance": "fassl.methods.fassl:RebalancedBYOL",
     "supervised": "fassl.methods.supervised:Supervised",
@@ -29,7 +30,15 @@ METHOD_CLASSES: dict[str, str] = {
 }
 # the methods that pre-train an encoder from scratch without labels: what a run may name
 # as its self-supervised start (ldam.ssp_method, LDAM-DRW+SSP)
-SELF_SUPERVISED = ("simclr", "sdclr", "byol", "swav", "bcl_i", "bcl_d")
+SELF_SUPERVISED = (
+    "simclr",
+    "sdclr",
+    "byol",
+    "swav",
+    "dino",
+    "bcl_i",
+    "bcl_d",
+)
 # rebalance.weight -> its class (log phi of stage 2: Eq. 3 and its label-free variants;
 # none = phi 1, the paper's ablation)
 WEIGHT_CLASSES: dict[str, str] = {

@@ -217,6 +217,46 @@ class SwAVConfig:
     queue_length: int = ranged(0, ">=0")  # 0 = no queue
     queue_start_epoch: int = ranged(0, ">=0")
     freeze_prototypes_steps: int = ranged(300, ">=0")
+    # Multi-crop (main_swav.py --nmb_crops 2 N): N smaller crops beside the two global
+    # ones; codes come from the global crops only and every other crop predicts them.
+    # 0: the two-crop SwAV of the CIFAR recipes.
+    local_crops: int = ranged(0, ">=0")
+    local_size: int = ranged(0, ">=0")  # side in pixels; 0: 96/224 of the image's, as published
+    local_scale_min: float = ranged(0.05, "(0,1]")  # --min_scale_crops 0.14 0.05
+    local_scale_max: float = ranged(0.14, "(0,1]")  # --max_scale_crops 1 0.14
+
+
+@dataclass
+class DINOConfig:
+    """DINO (Caron et al., ICCV 2021): a student matches a momentum teacher's centred,
+    sharpened outputs over 2 global and ``local_crops`` local crops (the teacher sees the
+    global ones). Defaults: facebookresearch/dino main_dino.py and its ResNet-50 command,
+    the head's output size solo-learn's CIFAR one (docs/method.md, DINO)."""
+
+    out_dim: int = ranged(4096, ">=1")  # K, the last layer's outputs (ImageNet: 65536)
+    hidden_dim: int = ranged(2048, ">=1")  # the head's MLP
+    bottleneck_dim: int = ranged(256, ">=1")  # l2-normalised before the last layer
+    head_layers: int = ranged(3, ">=1")
+    head_bn: bool = False  # BatchNorm in the head's MLP (--use_bn_in_head)
+    norm_last_layer: bool = True  # the weight-normalised last layer's norms stay 1
+    freeze_last_layer: int = ranged(1, ">=0")  # epochs the last layer does not move
+    student_temp: float = ranged(0.1, ">0")
+    teacher_temp: float = ranged(0.04, ">0")  # after the warm-up
+    warmup_teacher_temp: float = ranged(0.04, ">0")
+    warmup_teacher_temp_epochs: int = ranged(0, ">=0")
+    center_momentum: float = ranged(0.9, "[0,1]")
+    ema: float = ranged(0.996, "[0,1]")  # the teacher's momentum, cosine to ema_end
+    ema_end: float = ranged(1.0, "[0,1]")
+    clip_grad: float = ranged(3.0, ">=0")  # each parameter's gradient norm at most; 0 = off
+    global_scale_min: float = ranged(0.14, "(0,1]")  # --global_crops_scale 0.14 1
+    local_crops: int = ranged(8, ">=0")  # --local_crops_number
+    local_size: int = ranged(0, ">=0")  # side in pixels; 0: 96/224 of the image's, as DINO's
+    local_scale_min: float = ranged(0.05, "(0,1]")  # --local_crops_scale 0.05 0.14
+    local_scale_max: float = ranged(0.14, "(0,1]")
+    # true: DINO's blur, always on the first global crop, 0.1 on the second, 0.5 on the
+    # local ones; false: augment.blur_p on every crop (the CIFAR recipes: none)
+    blur: bool = True
+    solarize_p: float = ranged(0.2, "[0,1]")  # the second global crop's solarization
 
 
 @dataclass
@@ -315,6 +355,7 @@ class Config:
     sdclr: SDCLRConfig = field(default_factory=SDCLRConfig)
     byol: BYOLConfig = field(default_factory=BYOLConfig)
     swav: SwAVConfig = field(default_factory=SwAVConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     bcl: BCLConfig = field(default_factory=BCLConfig)
     ldam: LDAMConfig = field(default_factory=LDAMConfig)

@@ -22,6 +22,7 @@ from fassl.losses.contrastive import (
     prototype_contrastive_loss,
     prototype_scores,
 )
+from fassl.losses.dino import dino_loss, teacher_temperature, update_center
 from fassl.losses.ldam import drw_class_weights, ldam_loss, ldam_margins
 from fassl.losses.rebalance import (
     byol_loss,
@@ -29,11 +30,12 @@ from fassl.losses.rebalance import (
     log_rebalance_weight,
     normalize_weights,
 )
-from fassl.losses.swav import sinkhorn, swav_loss
+from fassl.losses.swav import sinkhorn, swav_loss, swav_multicrop_loss
 
 __all__ = [
     "byol_loss",
     "consistency_loss",
+    "dino_loss",
     "drw_class_weights",
     "ldam_loss",
     "ldam_margins",
@@ -45,4 +47,7 @@ __all__ = [
     "prototype_scores",
     "sinkhorn",
     "swav_loss",
+    "swav_multicrop_loss",
+    "teacher_temperature",
+    "update_center",
 ]

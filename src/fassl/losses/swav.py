@@ -108,3 +108,38 @@ def swav_loss(
     loss12 = -(codes2.detach().float() * log_p1).sum(dim=1).mean()
     loss21 = -(codes1.detach().float() * log_p2).sum(dim=1).mean()
     return 0.5 * (loss12 + loss21)
+
+
+@float32_only
+def swav_multicrop_loss(scores: list[Tensor], codes: list[Tensor], temperature: float) -> Tensor:
+    """SwAV's swapped prediction over multi-crop (``main_swav.py``'s ``train``): the codes
+    of each assigned crop (``crops_for_assign``: the first ``len(codes)`` views, the
+    global crops) are predicted from every other crop.
+
+    ``mean_i [ sum_{v != i} -mean_b sum_k codes_i * log_softmax(scores_v / t) ] / (V - 1)``
+    over the assigned crops i and all V crops. With two crops, both assigned, it is
+    ``swav_loss``.
+
+    Args:
+        scores: V tensors (B, K), the prototype scores of every crop, assigned ones first.
+        codes: A tensors (B, K), the Sinkhorn codes of the first A crops (detached here).
+        temperature: softmax temperature t (0.1 in SwAV).
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if not codes or len(scores) < 2 or len(codes) > len(scores):
+        raise ValueError(
+            f"SwAV needs at least 2 crops and 1 to {len(scores)} assigned ones, got "
+            f"{len(scores)} crops and {len(codes)} codes"
+        )
+    log_p = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]
+    loss = scores[0].new_zeros((), dtype=torch.float32)
+    for i, q in enumerate(codes):
+        q = q.detach().float()
+        sub = scores[0].new_zeros((), dtype=torch.float32)
+        for v, lp in enumerate(log_p):
+            if v != i:
+                sub = sub - (q * lp).sum(dim=1).mean()
+        loss = loss + sub / (len(scores) - 1)
+    return loss / len(codes)

@@ -2,7 +2,9 @@
 
 Features and prototypes are L2-normalised; codes come from Sinkhorn-Knopp on the
 prototype scores (with a queue of past features at small batch sizes); the prototypes
-stay frozen for the first ``freeze_prototypes_steps`` steps.
+stay frozen for the first ``freeze_prototypes_steps`` steps. With ``swav.local_crops``
+it is SwAV's multi-crop (``main_swav.py``): codes of the two global crops only, each
+predicted from every other crop.
 
 The queue's fill count stays on the device: the unfilled rows are masked out of
 Sinkhorn rather than sliced off, so a step never reads the count on the host and the
@@ -14,11 +16,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fassl.augment.views import ViewSpec
 from fassl.config import Config, SwAVConfig
-from fassl.losses import sinkhorn, swav_loss
-from fassl.methods.base import EpochContext, Method, State, two_view_forward
+from fassl.data import LongTailData
+from fassl.errors import ConfigError
+from fassl.losses import sinkhorn, swav_loss, swav_multicrop_loss
+from fassl.methods.base import (
+    EpochContext,
+    Method,
+    State,
+    multi_view_forward,
+    two_view_forward,
+)
 from fassl.models import Encoder
 from fassl.prototypes import normalize_
+
+LOCAL_SIDE = 96 / 224  # SwAV's local crop side as a share of its global one (224 + 96)
+
+
+def swav_view_spec(cfg: SwAVConfig, image_size: int) -> ViewSpec | None:
+    """The multi-crop views (2 global crops of ``augment``, ``local_crops`` smaller ones,
+    the same colour distortion on all as SwAV's); None for the default pair."""
+    if cfg.local_crops == 0:
+        return None
+    if cfg.local_scale_min > cfg.local_scale_max:
+        raise ConfigError(
+            "config key 'swav.local_scale_min' must be <= swav.local_scale_max, got "
+            f"{cfg.local_scale_min} > {cfg.local_scale_max}"
+        )
+    return ViewSpec(
+        global_crops=2,
+        local_crops=cfg.local_crops,
+        local_size=cfg.local_size or max(1, round(image_size * LOCAL_SIDE)),
+        local_scale=(cfg.local_scale_min, cfg.local_scale_max),
+    )
 
 
 class SwAV(Method):
@@ -26,8 +57,12 @@ class SwAV(Method):
     head = "plain"  # its projector ends in a linear layer
     sections = ("swav",)
 
-    def __init__(self, encoder: Encoder, dim: int, cfg: SwAVConfig) -> None:
+    def __init__(self, encoder: Encoder, dim: int, cfg: SwAVConfig, image_size: int = 32) -> None:
         super().__init__(encoder)
+        self.cfg = cfg
+        spec = swav_view_spec(cfg, image_size)
+        if spec is not None:  # multi-crop; else the class's default pair
+            self.view_spec = spec
         if cfg.num_prototypes < 1:
             raise ValueError(f"swav.num_prototypes must be at least 1, got {cfg.num_prototypes}")
         self.prototypes = nn.Linear(dim, cfg.num_prototypes, bias=False)
@@ -43,7 +78,13 @@ class SwAV(Method):
 
     @classmethod
     def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> SwAV:
-        return cls(encoder, cfg.model.proj_dim, cfg.swav)
+        # the image side until the data is attached (it sets the local crops' own)
+        return cls(encoder, cfg.model.proj_dim, cfg.swav, cfg.data.image_size)
+
+    def attach_data(self, data: LongTailData) -> None:
+        spec = swav_view_spec(self.cfg, data.image_size)
+        if spec is not None:
+            self.view_spec = spec
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         self.use_queue = self.queue.shape[1] > 0 and ctx.epoch >= self.queue_start_epoch
@@ -72,16 +113,20 @@ class SwAV(Method):
 
     def forward(self, views: list[torch.Tensor]):  # type: ignore[override]
         normalize_(self.prototypes.weight)
-        _, (z1, z2) = two_view_forward(self.encoder, views)
-        z1, z2 = (
-            nn.functional.normalize(z1.float(), dim=1),
-            nn.functional.normalize(z2.float(), dim=1),
-        )
-        s1, s2 = self.prototypes(z1), self.prototypes(z2)
-        q1, q2 = self.codes(s1, 0), self.codes(s2, 1)
-        loss = swav_loss(s1, s2, q1, q2, self.temperature)
+        if len(views) == 2:
+            _, projections = two_view_forward(self.encoder, views)
+        else:  # multi-crop: one pass per crop size
+            _, projections = multi_view_forward(self.encoder, views)
+        z = [nn.functional.normalize(p.float(), dim=1) for p in projections]
+        scores = [self.prototypes(zv) for zv in z]
+        # codes of the global crops only (main_swav.py's crops_for_assign [0, 1])
+        codes = [self.codes(scores[0], 0), self.codes(scores[1], 1)]
+        if len(views) == 2:
+            loss = swav_loss(scores[0], scores[1], codes[0], codes[1], self.temperature)
+        else:
+            loss = swav_multicrop_loss(scores, codes, self.temperature)
         if self.use_queue:
-            self.push_queue(z1.detach(), z2.detach())
+            self.push_queue(z[0].detach(), z[1].detach())
         return loss, {"loss": loss.detach()}
 
     def on_after_backward(self, step: int) -> None:
