@@ -57,6 +57,7 @@ def stop_at_call(trainer: Trainer, n: int, monkeypatch: pytest.MonkeyPatch) -> N
     [
         ("sdclr", (), 8),  # epoch 2, a step between two reads of the device
         ("bcl_i", (), 7),
+        ("simclr_gh", (), 8),  # epoch 2 ends the warm-up: pi re-estimated every step
         ("byol", (), 12),  # epoch 3
         ("fassl_rebalance", ("rebalance.weight=knn",), 9),
     ],

@@ -26,6 +26,8 @@ METHOD_CLASSES: dict[str, str] = {
     "supervised": "fassl.methods.supervised:Supervised",
     "bcl_i": "fassl.methods.bcl:BCLSimCLR",
     "bcl_d": "fassl.methods.bcl:BCLSDCLR",
+    "simclr_gh": "fassl.methods.gh:GHSimCLR",
+    "sdclr_gh": "fassl.methods.gh:GHSDCLR",
     "ldam_drw": "fassl.methods.ldam:LDAMDRW",
 }
 # the methods that pre-train an encoder from scratch without labels: what a run may name
@@ -38,6 +40,8 @@ SELF_SUPERVISED = (
     "dino",
     "bcl_i",
     "bcl_d",
+    "simclr_gh",
+    "sdclr_gh",
 )
 # rebalance.weight -> its class (log phi of stage 2: Eq. 3 and its label-free variants;
 # none = phi 1, the paper's ablation)
@@ -144,7 +148,13 @@ class Arm:
 
 
 # what each label-free mechanism is measured against: the same method without it
-_METHOD_BASES = {"bcl_i": ("simclr",), "bcl_d": ("sdclr",), "ldam_drw": ("supervised",)}
+_METHOD_BASES = {
+    "bcl_i": ("simclr",),
+    "bcl_d": ("sdclr",),
+    "simclr_gh": ("simclr",),
+    "sdclr_gh": ("sdclr",),
+    "ldam_drw": ("supervised",),
+}
 _EQUAL = "equal compute"  # FASSL with its own teacher, as many images as a baseline
 _PAPER = "paper"  # FASSL on the sdclr arm's export (Algorithm 1)
 

@@ -179,6 +179,33 @@ class BCLConfig:
 
 
 @dataclass
+class GHConfig:
+    """Geometric Harmonization (Zhou et al., NeurIPS 2023): ``simclr_gh`` on SimCLR,
+    ``sdclr_gh`` on SDCLR. After a warm-up of the base method, each image's scores
+    against K fixed, geometrically uniform target directions are pulled towards
+    Sinkhorn labels under a prior pi: the share of images whose momentum-averaged score
+    is highest on each target (fassl.losses.gh). The epochs are shares of the run
+    (docs/method.md, Geometric Harmonization)."""
+
+    # K target directions; 0: the reference code's 100 (--target_dim, every dataset),
+    # or model.proj_dim where that is smaller (a simplex of K needs K <= the dimension)
+    targets: int = ranged(0, ">=0")
+    target_seed: int = ranged(0, ">=0")  # the Gaussian draw the simplex is made from
+    gamma: float = ranged(0.1, ">0")  # softmax temperature of the swapped cross-entropy
+    epsilon: float = ranged(0.05, ">0")  # Sinkhorn's entropy regularisation
+    iterations: int = ranged(300, ">=1")  # Sinkhorn's rounds (--sinkhorn_iter)
+    weight: float = ranged(1.0, ">=0")  # GH's weight after the ramp
+    # share of the epochs before GH starts (CIFAR-100-LT README: --warm_up 500 of 1000)
+    warmup: float = ranged(0.5, "[0,1)")
+    # share of the epochs over which GH's weight ramps up to gh.weight (--GH_warm_up 10)
+    ramp: float = ranged(0.01, "[0,1]")
+    # share of the epochs between re-estimates of the prior (every 20 of 1000)
+    refresh: float = ranged(0.02, "(0,1]")
+    beta: float = ranged(0.999, "[0,1)")  # momentum of each image's scores after warm-up
+    warmup_beta: float = ranged(0.9, "[0,1)")  # ... during the warm-up
+
+
+@dataclass
 class LDAMConfig:
     """LDAM-DRW (Cao et al., NeurIPS 2019), the supervised long-tail reference; with
     ``train.init_from`` a self-supervised encoder it is LDAM-DRW+SSP (Yang & Xu, NeurIPS
@@ -358,6 +385,7 @@ class Config:
     dino: DINOConfig = field(default_factory=DINOConfig)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     bcl: BCLConfig = field(default_factory=BCLConfig)
+    gh: GHConfig = field(default_factory=GHConfig)
     ldam: LDAMConfig = field(default_factory=LDAMConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)

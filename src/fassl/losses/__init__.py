@@ -23,6 +23,14 @@ from fassl.losses.contrastive import (
     prototype_scores,
 )
 from fassl.losses.dino import dino_loss, teacher_temperature, update_center
+from fassl.losses.gh import (
+    gh_loss,
+    gh_scores,
+    gh_sinkhorn,
+    simplex_etf,
+    simplex_targets,
+    target_prior,
+)
 from fassl.losses.ldam import drw_class_weights, ldam_loss, ldam_margins
 from fassl.losses.rebalance import (
     byol_loss,
@@ -37,6 +45,9 @@ __all__ = [
     "consistency_loss",
     "dino_loss",
     "drw_class_weights",
+    "gh_loss",
+    "gh_scores",
+    "gh_sinkhorn",
     "ldam_loss",
     "ldam_margins",
     "log_rebalance_weight",
@@ -45,9 +56,12 @@ __all__ = [
     "nt_xent_per_image",
     "prototype_contrastive_loss",
     "prototype_scores",
+    "simplex_etf",
+    "simplex_targets",
     "sinkhorn",
     "swav_loss",
     "swav_multicrop_loss",
+    "target_prior",
     "teacher_temperature",
     "update_center",
 ]
