@@ -362,10 +362,10 @@ def test_resumed_metrics_equal_an_uninterrupted_run(tmp_path, monkeypatch):
     killed = tmp_path / "killed"
     original = Trainer.train_step
 
-    def die_late_in_epoch_2(self, index, step):
+    def die_late_in_epoch_2(self, index, step, *rows):
         if step == 2 * self.steps_per_epoch - 1:  # epoch 2 logged rows but never saved
             raise KeyboardInterrupt
-        return original(self, index, step)
+        return original(self, index, step, *rows)
 
     monkeypatch.setattr(Trainer, "train_step", die_late_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):

@@ -94,7 +94,7 @@ def store_folder(cache_base: Path, root: Path, image_size: int, listing: str = "
     ``listing`` names a list of files below ``root`` that has a store of its own (a
     folder's store holds what lies below it, and drops the shards of files gone)."""
     key = f"{Path(root).absolute()}|{image_size}|{listing}"
-    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    tag = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return Path(cache_base) / "store" / f"{Path(root).name[:40]}-{image_size}px-{tag}"
 
 
@@ -107,7 +107,8 @@ def held_or_mapped(images: StoreImages, max_memory_gb: float) -> np.ndarray | St
 
 
 def _path_hash(rel: str) -> int:
-    return int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=8).digest(), "little")
+    raw = rel.encode("utf-8", "surrogateescape")  # names that are not UTF-8 too
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
 
 def shard_bounds(files: Sequence[str]) -> list[tuple[int, int]]:
@@ -382,7 +383,7 @@ def build_store(
                 total=missing,
                 desc=f"storing {root.name}",
                 unit="img",
-                disable=not progress,
+                disable=None if progress else True,  # None: shown on a terminal only
                 dynamic_ncols=True,
             )
             try:
