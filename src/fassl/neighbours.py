@@ -175,10 +175,15 @@ def knn_similarities(queries: Tensor, bank: Tensor, k: int) -> Tensor:
     return torch.cat(out) if out else q.new_empty(0, k)
 
 
-def _lists(m: int) -> int:
+def inverted_lists(m: int) -> int:
     """Inverted lists of the approximate index: about 4 sqrt(M), at least 39 rows each
     (faiss's k-means warns below that)."""
     return max(1, min(int(4 * math.sqrt(m)), m // 39))
+
+
+def probed_lists(lists: int) -> int:
+    """Lists searched per query: 1/PROBED_FRACTION of them, at least MIN_PROBES."""
+    return min(lists, max(MIN_PROBES, lists // PROBED_FRACTION))
 
 
 @torch.no_grad()
@@ -195,13 +200,13 @@ def approximate_knn(
     q = _unit_rows(queries, cpu).numpy()
     b = _unit_rows(bank, cpu).numpy()
     m, dim = b.shape
-    lists = _lists(m)
+    lists = inverted_lists(m)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(seed).permutation(m)[: lists * 64]
     index.cp.seed = seed
     index.train(b[np.sort(sample)])
     index.add(b)
-    index.nprobe = min(lists, max(MIN_PROBES, lists // PROBED_FRACTION))
+    index.nprobe = probed_lists(lists)
     wanted = k + int(exclude_self)
     sims, idx = (torch.from_numpy(a) for a in index.search(q, wanted))
     if exclude_self:  # drop each row's own index, else its last neighbour
@@ -232,12 +237,11 @@ def find_neighbours(
     wanted = approximate_above is not None and m > approximate_above
     if wanted and faiss_available():
         sims, idx = approximate_knn(queries, bank, k, exclude_self)
-        lists = _lists(m)
-        probes = min(lists, max(MIN_PROBES, lists // PROBED_FRACTION))
+        lists = inverted_lists(m)
         note = (
-            f"neighbours: approximate search (faiss IVF-Flat, {probes} of {lists} lists "
-            f"probed) over {m:,} images, above {approximate_above:,}: k-NN scores and local "
-            f"density may miss a few true neighbours"
+            f"neighbours: approximate search (faiss IVF-Flat, {probed_lists(lists)} of "
+            f"{lists} lists probed) over {m:,} images, above {approximate_above:,}: k-NN "
+            "scores and local density may miss a few true neighbours"
         )
         return Neighbours(sims, idx, note, approximate=True)
     sims, idx = exact_knn(queries, bank, k, exclude_self)
