@@ -3,7 +3,7 @@
 Under DDP each process normalises with the statistics of its own share of the batch: the
 one thing that keeps a run split over processes from equalling one process on the same
 global batch. Without BatchNorm the maths says the two must agree, which
-tests/test_torchrun_cli.py checks through the command itself (torchrun runs this module).
+tests/cli/test_torchrun_cli.py checks through the command itself (torchrun runs this module).
 """
 
 from __future__ import annotations

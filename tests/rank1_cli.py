@@ -1,5 +1,5 @@
 """``python -m tests.rank1_cli ARGS``: the ``fassl`` command, with rank 1 of a torchrun
-run made different as ``FASSL_TEST_RANK1`` says (tests/test_reliability_runs.py):
+run made different as ``FASSL_TEST_RANK1`` says (tests/cli/test_reliability_runs.py):
 
 - ``override:<key>=<value>``: rank 1 alone is given one more override;
 - ``other-image``: rank 1 reads one pre-training image with other pixels, as a node whose

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "reproduce_paper_width.py"
 _spec = importlib.util.spec_from_file_location("reproduce_paper_width", SCRIPT)
 assert _spec is not None and _spec.loader is not None

@@ -149,7 +149,7 @@ def test_groups_of_a_permuted_split() -> None:
 
 
 def test_groups_ties_and_sizes() -> None:
-    # Equal counts share a group (all equal: all Frequent; tests/test_groups_rule.py).
+    # Equal counts share a group (all equal: all Frequent; tests/data/test_groups_rule.py).
     assert lt.frequency_groups([5, 5, 5]) == {"frequent": [0, 1, 2], "medium": [], "rare": []}
     sizes = {k: len(v) for k, v in lt.frequency_groups(list(range(100))).items()}
     assert sizes == {"frequent": 34, "medium": 33, "rare": 33}

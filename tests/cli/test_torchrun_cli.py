@@ -30,7 +30,7 @@ from tests.bn_free_cli import without_batchnorm
 
 pytestmark = [pytest.mark.trains, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The demo digits, a long-tailed set of 95 images at 16 px, a width-4 network, tiny probes.
 TINY = (
     "model.width=4",

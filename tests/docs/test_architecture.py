@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "architecture_layers.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "architecture_layers.py"
 
 
 def test_the_layer_table_is_drawn_from_the_contract():

@@ -38,7 +38,7 @@ from fassl.runs.stage import check_batch_size, data_fingerprint
 from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from tests.helpers import tiny_config, tiny_data
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROW = {"all": 50.0, "rare": 40.0, "medium": 50.0, "frequent": 60.0, "std": 8.16}
 
 

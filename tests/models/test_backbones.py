@@ -262,7 +262,7 @@ def test_a_module_without_a_known_feature_size_asks_for_it(tmp_path):
 
 # docs/backbones.md's commands, one epoch each: (method, arch, kwargs, run folder, the
 # page's snippet that loads the export, by its place)
-BACKBONES = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
+BACKBONES = Path(__file__).resolve().parents[2] / "docs" / "backbones.md"
 DOCUMENTED_RUNS = [
     pytest.param(
         "sdclr",
@@ -338,7 +338,7 @@ def test_a_library_backbone_compiles_to_one_graph_like_the_own_resnet(
 ):
     from torch import _dynamo as dynamo
 
-    from tests.test_compile import CountingBackend, trainer
+    from tests.train.test_compile import CountingBackend, trainer
 
     dynamo.reset()
     dynamo.utils.counters.clear()

@@ -26,9 +26,9 @@ from fassl.names import EXPORT, LAST
 from fassl.processes import LOCK, run_lock
 from fassl.train import checkpoint
 from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from tests.test_hostile import TINY, fails, run_args, snapshot
+from tests.cli.test_hostile import TINY, fails, run_args, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- two runs into one folder ----------------------------------------------------------

@@ -80,7 +80,7 @@ def test_missing_or_bad_annotations(tiny_root: Path, tmp_path: Path) -> None:
 
 def test_recipes_load() -> None:
     for name in ("tinyimagenet_lt_cpu", "tinyimagenet_lt_gpu", "imagenet100_lt_gpu"):
-        path = Path(__file__).resolve().parents[1] / "src/fassl/configs" / f"{name}.yaml"
+        path = Path(__file__).resolve().parents[2] / "src/fassl/configs" / f"{name}.yaml"
         cfg = load_config(path)
         assert cfg.data.dataset in ("tinyimagenet", "splitfile")
     gpu = load_config(path)

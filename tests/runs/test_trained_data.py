@@ -13,8 +13,8 @@ import yaml
 
 from fassl.cli import main
 from fassl.names import EXPORT, SETTINGS
+from tests.cli.test_hostile import TINY
 from tests.data_fixtures import write_class_folder
-from tests.test_hostile import TINY
 
 COUNTS = {"a": 40, "b": 20, "c": 12}
 

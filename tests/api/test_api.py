@@ -16,7 +16,7 @@ import fassl
 from fassl.errors import ConfigError, DataError
 from tests.helpers import coloured_split
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 TINY = (
     "model.width=4",
     "model.proj_hidden=16",

@@ -4,10 +4,10 @@ fixed batch, and the weights after a short run of the real training loop.
 A refactor of the methods, the augmentation or the loop that changes no arithmetic keeps
 every number here; one that changes a loss, a random draw's order or a step fails.
 
-The expected values live in tests/pinned_numbers.json. After a change that is meant to
+The expected values live in tests/methods/pinned_numbers.json. After a change that is meant to
 alter them, write them again and review the diff:
 
-    FASSL_REGEN_PINNED=1 .venv/bin/python -m pytest -q tests/test_pinned_numbers.py
+    FASSL_REGEN_PINNED=1 .venv/bin/python -m pytest -q tests/methods/test_pinned_numbers.py
 
 The suite runs on one thread (tests/conftest.py), where CPU results repeat exactly. The
 loss of one forward is pinned once (other kernels move it by about 1e-7); the trained
@@ -15,7 +15,7 @@ weights are pinned per kernel set (``capability``): ``make test`` runs the train
 again on the AVX2 kernels, so write the file under both:
 
     FASSL_REGEN_PINNED=1 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \\
-        .venv/bin/python -m pytest -q tests/test_pinned_numbers.py
+        .venv/bin/python -m pytest -q tests/methods/test_pinned_numbers.py
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import torch
 
 import fassl
 from fassl.errors import ConfigError, DataError, RunConflict
+from tests.api.test_api import TINY
 from tests.helpers import coloured_split
-from tests.test_api import TINY
 
 
 @pytest.fixture(scope="module")

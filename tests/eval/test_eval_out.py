@@ -12,7 +12,7 @@ from fassl.cli import main
 from fassl.config import DataConfig
 from fassl.names import EXPORT
 from fassl.tools.common import data_slug
-from tests.test_hostile import TINY  # digits at 8x8, width 4: a run takes seconds
+from tests.cli.test_hostile import TINY  # digits at 8x8, width 4: a run takes seconds
 
 
 @pytest.fixture(scope="module")

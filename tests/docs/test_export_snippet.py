@@ -19,7 +19,7 @@ from fassl.train.checkpoint import export_encoder
 from tests import torchvision_resnet
 from tests.helpers import tiny_config
 
-TOOLS = Path(__file__).resolve().parents[1] / "docs" / "tools.md"
+TOOLS = Path(__file__).resolve().parents[2] / "docs" / "tools.md"
 
 
 def snippet() -> str:
