@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,timm
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 	$(AVX2_ENV) $(VENV)/bin/fassl info | grep capability
 	$(AVX2_ENV) $(PY) -m pytest -q -m trains
+
+# What a change is first checked with, in under a minute on 2 cores: ruff, the layers and
+# every test not marked slow (subprocesses, torchrun, multi-epoch runs) or trains.
+test-fast: $(VENV)/.installed
+	$(PY) -m ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -n 2 -m "not slow and not trains"
 
 # Step and full-epoch throughput, MFU and memory of the loop (benchmarks/results/).
 bench: $(VENV)/.installed

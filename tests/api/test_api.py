@@ -47,6 +47,7 @@ def test_every_export_resolves_and_is_documented():
     ("module", "absent"),
     [("fassl.runs.pipeline", "fassl.cli"), ("fassl.config", "torch"), ("fassl.recipes", "torch")],
 )
+@pytest.mark.slow
 def test_imports_point_down_the_layers(module, absent):
     code = f"import sys, {module}; print({absent!r} in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -23,6 +25,7 @@ def run(script: str, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_loss_in_your_own_loop():
     out = run("loss_in_your_loop.py", "--steps", "3")
     assert "step 2: loss" in out and "re-balancing weights: mean 1.000" in out
@@ -33,6 +36,7 @@ def test_a_method_trained_on_your_tensors():
     assert "simclr: standard probe All" in out and "features: (8, 32)" in out
 
 
+@pytest.mark.slow
 def test_an_export_for_a_downstream_classifier(tmp_path):
     out = run("export_for_a_classifier.py", "--epochs", "1", "--out", str(tmp_path))
     assert "logistic regression" in out and "resnet18 width 8: 64-d features" in out

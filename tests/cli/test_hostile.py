@@ -149,6 +149,7 @@ def folder_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [*base, f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'o'}", *extra]
 
 
+@pytest.mark.slow
 def test_bad_folders(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -251,6 +252,7 @@ def rewrite(src: Path, dest: Path, meta: object = None, raw_meta: str | None = N
     return dest
 
 
+@pytest.mark.slow
 def test_bad_checkpoint_headers(capsys, finished, tmp_path):
     export = finished / EXPORT
     _, meta = load_checkpoint(export)
@@ -265,6 +267,7 @@ def test_bad_checkpoint_headers(capsys, finished, tmp_path):
         fails(capsys, ["eval", str(path), "--config", "demo", *TINY], name)
 
 
+@pytest.mark.slow
 def test_nan_weights_refused_everywhere(capsys, finished, tmp_path):
     tensors, meta = load_checkpoint(finished / EXPORT)
     tensors["backbone.stem.0.weight"][0] = float("nan")
@@ -346,6 +349,7 @@ def rows(path: Path) -> list[tuple]:
     return out
 
 
+@pytest.mark.slow
 def test_resumed_metrics_equal_an_uninterrupted_run(tmp_path, monkeypatch):
     overrides = ("optim.epochs=3", "train.checkpoint_every_s=0", "train.log_every=1")
 
@@ -379,6 +383,7 @@ def test_resumed_metrics_equal_an_uninterrupted_run(tmp_path, monkeypatch):
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_pipeline_rerun_checks_each_stage_and_restarts_from_one(tmp_path):
     from fassl.errors import RunConflict
     from fassl.runs.pipeline import run_pipeline

@@ -60,6 +60,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_one_lock(tmp_path):
     """Four processes race for the same folder: exactly one holds it (a lock seen before
     its holder had written it used to read as a killed run's and be taken over)."""
@@ -107,6 +108,7 @@ def test_busy_folder_message_names_pid_host_and_start(tmp_path, monkeypatch):
 # ---- a diverging run never writes non-finite state ------------------------------------
 
 
+@pytest.mark.slow
 def test_divergence_keeps_a_finite_checkpoint_and_names_the_restart(capsys, tmp_path):
     out = tmp_path / "run"
     args = run_args(out, "optim.lr=1e5", "optim.epochs=6", "train.checkpoint_every_s=0")
@@ -132,6 +134,7 @@ def test_saving_refuses_non_finite_tensors(tmp_path):
 # ---- a damaged file is corrupt, not diverged ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_is_reported_as_a_corrupt_file(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(run_args(out)) == 0
@@ -178,6 +181,7 @@ def _interrupted_run(tmp_path: Path, sig: int) -> tuple[int, str, Path]:
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_interrupt_ends_with_one_line_and_the_run_resumes(tmp_path, sig, status):
     code, err, out = _interrupted_run(tmp_path, sig)
     assert code == status, err
@@ -237,6 +241,7 @@ def test_a_failing_output_set_leaves_the_previous_files(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses non-UTF-8 names")
+@pytest.mark.slow
 def test_non_utf8_names_in_embed_and_rare(tmp_path):
     from tests.data_fixtures import save_image
 

@@ -47,6 +47,7 @@ def test_the_self_supervised_methods_train_from_scratch_without_labels(tmp_path)
     assert all(METHODS[n].needs_labels or n.startswith("fassl_") for n in rest)
 
 
+@pytest.mark.slow
 def test_every_arm_refers_to_arms_methods_and_keys_that_exist(tmp_path):
     file_keys = path_keys(Config(), "file")
     for arm in registry.ARMS.values():
@@ -95,6 +96,7 @@ def _other_value(cfg: Config, key: str) -> str:
 
 
 @pytest.mark.parametrize("key", _one_key_per_section())
+@pytest.mark.slow
 def test_a_sweep_never_shares_a_stage_whose_settings_the_key_changes(tmp_path, key):
     """The sweep's sharing (sections a stage reads) and the rerun check (settings.json)
     are two readings of what a stage learns from: a key in a stage's settings must

@@ -48,6 +48,7 @@ def torchvision(monkeypatch):
     ("arch", "width", "stem"),
     [("resnet18", 4, True), ("resnet18", 8, False), ("resnet50", 4, True)],
 )
+@pytest.mark.slow
 def test_the_documented_code_loads_the_export_at_any_width(
     tmp_path, monkeypatch, torchvision, arch, width, stem
 ):

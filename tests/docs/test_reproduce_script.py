@@ -164,6 +164,7 @@ def test_refuses_bad_inputs_in_one_line_before_anything_runs(
     assert calls == [] and not runs.exists()
 
 
+@pytest.mark.slow
 def test_preflight_refuses_torch_without_cuda(tmp_path: Path) -> None:
     result, calls, runs = script(tmp_path, cuda=False)  # this machine's CPU-only torch
     lines = result.stderr.strip().splitlines()

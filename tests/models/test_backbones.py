@@ -80,6 +80,7 @@ def test_every_method_trains_a_step_on_a_library_backbone(tmp_path, arch, kwargs
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), MODELS)
+@pytest.mark.slow
 def test_sdclr_masks_every_conv_and_linear_weight_and_twins_every_norm(tmp_path, arch, kwargs):
     cfg = _cfg(tmp_path, arch, kwargs, "sdclr.prune_ratio=0.5")
     method = build_method(cfg, "sdclr")
@@ -151,6 +152,7 @@ def test_export_loads_into_timm_and_gives_the_embed_features(tmp_path, arch, kwa
 
 
 @needs_torchvision
+@pytest.mark.slow
 def test_export_loads_into_torchvision_and_gives_the_embed_features(tmp_path):
     import torchvision
 
@@ -358,6 +360,7 @@ def test_a_library_backbone_compiles_to_one_graph_like_the_own_resnet(
 
 
 @needs_timm
+@pytest.mark.slow
 def test_a_library_weights_file_starts_a_run_through_init_from(tmp_path):
     import timm
     from safetensors.torch import save_file

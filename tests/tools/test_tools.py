@@ -182,6 +182,7 @@ def outlier_folder(folder: Path) -> None:
     write_images(folder, {"odd.png": np.repeat(board[:, :, None], 3, axis=2)})
 
 
+@pytest.mark.slow
 def test_rare_ranks_the_outlier_first_and_refuses_prototype_weights(tmp_path, capsys):
     folder = tmp_path / "imgs"
     outlier_folder(folder)
@@ -387,6 +388,7 @@ STAGES = (
 )
 
 
+@pytest.mark.slow
 def test_unlabeled_pipeline_writes_label_free_outputs_and_names_them(tmp_path, capsys):
     folder = tmp_path / "photos"
     write_images(
@@ -581,6 +583,7 @@ def test_one_neighbour_search_gives_the_knn_scores_and_the_density(monkeypatch):
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed")
+@pytest.mark.slow
 def test_rare_above_the_threshold_searches_approximately_and_says_so(tmp_path):
     folder = tmp_path / "imgs"
     outlier_folder(folder)

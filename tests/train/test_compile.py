@@ -154,6 +154,7 @@ def compile_lines(err: str) -> list[str]:
 
 @pytest.mark.parametrize("where", list(FAILING))
 @pytest.mark.parametrize("name", ["simclr", "swav"])
+@pytest.mark.slow
 def test_a_compile_error_in_the_first_step_prints_one_line_and_trains_like_eager(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, where: str
 ) -> None:

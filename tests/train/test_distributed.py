@@ -87,6 +87,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_nt_xent_split_across_ranks_matches_one_process(ranks: list[dict[str, Any]]) -> None:
     data = _inputs()
     z1 = data["z1"].clone().requires_grad_(True)

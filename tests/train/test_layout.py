@@ -118,6 +118,7 @@ _GRADIENT_CHECK = textwrap.dedent(
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("width", [4, 8, 16])
+@pytest.mark.slow
 def test_resolved_layout_gives_contiguous_gradients_on_avx2_kernels(width, threads) -> None:
     """In a subprocess with the AVX2 kernels (a crash fails the test, not the suite):
     one thread corrupts the heap, two give wrong weight gradients when the rule breaks."""

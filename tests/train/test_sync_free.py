@@ -183,6 +183,7 @@ def _case_id(name: str, overrides: tuple[str, ...]) -> str:
         for n, o in CASES
     ],
 )
+@pytest.mark.slow
 def test_a_training_step_never_waits_for_the_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, overrides: tuple[str, ...]
 ) -> None:
