@@ -196,3 +196,19 @@ def test_large_images_are_stored_as_jpeg_records_and_decoded_by_loader_workers(
     batches = [torch.tensor([3, 0, 11]), torch.tensor([5]), torch.tensor([7, 7])]
     through_workers = list(images.batches(batches))
     assert all(torch.equal(a, images[b]) for a, b in zip(through_workers, batches, strict=True))
+
+
+def test_fassl_prepare_builds_the_store_a_run_then_reads(tmp_path: Path, capsys) -> None:
+    from fassl.cli import main
+
+    root = tmp_path / "photos"
+    photo_folder(root, 9)
+    keys = [f"data.cache_dir={tmp_path / 'cache'}", f"data.image_size={SIZE}"]
+    assert main(["prepare", str(root), "data.labeled=false", *keys]) == 0
+    out = capsys.readouterr().out
+    assert "9 images, decoded 9 into the image store" in out and "1 shard, " in out
+    cfg = DataConfig(
+        dataset="folder", root=str(root), labeled=False, image_size=SIZE,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert "9 images, read from the image store" in build_data(cfg).notes[0]
