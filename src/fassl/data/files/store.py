@@ -63,6 +63,8 @@ JPEG_QUALITY = 95
 SHARD_AVERAGE = 4096  # files a shard holds on average (a cut at hash % this == 0)
 SHARD_MAX = 16384  # and at most
 CHUNK = 64  # files a decoding task takes
+# what a decoded image's pixels become once its record is written (a view would keep them)
+WRITTEN = np.zeros(0, dtype=np.uint8)
 SHARD_SUFFIX = ".npy"  # fixed records (n, 3, S, S), or the JPEG records' bytes end to end
 INFO_SUFFIX = ".json"
 
@@ -253,7 +255,7 @@ def _write_shard(
             for d, blob in part:
                 if records is not None and d.pixels is not None:
                     records[len(decoded)] = d.pixels
-                    d.pixels = d.pixels[:0]  # written: only whether it decoded is kept
+                    d.pixels = WRITTEN  # only whether it decoded is kept, not its pixels
                 decoded.append(d)
                 blobs.append(blob)
             bar.update(len(part))
@@ -291,7 +293,7 @@ def _decode_task(args: tuple[list[Path], int, bool]) -> list[tuple[Decoded, byte
     for d in decode_chunk(paths, size):
         blob = b""
         if jpeg and d.pixels is not None:
-            blob, d.pixels = encode_jpeg(d.pixels), d.pixels[:0]  # only the bytes travel back
+            blob, d.pixels = encode_jpeg(d.pixels), WRITTEN  # only the bytes travel back
         out.append((d, blob))
     return out
 
