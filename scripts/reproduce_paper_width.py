@@ -1059,8 +1059,8 @@ def fassl_sections(s: Settings) -> list[str]:
     sys.path[:0] = [str(SRC), "/tmp/fassl-site"]
     out: list[str] = []
     try:  # the tables pair fassl_from_sdclr and sdclr_continued; this pair is the script's
-        from fassl.compare import collect_runs
-        from fassl.report.comparison import difference_tables
+        from fassl.compare.run import collect_runs
+        from fassl.compare.tables import difference_tables
 
         for split in ("split1", "split2"):
             if (s.runs / split).is_dir():
@@ -1078,7 +1078,7 @@ def fassl_sections(s: Settings) -> list[str]:
         "",
     ]
     try:
-        from fassl.report import PAPER_CIFAR10_LT
+        from fassl.compare.tables import PAPER_CIFAR10_LT
 
         for setting, methods in PAPER_CIFAR10_LT.items():
             for m, r in methods.items():

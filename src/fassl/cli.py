@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from fassl import flags
 from fassl.bench.settings import add_arguments as bench_arguments
+from fassl.compare import arm_listing
 from fassl.config import Config, OptimConfig, PipelineConfig, load_config
 from fassl.errors import (
     Interrupted,
@@ -23,7 +24,6 @@ from fassl.errors import (
 )
 from fassl.names import PIPELINE_STAGES
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
-from fassl.registry import arm_listing
 from fassl.tools.commands import add_tool_commands
 from fassl.validation import check_paths
 
@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.compare import run_comparison
+    from fassl.compare.run import run_comparison
 
     cfg = _config(args)
     _join(cfg)
@@ -198,14 +198,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     # start-up time: the command's layers (and torch) load when it runs
-    from fassl.compare import (
+    from fassl.compare.run import (
         collect_runs,
         paper_dataset_of,
         tables_notes,
         unfinished_runs,
         write_comparison,
     )
-    from fassl.sweep import GRID_FILE, write_sweep
+    from fassl.compare.sweep import GRID_FILE, write_sweep
 
     out = Path(args.out_dir)
     if (out / GRID_FILE).is_file():  # a sweep (compare.grid): Table 3-5 layout

@@ -114,7 +114,7 @@ NAMED_DATASETS = tuple(name for name, s in SOURCES.items() if s.by_name)
 @dataclass(frozen=True)
 class Arm:
     """One arm of ``fassl compare``: what it trains, what it starts from, and what it is
-    measured against (``fassl.runs.arms`` turns it into a run's config).
+    measured against (``fassl.compare.arms`` turns it into a run's config).
 
     ``method``: a name of ``METHOD_CLASSES``, or ``fassl`` for the FASSL pipeline.
     ``keys``: config keys the arm sets, as (dotted key, value).
@@ -155,25 +155,26 @@ _METHOD_BASES = {
     "sdclr_gh": ("sdclr",),
     "ldam_drw": ("supervised",),
 }
-_EQUAL = "equal compute"  # FASSL with its own teacher, as many images as a baseline
-_PAPER = "paper"  # FASSL on the sdclr arm's export (Algorithm 1)
+EQUAL_COMPUTE = "equal compute"  # FASSL with its own teacher, as many images as a baseline
+PAPER_STRUCTURE = "paper"  # FASSL on the sdclr arm's export (Algorithm 1)
 
 
 def _arms() -> dict[str, Arm]:
     arms = [Arm(m, m, bases=_METHOD_BASES.get(m, ())) for m in METHOD_NAMES]
-    arms.append(Arm("fassl", "fassl", bases=("fassl_phi1",), structure=_EQUAL))
+    arms.append(Arm("fassl", "fassl", bases=("fassl_phi1",), structure=EQUAL_COMPUTE))
     # the same teacher and stage 1 as fassl, another weight: phi = 1 first, then each variant
     for w in ("none", *(w for w in WEIGHTS if w != "none")):
         name = "fassl_phi1" if w == "none" else f"fassl_{w}"
         bases = () if w == "none" else ("fassl_phi1",)
-        arms.append(Arm(name, "fassl", bases=bases, lead="fassl", weight=w, structure=_EQUAL))
+        equal = Arm(name, "fassl", bases=bases, lead="fassl", weight=w, structure=EQUAL_COMPUTE)
+        arms.append(equal)
     from_sdclr = {"start_arm": "sdclr", "start_key": "pipeline.teacher_checkpoint"}
     arms += [
         Arm(
             "fassl_from_sdclr",
             "fassl",
             bases=("fassl_from_sdclr_phi1", "sdclr_continued"),
-            structure=_PAPER,
+            structure=PAPER_STRUCTURE,
             **from_sdclr,
         ),
         Arm(
@@ -182,7 +183,7 @@ def _arms() -> dict[str, Arm]:
             bases=("sdclr_continued",),
             lead="fassl_from_sdclr",
             weight="none",
-            structure=_PAPER,
+            structure=PAPER_STRUCTURE,
             **from_sdclr,
         ),
         Arm("simclr_ts", "simclr", (("temperature.schedule", "cosine"),), ("simclr",)),
@@ -203,7 +204,7 @@ def _arms() -> dict[str, Arm]:
             start_arm="sdclr",
             start_key="train.init_from",
             continued=True,
-            structure=_PAPER,
+            structure=PAPER_STRUCTURE,
         ),
     ]
     return {a.name: a for a in arms}
@@ -211,27 +212,6 @@ def _arms() -> dict[str, Arm]:
 
 ARMS: dict[str, Arm] = _arms()
 ARM_NAMES = tuple(ARMS)
-
-
-def arm_listing() -> str:
-    """The arms ``compare.methods`` takes, by kind, for ``fassl compare --help``."""
-    kinds: dict[str, list[str]] = {"methods": [], "equal": [], "paper": [], "variants": []}
-    for a in ARMS.values():
-        if a.structure == _PAPER:
-            kinds["paper"].append(a.name)
-        elif a.structure == _EQUAL:
-            kinds["equal"].append(a.name)
-        elif a.name not in METHOD_NAMES:
-            kinds["variants"].append(a.name)
-        elif not a.name.startswith("fassl_"):  # FASSL's stages run as the pipeline arms
-            kinds["methods"].append(a.name)
-    return (
-        f"arms (compare.methods):\n  methods: {', '.join(kinds['methods'])}\n"
-        f"  FASSL at equal compute (its own teacher): {', '.join(kinds['equal'])}\n"
-        f"  FASSL as the paper composes it (on the sdclr arm's export), beside SDCLR trained\n"
-        f"  on as long: {', '.join(kinds['paper'])}\n"
-        f"  variants: {', '.join(kinds['variants'])}"
-    )
 
 
 def load(target: str) -> Any:

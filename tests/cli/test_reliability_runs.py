@@ -26,13 +26,13 @@ from safetensors.torch import save_file
 
 from fassl import distributed
 from fassl.cli import main
-from fassl.compare import collect_runs, unfinished_runs
+from fassl.compare import arms
+from fassl.compare.run import collect_runs, unfinished_runs
 from fassl.config import load_config, to_yaml
 from fassl.data import Split
 from fassl.errors import CheckpointError, DamagedFile, DataError, RanksDiffer, RunConflict
 from fassl.names import CONFIG, EXPORT, LAST, SETTINGS
 from fassl.report import read_json_object
-from fassl.runs import arms
 from fassl.runs.settings import check_stage, record_settings
 from fassl.runs.stage import check_batch_size, data_fingerprint
 from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint

@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 
 from fassl.cli import main
+from fassl.compare.arms import baseline_epochs, run_config
 from fassl.config import DataConfig, load_config
 from fassl.data import build_data
 from fassl.errors import ConfigError
 from fassl.names import EXPORT
 from fassl.recipes import resolve_recipe
 from fassl.report.results import COLUMNS
-from fassl.runs.arms import baseline_epochs, run_config
 
 
 def make_folder(root, per_class=12, size=8):

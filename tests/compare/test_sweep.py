@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import fassl.sweep as sweep
+import fassl.compare.sweep as sweep
 from fassl.cli import main
 from fassl.errors import ConfigError
 from fassl.report.results import COLUMNS

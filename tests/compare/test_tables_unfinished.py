@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from fassl.cli import main
-from fassl.compare import expected_files, tables_notes, unfinished_runs
+from fassl.compare.run import expected_files, tables_notes, unfinished_runs
 from fassl.config import load_config, to_yaml
 from fassl.names import EXPORT
 from fassl.recipes import resolve_recipe

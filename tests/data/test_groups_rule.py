@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
+from fassl.compare.tables import markdown_tables, summarize, write_csv
 from fassl.data.splits import longtail as lt
 from fassl.eval.metrics import group_metrics
 from fassl.report import run_report
-from fassl.report.comparison import markdown_tables, summarize, write_csv
 from fassl.report.results import group_lines, results_table, write_json
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fassl.compare.arms import baseline_epochs, run_config
 from fassl.errors import ConfigError
 from fassl.features import normalize_images
 from fassl.methods import build_method
 from fassl.methods.base import training_labels
-from fassl.runs.arms import baseline_epochs, run_config
 from fassl.runtime import Runtime
 from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data

@@ -6,9 +6,9 @@ import torch
 
 from fassl.analysis.prototypes import prototype_group_shares
 from fassl.analysis.weights import all_weight_diagnostics, weight_enrichment
+from fassl.compare.tables import bar_chart, markdown_tables, summarize, write_csv
 from fassl.config import RebalanceConfig
 from fassl.prototypes import nearest_images
-from fassl.report import bar_chart, markdown_tables, summarize, write_csv
 
 GROUPS = {"frequent": [0], "medium": [1], "rare": [2]}
 
@@ -68,9 +68,9 @@ def test_summary_mean_and_population_spread(tmp_path):
 
 
 def test_a_group_without_classes_is_absent_from_the_weight_analysis_not_nan():
-    from fassl.report.comparison import _over_seeds
+    from fassl.compare.sweep_tables import prototype_shares
+    from fassl.compare.tables import _over_seeds
     from fassl.report.results import analysis_markdown
-    from fassl.report.sweep import prototype_shares
 
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     groups = {"frequent": [0], "medium": [], "rare": [1]}  # two classes: no Medium

@@ -20,6 +20,7 @@ from fassl.analysis import rarity
 from fassl.analysis.prototypes import GridLabels, grid_order, retrieval_rows
 from fassl.analysis.rarity import local_density, rank_images, rank_order, ranks
 from fassl.cli import main
+from fassl.compare.tables import bar_figure
 from fassl.config import RebalanceConfig, to_yaml
 from fassl.data import build_data
 from fassl.data.collection import Collection, load_collection
@@ -29,7 +30,6 @@ from fassl.features import embed_images, extract_features
 from fassl.methods import build_method
 from fassl.models import build_backbone
 from fassl.neighbours import APPROXIMATE_ABOVE, faiss_available
-from fassl.report.comparison import bar_figure
 from fassl.reweight import build_reweighter
 from fassl.runtime import Runtime
 from fassl.tools import embed as embed_tool

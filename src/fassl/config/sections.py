@@ -364,7 +364,8 @@ class CompareConfig:
     baseline_epochs: int = ranged(0, ">=0")
     # A sweep: dotted config key -> values, e.g. {prototypes.num_prototypes: [64, 128]}
     # (YAML flow mapping: a space after the colon). Every combination is compared in
-    # out_dir/grid/<key=value>/; stages a key leaves unchanged are trained once (fassl.sweep).
+    # out_dir/grid/<key=value>/; stages a key leaves unchanged are trained once
+    # (fassl.compare.sweep).
     grid: dict[str, list[Any]] = field(default_factory=dict)
 
 

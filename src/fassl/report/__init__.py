@@ -1,17 +1,9 @@
-"""Every file written for people: results, reports, comparison and sweep tables, figures."""
+"""Every file written for people about one run: results, reports, figures.
 
-from fassl.report.comparison import (
-    PAPER,
-    PAPER_CIFAR10_LT,
-    bar_chart,
-    difference_tables,
-    markdown_tables,
-    paper_dataset,
-    paper_elsewhere,
-    summarize,
-    weight_analysis_tables,
-    write_csv,
-)
+A comparison's and a sweep's tables live with them (``fassl.compare.tables``,
+``fassl.compare.sweep_tables``).
+"""
+
 from fassl.report.results import (
     analysis_markdown,
     enrichment_table,
@@ -24,22 +16,12 @@ from fassl.report.results import (
 )
 
 __all__ = [
-    "PAPER",
-    "PAPER_CIFAR10_LT",
     "analysis_markdown",
-    "bar_chart",
-    "difference_tables",
     "enrichment_table",
     "group_lines",
-    "markdown_tables",
-    "paper_dataset",
-    "paper_elsewhere",
     "read_json_object",
     "read_results",
     "results_table",
     "run_report",
-    "summarize",
-    "weight_analysis_tables",
-    "write_csv",
     "write_json",
 ]

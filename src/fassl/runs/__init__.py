@@ -4,13 +4,12 @@
   is only ever resumed with the settings it was trained with;
 - ``stage``: one training stage into its folder (lock, settings, resume, train, export);
 - ``pretrain`` (one method) and ``pipeline`` (FASSL's three stages), each a whole run;
-- ``probes``: what a finished run is measured by (probes, analyses, report.md);
-- ``arms``: an arm of ``fassl compare`` turned into its run's config, and ``run_arm``,
-  which ``fassl.compare`` and ``fassl.sweep`` both call.
+- ``probes``: what a finished run is measured by (probes, analyses, report.md).
+
+The arms of ``fassl compare`` build on these runs from above (``fassl.compare.arms``).
 """
 
-from fassl.runs.arms import run_arm
 from fassl.runs.pipeline import run_pipeline
 from fassl.runs.pretrain import run_pretrain
 
-__all__ = ["run_arm", "run_pipeline", "run_pretrain"]
+__all__ = ["run_pipeline", "run_pretrain"]

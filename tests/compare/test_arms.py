@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from fassl import compare
 from fassl.cli import main
+from fassl.compare import run as compare
+from fassl.compare.arms import arm_order, baseline_epochs, run_config
 from fassl.errors import ConfigError
 from fassl.names import EXPORT
-from fassl.runs.arms import arm_order, baseline_epochs, run_config
 from fassl.runtime import Runtime
 from tests.helpers import tiny_config, tiny_data
 
@@ -82,7 +82,7 @@ def test_compare_runs_the_new_arms_end_to_end(tmp_path, monkeypatch, capsys) -> 
 
 
 def test_each_mechanism_has_its_base():
-    from fassl.runs.arms import base_of
+    from fassl.compare.arms import base_of
 
     assert base_of("bcl_i") == base_of("bcl_i_common") == base_of("simclr_ts") == "simclr"
     assert base_of("bcl_d") == base_of("sdclr_ts") == "sdclr"
@@ -92,7 +92,7 @@ def test_each_mechanism_has_its_base():
 
 
 def test_differences_are_paired_by_seed():
-    from fassl.report.comparison import difference_tables
+    from fassl.compare.tables import difference_tables
 
     def row(all_: float, rare: float) -> dict:
         return {"standard": {"all": all_, "frequent": 0.0, "medium": 0.0, "rare": rare, "std": 1.0}}
@@ -148,7 +148,7 @@ def test_paper_structure_starts_from_the_sdclr_arm(tmp_path) -> None:
 
 
 def test_paper_structure_bases() -> None:
-    from fassl.runs.arms import bases_of
+    from fassl.compare.arms import bases_of
 
     assert bases_of("fassl_from_sdclr") == ["fassl_from_sdclr_phi1", "sdclr_continued"]
     assert bases_of("fassl_from_sdclr_phi1") == ["sdclr_continued"]

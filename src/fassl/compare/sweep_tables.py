@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fassl.compare.tables import cell, mean_spread
 from fassl.data import GROUPS
 from fassl.files import atomic_path
-from fassl.report.comparison import cell, mean_spread
 from fassl.report.plotting import pyplot
 from fassl.report.results import COLUMNS, EMPTY
 
-# setting -> method -> column -> (mean, spread, seeds), as report.summarize returns it
+# setting -> method -> column -> (mean, spread, seeds), as tables.summarize returns it
 Summary = dict[str, dict[str, dict[str, tuple[float, float, int]]]]
 SETTINGS = ("standard", "few_shot")
 

@@ -14,14 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fassl import report
-from fassl.config import Config, load_config, to_yaml
-from fassl.data import build_data
-from fassl.distributed import on_all, on_main
-from fassl.errors import ConfigError, DamagedFile
-from fassl.files import write_text
-from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
-from fassl.registry import ARMS
-from fassl.runs.arms import (
+from fassl.compare import tables
+from fassl.compare.arms import (
     arm_order,
     arm_record,
     arm_structure,
@@ -32,16 +26,23 @@ from fassl.runs.arms import (
     run_config,
     stage1_lead,
 )
+from fassl.compare.sweep import run_sweep
+from fassl.config import Config, load_config, to_yaml
+from fassl.data import build_data
+from fassl.distributed import on_all, on_main
+from fassl.errors import ConfigError, DamagedFile
+from fassl.files import write_text
+from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
+from fassl.registry import ARMS
 from fassl.runs.settings import pipeline_stages
 from fassl.runs.stage import check_same_config, check_same_data
 from fassl.runtime import runtime_for
-from fassl.sweep import run_sweep
 from fassl.validation import check_paths
 
 
 def run_comparison(cfg: Config) -> dict:
     """Every arm of ``compare.methods`` at every seed, then the tables; with a
-    ``compare.grid``, one comparison per grid point (``fassl.sweep``).
+    ``compare.grid``, one comparison per grid point (``fassl.compare.sweep``).
 
     Under torchrun every rank trains every run; rank 0 alone decides which runs are done
     and writes config.yaml and the tables (``fassl.distributed.on_main``)."""
@@ -72,7 +73,7 @@ def run_comparison(cfg: Config) -> dict:
         "epochs (FASSL at equal compute: teacher + prototypes + student)"
     )
     notes = [*data.notes, note, *(arm_structure(name, cfg) for name in order)]
-    paper = report.paper_dataset(data.num_classes, cfg.data.dataset)
+    paper = tables.paper_dataset(data.num_classes, cfg.data.dataset)
     return on_main(lambda: write_comparison(out, runs, data.name, notes, paper))
 
 
@@ -80,7 +81,7 @@ def _differences(runs: list[dict]) -> str:
     """Each label-free mechanism against its own bases, where both arms ran."""
     arms = {r["method"] for r in runs}
     pairs = [(a, b) for a in sorted(arms) for b in bases_of(a) if b in arms]
-    text = report.difference_tables(runs, pairs)
+    text = tables.difference_tables(runs, pairs)
     return f"\n{text}" if text else ""
 
 
@@ -246,21 +247,21 @@ def write_comparison(
     """comparison.md / .csv / .png / .json from a list of finished runs, and weights.md
     from the FASSL arms' weight analyses when there are any."""
     runs = [*runs, *teacher_runs(runs)]
-    summary = report.summarize(runs)
+    summary = tables.summarize(runs)
     meta = next((r["results"].get("meta", {}) for r in runs if "meta" in r["results"]), {})
     lines = [*notes, *report.group_lines(meta)]
     header = f"# Comparison on {name}\n\n" + "\n".join(f"- {n}" for n in lines) + "\n\n"
     write_text(
         out / "comparison.md",
         header
-        + report.markdown_tables(summary, report.PAPER.get(paper or ""))
+        + tables.markdown_tables(summary, tables.PAPER.get(paper or ""))
         + _differences(runs)
-        + (("\n" + report.paper_elsewhere(summary, paper)) if paper else ""),
+        + (("\n" + tables.paper_elsewhere(summary, paper)) if paper else ""),
     )
-    report.write_csv(summary, out / "comparison.csv")
-    report.bar_chart(summary, out / "comparison.png")
+    tables.write_csv(summary, out / "comparison.csv")
+    tables.bar_chart(summary, out / "comparison.png")
     write_text(out / "comparison.json", json.dumps({"runs": runs}, indent=2))
-    weights = report.weight_analysis_tables(collect_analyses(out))
+    weights = tables.weight_analysis_tables(collect_analyses(out))
     if weights:
         write_text(out / "weights.md", f"# Weight analyses in {out}\n\n{weights}")
     print((out / "comparison.md").read_text())

@@ -18,7 +18,7 @@ An arm is
 
 An arm that starts from another arm's run (``starts_from``) has it trained first, and
 added to the comparison when it is not listed. ``fassl compare`` and its sweeps
-(``fassl.sweep``) both build their runs' configs here.
+(``fassl.compare.sweep``) both build their runs' configs here.
 """
 
 from __future__ import annotations

@@ -33,14 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from fassl import report
-from fassl.config import Config, load_config, to_yaml
-from fassl.data import LongTailData, build_data
-from fassl.distributed import on_all
-from fassl.errors import ConfigError
-from fassl.files import write_text
-from fassl.names import EXPORT
-from fassl.report import sweep as sweep_report
-from fassl.runs.arms import (
+from fassl.compare import sweep_tables as sweep_report
+from fassl.compare import tables
+from fassl.compare.arms import (
     arm_method,
     arm_order,
     arm_record,
@@ -50,6 +45,12 @@ from fassl.runs.arms import (
     set_dotted,
     starts_from,
 )
+from fassl.config import Config, load_config, to_yaml
+from fassl.data import LongTailData, build_data
+from fassl.distributed import on_all
+from fassl.errors import ConfigError
+from fassl.files import write_text
+from fassl.names import EXPORT
 from fassl.runs.settings import RUN, method_sections, pipeline_stages
 from fassl.runs.stage import (
     STAGE_METHODS,
@@ -322,7 +323,7 @@ def write_sweep(out: Path) -> dict:
     sweep = sweep_report.Sweep(
         keys=grid["keys"],
         values=[p["values"] for p in grid["points"]],
-        summaries=[report.summarize(runs) for runs, _ in collected],
+        summaries=[tables.summarize(runs) for runs, _ in collected],
         prototypes=[sweep_report.prototype_shares(analyses) for _, analyses in collected],
         shared=sorted(
             {m for p in grid["points"] for m, d in p["runs"].items() if d.startswith("shared/")}
