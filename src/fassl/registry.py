@@ -4,7 +4,7 @@ backbones and the arms of ``fassl compare``.
 Torch-free, so the config layer, validation and the command line read names and choices
 from here without loading a network. Each entry points at what implements it as
 ``"module:attribute"``; the layer that owns it loads it (``fassl.methods.METHODS``,
-``fassl.reweight.REWEIGHTERS``, ``fassl.data.sources.SOURCES``), so a new method is its
+``fassl.rebalance.REWEIGHTERS``, ``fassl.data.sources.SOURCES``), so a new method is its
 module, its test and one line below (docs/architecture.md, "Adding a method").
 """
 
@@ -46,12 +46,12 @@ SELF_SUPERVISED = (
 # rebalance.weight -> its class (log phi of stage 2: Eq. 3 and its label-free variants;
 # none = phi 1, the paper's ablation)
 WEIGHT_CLASSES: dict[str, str] = {
-    "paper": "fassl.reweight:PaperWeight",
-    "paper_normalized": "fassl.reweight:PaperNormalizedWeight",
-    "softmax_density": "fassl.reweight:SoftmaxDensityWeight",
-    "cluster_size": "fassl.reweight:ClusterSizeWeight",
-    "knn": "fassl.reweight:KnnWeight",
-    "none": "fassl.reweight:NoWeight",
+    "paper": "fassl.rebalance.reweighters:PaperWeight",
+    "paper_normalized": "fassl.rebalance.reweighters:PaperNormalizedWeight",
+    "softmax_density": "fassl.rebalance.reweighters:SoftmaxDensityWeight",
+    "cluster_size": "fassl.rebalance.reweighters:ClusterSizeWeight",
+    "knn": "fassl.rebalance.reweighters:KnnWeight",
+    "none": "fassl.rebalance.reweighters:NoWeight",
 }
 
 

@@ -16,7 +16,7 @@ from fassl import registry
 from fassl.compare.arms import run_config
 from fassl.config import Config, load_config
 from fassl.methods import METHODS
-from fassl.reweight import REWEIGHTERS
+from fassl.rebalance import REWEIGHTERS
 from fassl.runs.settings import settings_for
 from fassl.validation import get_dotted, path_keys
 from tests.helpers import tiny_config

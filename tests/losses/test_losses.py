@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from fassl import losses, reweight
+from fassl import losses, rebalance
 from fassl.methods import momentum
+from fassl.rebalance import reweighters
 
 SQRT2 = math.sqrt(2.0)
 
@@ -92,9 +93,9 @@ def test_prototype_contrastive_loss_is_nt_xent_of_scores(normalize: bool) -> Non
 def test_log_rebalance_weight_by_hand_and_ordering() -> None:
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # sum of prototypes = (1, 1)
     z = torch.tensor([[1.0, 1.0], [-1.0, 0.0]])  # close to the prototypes, then far
-    raw = losses.log_rebalance_weight(z, protos, normalize=False)
+    raw = rebalance.log_rebalance_weight(z, protos, normalize=False)
     assert raw.tolist() == pytest.approx([-2.0, 1.0])
-    unit = losses.log_rebalance_weight(z, protos, normalize=True)
+    unit = rebalance.log_rebalance_weight(z, protos, normalize=True)
     assert unit.tolist() == pytest.approx([-SQRT2, 1.0], rel=1e-6)
     # phi = exp(log phi): the embedding less similar to the prototypes weighs more.
     assert raw[1] > raw[0] and unit[1] > unit[0]
@@ -103,10 +104,10 @@ def test_log_rebalance_weight_by_hand_and_ordering() -> None:
 def test_log_rebalance_weight_does_not_overflow() -> None:
     z = torch.full((2, 4), 1e3)
     protos = torch.full((8, 4), 1e3)
-    log_phi = losses.log_rebalance_weight(z, protos, normalize=False)
+    log_phi = rebalance.log_rebalance_weight(z, protos, normalize=False)
     # log phi = -3.2e7: exp() underflows to 0 for both, so a naive phi / mean(phi) is 0/0.
     assert torch.isfinite(log_phi).all()
-    weights = losses.normalize_weights(log_phi, clip_std=0.0, global_stats=False)
+    weights = rebalance.normalize_weights(log_phi, clip_std=0.0, global_stats=False)
     assert weights.tolist() == pytest.approx([1.0, 1.0])
 
 
@@ -114,15 +115,15 @@ def test_no_gradient_through_phi() -> None:
     z = torch.randn(4, 3, requires_grad=True)
     protos = torch.randn(5, 3, requires_grad=True)
     log_phis = [
-        losses.log_rebalance_weight(z, protos, normalize=False),
-        losses.log_rebalance_weight(z, protos, normalize=True),
-        reweight.log_weight_softmax_density(z, protos, 0.1),
-        reweight.log_weight_cluster_size(z, protos, torch.tensor([3, 1, 4, 1, 5])),
-        reweight.log_weight_knn(z, protos, 2),
+        rebalance.log_rebalance_weight(z, protos, normalize=False),
+        rebalance.log_rebalance_weight(z, protos, normalize=True),
+        reweighters.log_weight_softmax_density(z, protos, 0.1),
+        reweighters.log_weight_cluster_size(z, protos, torch.tensor([3, 1, 4, 1, 5])),
+        reweighters.log_weight_knn(z, protos, 2),
     ]
     for log_phi in log_phis:
         assert not log_phi.requires_grad
-    weight = losses.normalize_weights(log_phis[0].requires_grad_(True), 2.0, False)
+    weight = rebalance.normalize_weights(log_phis[0].requires_grad_(True), 2.0, False)
     assert not weight.requires_grad
     pred = torch.randn(4, 3, requires_grad=True)
     phi = torch.rand(4, requires_grad=True)
@@ -133,7 +134,7 @@ def test_no_gradient_through_phi() -> None:
 def test_normalize_weights_clip_by_hand() -> None:
     log_phi = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])
     # mean 2, population std sqrt((4 * 2**2 + 8**2) / 5) = 4: bounds [-2, 6] clamp 10 to 6.
-    weights = losses.normalize_weights(log_phi, clip_std=1.0, global_stats=False)
+    weights = rebalance.normalize_weights(log_phi, clip_std=1.0, global_stats=False)
     mean = (4 + math.exp(6)) / 5
     expected = [1 / mean] * 4 + [math.exp(6) / mean]
     assert weights.tolist() == pytest.approx(expected, rel=1e-6)
@@ -145,13 +146,13 @@ def test_normalize_weights_average_one_and_respect_bounds() -> None:
     torch.manual_seed(2)
     log_phi = torch.randn(64) * 3
     c = 1.5
-    weights = losses.normalize_weights(log_phi, clip_std=c, global_stats=False)
+    weights = rebalance.normalize_weights(log_phi, clip_std=c, global_stats=False)
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
     # Clamping to mean +- c std bounds the log-ratio of any two weights by 2 c std.
     spread = torch.log(weights.max() / weights.min()).item()
     assert spread <= 2 * c * log_phi.std(correction=0).item() + 1e-4
     # Without clipping the weights are exp(log phi) rescaled: the ratios are untouched.
-    free = losses.normalize_weights(log_phi, clip_std=0.0, global_stats=False)
+    free = rebalance.normalize_weights(log_phi, clip_std=0.0, global_stats=False)
     ratio = torch.exp(log_phi - log_phi[0])
     assert torch.allclose(free / free[0], ratio, rtol=1e-4)
 
@@ -160,27 +161,27 @@ def test_normalize_weights_strength_by_hand() -> None:
     # mean 2, population std 4 (as above): standardised (-0.5, -0.5, -0.5, -0.5, 2),
     # times strength 0.2 -> (-0.1, ..., 0.4); clip 1 std of that (0.2) around 0 -> 0.2.
     log_phi = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])
-    weights = losses.normalize_weights(log_phi, clip_std=1.0, global_stats=False, strength=0.2)
+    weights = rebalance.normalize_weights(log_phi, clip_std=1.0, global_stats=False, strength=0.2)
     raw = [math.exp(-0.1)] * 4 + [math.exp(0.2)]
     mean = sum(raw) / 5
     assert weights.tolist() == pytest.approx([r / mean for r in raw], rel=1e-6)
     # Scale and shift of log phi no longer matter, only the ranking and the strength.
-    again = losses.normalize_weights(log_phi * 1e3 - 7, 1.0, False, strength=0.2)
+    again = rebalance.normalize_weights(log_phi * 1e3 - 7, 1.0, False, strength=0.2)
     assert torch.allclose(weights, again, rtol=1e-5)
     # A constant batch gives equal weights, not 0/0.
-    flat = losses.normalize_weights(torch.full((4,), 3.0), 2.0, False, strength=0.5)
+    flat = rebalance.normalize_weights(torch.full((4,), 3.0), 2.0, False, strength=0.5)
     assert flat.tolist() == [1.0] * 4
 
 
 def test_normalize_weights_finite_for_extreme_inputs() -> None:
     log_phi = torch.tensor([1e4, -1e4, 0.0])
-    weights = losses.normalize_weights(log_phi, clip_std=0.0, global_stats=False)
+    weights = rebalance.normalize_weights(log_phi, clip_std=0.0, global_stats=False)
     # exp(0) = 1 for the largest, exp(-1e4) and exp(-2e4) underflow to 0; mean 1/3.
     assert weights.tolist() == [3.0, 0.0, 0.0]
-    clipped = losses.normalize_weights(log_phi, clip_std=1.0, global_stats=False)
+    clipped = rebalance.normalize_weights(log_phi, clip_std=1.0, global_stats=False)
     assert torch.isfinite(clipped).all()
     assert clipped.mean().item() == pytest.approx(1.0, abs=1e-6)
-    single = losses.normalize_weights(torch.tensor([5.0]), clip_std=2.0, global_stats=True)
+    single = rebalance.normalize_weights(torch.tensor([5.0]), clip_std=2.0, global_stats=True)
     assert single.tolist() == [1.0]
 
 
@@ -190,7 +191,7 @@ def test_normalize_weights_finite_for_extreme_inputs() -> None:
 def test_log_weight_softmax_density_by_hand() -> None:
     protos = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     z = torch.tensor([[3.0, 0.0], [-1.0, -1.0]])
-    got = reweight.log_weight_softmax_density(z, protos, temperature=0.5)
+    got = reweighters.log_weight_softmax_density(z, protos, temperature=0.5)
     # z0: cosines (1, 0); z1: cosines (-1/sqrt2, -1/sqrt2).
     expected = [
         -math.log(math.exp(1 / 0.5) + math.exp(0.0)),
@@ -204,22 +205,22 @@ def test_log_weight_cluster_size_by_hand() -> None:
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     sizes = torch.tensor([10, 0])  # an empty cluster counts as 1
     z = torch.tensor([[2.0, 1.0], [0.1, 3.0]])  # nearest: prototype 0, prototype 1
-    got = reweight.log_weight_cluster_size(z, protos, sizes)
+    got = reweighters.log_weight_cluster_size(z, protos, sizes)
     assert got.tolist() == pytest.approx([-math.log(10.0), 0.0])
     with pytest.raises(ValueError):
-        reweight.log_weight_cluster_size(z, protos, torch.tensor([1, 2, 3]))
+        reweighters.log_weight_cluster_size(z, protos, torch.tensor([1, 2, 3]))
 
 
 def test_log_weight_knn_by_hand() -> None:
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     z = torch.tensor([[2.0, 0.0], [0.0, -1.0]])
-    got = reweight.log_weight_knn(z, bank, k=2)
+    got = reweighters.log_weight_knn(z, bank, k=2)
     # z0: cosines (1, 0, 1/sqrt2), top 2 = 1 and 1/sqrt2.
     # z1: cosines (0, -1, -1/sqrt2), top 2 = 0 and -1/sqrt2.
     expected = [-(1 + 1 / SQRT2) / 2, -(0 - 1 / SQRT2) / 2]
     assert got.tolist() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError):
-        reweight.log_weight_knn(z, bank, k=4)
+        reweighters.log_weight_knn(z, bank, k=4)
 
 
 # ---------------------------------------------------------------------- BYOL / Eq. 3
@@ -382,8 +383,8 @@ def test_bf16_autocast_inputs_give_fp32_losses_close_to_fp32() -> None:
         s2 = losses.prototype_scores(z2, protos, normalize=True)
         q1 = losses.sinkhorn(s1, 0.05, 3)
         q2 = losses.sinkhorn(s2, 0.05, 3)
-        log_phi = losses.log_rebalance_weight(z2, protos, normalize=True)
-        weight = losses.normalize_weights(log_phi, 2.0, global_stats=False)
+        log_phi = rebalance.log_rebalance_weight(z2, protos, normalize=True)
+        weight = rebalance.normalize_weights(log_phi, 2.0, global_stats=False)
         return {
             "nt_xent": losses.nt_xent(z1, z2, 0.2),
             "contra": losses.prototype_contrastive_loss(z1, z2, protos, 0.2, True),
@@ -391,8 +392,8 @@ def test_bf16_autocast_inputs_give_fp32_losses_close_to_fp32() -> None:
             "byol": losses.byol_loss(z1, z2, z2, z1),
             "swav": losses.swav_loss(s1, s2, q1, q2, 0.1),
             "weight": weight,
-            "density": reweight.log_weight_softmax_density(z1, protos, 0.1),
-            "knn": reweight.log_weight_knn(z1, bank, 3),
+            "density": reweighters.log_weight_softmax_density(z1, protos, 0.1),
+            "knn": reweighters.log_weight_knn(z1, bank, 3),
         }
 
     with torch.autocast("cpu", dtype=torch.bfloat16):

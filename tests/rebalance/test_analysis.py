@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from fassl.analysis.prototypes import prototype_group_shares
-from fassl.analysis.weights import all_weight_diagnostics, weight_enrichment
 from fassl.compare.tables import bar_chart, markdown_tables, summarize, write_csv
 from fassl.config import RebalanceConfig
 from fassl.prototypes import nearest_images
+from fassl.rebalance.enrichment import all_weight_diagnostics, weight_enrichment
 
 GROUPS = {"frequent": [0], "medium": [1], "rare": [2]}
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fassl
-from fassl import features, reweight
+from fassl import features
 from fassl.analysis import rarity
 from fassl.analysis.prototypes import GridLabels, grid_order, retrieval_rows
 from fassl.analysis.rarity import local_density, rank_images, rank_order, ranks
@@ -30,7 +30,7 @@ from fassl.features import embed_images, extract_features
 from fassl.methods import build_method
 from fassl.models import build_backbone
 from fassl.neighbours import APPROXIMATE_ABOVE, faiss_available
-from fassl.reweight import build_reweighter
+from fassl.rebalance import build_reweighter, reweighters
 from fassl.runtime import Runtime
 from fassl.tools import embed as embed_tool
 from fassl.tools.embed import EmbedOptions, run_embed
@@ -562,13 +562,13 @@ def test_embedding_no_images_names_the_empty_collection(tmp_path):
 
 def test_one_neighbour_search_gives_the_knn_scores_and_the_density(monkeypatch):
     calls = []
-    real = reweight.find_neighbours
+    real = reweighters.find_neighbours
 
     def counted(*args, **kwargs):
         calls.append(args[2])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reweight, "find_neighbours", counted)
+    monkeypatch.setattr(reweighters, "find_neighbours", counted)
     g = torch.Generator().manual_seed(2)
     feats = torch.randn(60, 5, generator=g)
     ranking = rank_images(feats, None, ["knn"], RebalanceConfig(weight_k=4))

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fassl import losses
+from fassl import losses, rebalance
 
 WORLD = 2
 N_PER_RANK = 4
@@ -55,8 +55,8 @@ def _worker(rank: int, port: int, inputs: dict[str, torch.Tensor], out_dir: str)
             "loss": loss.detach(),
             "grad1": z1.grad,
             "grad2": z2.grad,
-            "weights": losses.normalize_weights(inputs["log_phi"][part], 1.0, global_stats=True),
-            "local_weights": losses.normalize_weights(
+            "weights": rebalance.normalize_weights(inputs["log_phi"][part], 1.0, global_stats=True),
+            "local_weights": rebalance.normalize_weights(
                 inputs["log_phi"][part], 1.0, global_stats=False
             ),
             "codes": losses.sinkhorn(inputs["scores"][part], epsilon=0.5, iterations=3),
@@ -109,7 +109,7 @@ def test_nt_xent_split_across_ranks_matches_one_process(ranks: list[dict[str, An
 
 def test_global_weight_normalisation_matches_one_process(ranks: list[dict[str, Any]]) -> None:
     data = _inputs()
-    full = losses.normalize_weights(data["log_phi"], 1.0, global_stats=False)
+    full = rebalance.normalize_weights(data["log_phi"], 1.0, global_stats=False)
     gathered = torch.cat([r["weights"] for r in ranks])
     assert torch.allclose(gathered, full, rtol=1e-5, atol=1e-6)
     assert gathered.mean().item() == pytest.approx(1.0, abs=1e-5)

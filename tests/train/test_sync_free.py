@@ -44,11 +44,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fassl import reweight
 from fassl.eval import probe
 from fassl.losses import sinkhorn
 from fassl.methods import METHODS, EpochContext, build_method
 from fassl.methods.bcl import BoostedMemorization
+from fassl.rebalance import reweighters
 from fassl.runtime import Runtime
 from fassl.train.loop import Trainer
 from tests.helpers import tiny_config, tiny_data
@@ -162,7 +162,7 @@ CASES = [
     ("simclr", ("temperature.schedule=cosine",)),
     ("swav", ("swav.queue_length=12", "swav.queue_start_epoch=0")),
     ("byol", ("byol.ema_schedule=cosine", "optim.optimizer=lars")),
-    *[("fassl_rebalance", (f"rebalance.weight={w}",)) for w in reweight.REWEIGHTERS],
+    *[("fassl_rebalance", (f"rebalance.weight={w}",)) for w in reweighters.REWEIGHTERS],
 ]
 KNOWN: dict[str, pytest.MarkDecorator] = {}
 
@@ -188,7 +188,7 @@ def test_a_training_step_never_waits_for_the_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, overrides: tuple[str, ...]
 ) -> None:
     monkeypatch.setattr(  # bincount has no meta kernel (an epoch start's, not a step's)
-        reweight,
+        reweighters,
         "occupancy",
         lambda z, p: torch.zeros(p.shape[0], dtype=torch.long, device=z.device),
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fassl.analysis.weights import weight_enrichment
 from fassl.data import LongTailData
+from fassl.rebalance.enrichment import weight_enrichment
 from fassl.train.loop import Trainer
 
 

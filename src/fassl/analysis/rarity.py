@@ -1,7 +1,7 @@
 """Every image's rarity by the re-balancing weight phi, rarest first (``fassl rare`` and
 the label-free analysis of an unlabeled pipeline run).
 
-The score of an image is its log phi (``fassl.reweight``, larger = rarer) among all the
+The score of an image is its log phi (``fassl.rebalance``, larger = rarer) among all the
 images of the collection, with the weight the run was trained with (rebalance.weight) or
 others. The prototype variants need the checkpoint's prototypes; ``knn`` (inverse local
 density) needs only features. Labels, where the collection has them, only measure how
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fassl.analysis.weights import weight_enrichment
 from fassl.config import Config, RebalanceConfig
 from fassl.data.collection import Collection
 from fassl.encoders import LoadedEncoder
@@ -23,7 +22,8 @@ from fassl.errors import RarityError
 from fassl.features import embed_images
 from fassl.neighbours import APPROXIMATE_ABOVE
 from fassl.prototypes import cosine_scores, occupancy
-from fassl.reweight import REWEIGHTERS, KnnWeight, Reweighter, build_reweighter
+from fassl.rebalance.enrichment import weight_enrichment
+from fassl.rebalance.reweighters import REWEIGHTERS, KnnWeight, Reweighter, build_reweighter
 from fassl.runtime import Runtime
 
 TOP_FRACTIONS = (0.01, 0.05)

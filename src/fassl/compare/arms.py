@@ -31,9 +31,9 @@ from fassl.config import Config, OptimConfig
 from fassl.data import LongTailData
 from fassl.distributed import on_main
 from fassl.names import EXPORT
+from fassl.rebalance import REWEIGHTERS
 from fassl.registry import ARMS, Arm
 from fassl.report import read_results
-from fassl.reweight import REWEIGHTERS
 from fassl.runs.pipeline import run_pipeline
 from fassl.runs.pretrain import run_pretrain
 from fassl.runtime import Runtime
@@ -56,7 +56,7 @@ def arm_record(name: str) -> Arm:
 def arm_weight(name: str) -> str | None:
     """The stage-2 weight of a FASSL arm: None for the configured one (``fassl``,
     ``fassl_from_sdclr``), ``none`` for the phi = 1 arms, ``<weight>`` for fassl_<weight>
-    (a name of ``fassl.reweight.REWEIGHTERS``)."""
+    (a name of ``fassl.rebalance.REWEIGHTERS``)."""
     return arm_record(name).weight
 
 

@@ -8,14 +8,15 @@ Equation numbers refer to the FASSL paper (Lin, Chen, Wang, "Frequency-Aware
 Self-Supervised Long-Tailed Learning", ICCV 2023 workshops).
 
 Distributed training: ``nt_xent`` (and so ``prototype_contrastive_loss``) uses the
-negatives of the global batch; ``normalize_weights`` and ``sinkhorn`` can use global
-batch statistics. All of them assume every rank holds the same local batch size
-(``all_gather`` needs equal shapes). In a single process they reduce to the usual
-single-device formulas.
+negatives of the global batch; ``sinkhorn`` can use global batch statistics (as can
+stage 2's ``fassl.rebalance.normalize_weights``). All of them assume every rank holds
+the same local batch size (``all_gather`` needs equal shapes). In a single process they
+reduce to the usual single-device formulas.
 """
 
 from __future__ import annotations
 
+from fassl.losses.byol import byol_loss, consistency_loss
 from fassl.losses.contrastive import (
     nt_xent,
     nt_xent_per_image,
@@ -32,12 +33,6 @@ from fassl.losses.gh import (
     target_prior,
 )
 from fassl.losses.ldam import drw_class_weights, ldam_loss, ldam_margins
-from fassl.losses.rebalance import (
-    byol_loss,
-    consistency_loss,
-    log_rebalance_weight,
-    normalize_weights,
-)
 from fassl.losses.swav import sinkhorn, swav_loss, swav_multicrop_loss
 
 __all__ = [
@@ -50,8 +45,6 @@ __all__ = [
     "gh_sinkhorn",
     "ldam_loss",
     "ldam_margins",
-    "log_rebalance_weight",
-    "normalize_weights",
     "nt_xent",
     "nt_xent_per_image",
     "prototype_contrastive_loss",

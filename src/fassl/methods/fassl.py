@@ -5,7 +5,7 @@ with NT-Xent on the image-to-prototype scores h = P z (Eq. 1-2).
 
 Stage 2, ``RebalancedBYOL``: a student (a copy of the teacher plus a predictor) learns
 with the normalised-MSE consistency loss, each image weighted by phi (Eq. 3, or a variant
-of ``fassl.reweight``), large for images unlike the frozen prototypes; the teacher
+of ``fassl.rebalance``), large for images unlike the frozen prototypes; the teacher
 follows by EMA (Eq. 4). With ``rebalance.weight=none`` (phi = 1) stage 2 is BYOL started
 from the teacher, the paper's ablation.
 """
@@ -19,14 +19,14 @@ from torch import nn
 
 from fassl.config import Config
 from fassl.errors import IncompatibleCheckpoint
-from fassl.losses import consistency_loss, normalize_weights, prototype_contrastive_loss
+from fassl.losses import consistency_loss, prototype_contrastive_loss
 from fassl.methods.base import EpochContext, ScheduledContrast, State, two_view_forward
 from fassl.methods.momentum import EmaSchedule, MomentumTeacher, frozen_copy
 from fassl.methods.temperature import TemperatureSchedule
 from fassl.models import Encoder, mlp_head
 from fassl.models.heads import select_feature
 from fassl.prototypes import init_prototypes
-from fassl.reweight import NoWeight, Reweighter, build_reweighter
+from fassl.rebalance import NoWeight, Reweighter, build_reweighter, normalize_weights
 
 
 def feature_dim(cfg: Config, encoder: Encoder) -> int:

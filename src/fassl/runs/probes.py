@@ -9,7 +9,6 @@ from pathlib import Path
 from fassl import report
 from fassl.analysis.prototypes import GridLabels, prototype_group_shares
 from fassl.analysis.rarity import rank_collection
-from fassl.analysis.weights import all_weight_diagnostics
 from fassl.config import Config
 from fassl.data import LongTailData
 from fassl.data.collection import collection_from_data
@@ -19,6 +18,7 @@ from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
 from fassl.files import write_text
 from fassl.names import SETTINGS
+from fassl.rebalance.enrichment import all_weight_diagnostics
 from fassl.report.figures import save_retrieval_grid
 from fassl.report.rarity import write_rarity
 from fassl.runtime import Runtime

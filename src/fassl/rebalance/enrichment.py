@@ -11,7 +11,7 @@ import torch
 
 from fassl.config import RebalanceConfig
 from fassl.data import GROUPS
-from fassl.reweight import REWEIGHTERS, NoWeight, build_reweighter
+from fassl.rebalance.reweighters import REWEIGHTERS, NoWeight, build_reweighter
 
 
 def group_of_images(labels: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, torch.Tensor]:

@@ -1,9 +1,9 @@
-"""phi, the per-image re-balancing weight of stage 2 (Eq. 3 and its label-free variants).
+"""Every variant of phi as one class: Eq. 3 and its label-free variants.
 
 Every variant is one class with one contract: ``fit`` at an epoch start on the frozen
 prototypes (and, where ``needs_dataset``, the teacher's features of every training
 image), then ``log_phi(z)``: one log-weight per row, larger = rarer, no gradient.
-``normalize_weights`` (fassl.losses) turns log phi into batch weights.
+``normalize_weights`` (``fassl.rebalance.phi``) turns log phi into batch weights.
 
 ``REWEIGHTERS`` (name -> class, from ``fassl.registry.WEIGHT_CLASSES``) is what the
 stage-2 method, the FASSL arms of ``fassl compare`` and the weight analyses read. Adding a
@@ -20,9 +20,9 @@ from torch import Tensor
 
 from fassl.config import RebalanceConfig
 from fassl.float32 import float32_only
-from fassl.losses import log_rebalance_weight
 from fassl.neighbours import Neighbours, find_neighbours, knn_similarities
 from fassl.prototypes import cosine_scores, nearest_prototype, occupancy
+from fassl.rebalance.phi import log_rebalance_weight
 from fassl.registry import WEIGHT_CLASSES, load
 
 # --------------------------------------------------------------- pure log-weight maths
