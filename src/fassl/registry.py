@@ -71,7 +71,7 @@ SOURCES: dict[str, Source] = {
     "cifar10": Source("fassl.data.sources.cifar:load", needs_root=False),
     "cifar100": Source("fassl.data.sources.cifar:load", needs_root=False),
     "folder": Source("fassl.data.sources.folder:load", needs_root=True, by_name=False),
-    "splitfile": Source("fassl.data.splits.splitfile:load", needs_root=True, by_name=False),
+    "splitfile": Source("fassl.data.sources.splitfile:load", needs_root=True, by_name=False),
     "tinyimagenet": Source("fassl.data.sources.tinyimagenet:load", needs_root=True),
 }
 

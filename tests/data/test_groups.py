@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fassl.config import load_config
+from fassl.data.sources.splitfile import read_list
 from fassl.data.splits import longtail as lt
-from fassl.data.splits.splitfile import read_list
 from fassl.errors import ConfigError
 from tests.data_fixtures import REPO
 

@@ -13,7 +13,7 @@ import torch
 from fassl.config import DataConfig, SplitFilesConfig
 from fassl.data import build_data
 from fassl.data.files.store import StoreImages
-from fassl.data.splits.splitfile import class_names, read_list
+from fassl.data.sources.splitfile import class_names, read_list
 from fassl.errors import DataError
 from tests.data_fixtures import REPO, save_image
 

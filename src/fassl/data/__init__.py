@@ -4,10 +4,11 @@
 it returns. The package, by what each part is:
 
 - ``sources/``: one module per ``data.dataset`` (``cifar``, ``folder``, ``digits``,
-  ``tinyimagenet``), loaded by name from ``fassl.registry.SOURCES``;
+  ``tinyimagenet``, ``splitfile``: list files), loaded by name from
+  ``fassl.registry.SOURCES``;
 - ``splits/``: the long-tailed protocol (``longtail``: pure draws from labels;
-  ``protocol``: a source's splits put together), SDCLR's published index files
-  (``sdclr``, data.sdclr_splits) and list files (``splitfile``, dataset=splitfile);
+  ``protocol``: a source's splits put together) and SDCLR's published index files
+  (``sdclr``, data.sdclr_splits);
 - ``files/``: image files and where they live (``decode``, ``walk``, ``cache``,
   ``archives``, ``store``, ``filelist``);
 - ``datasets`` (the types and channel statistics), ``build`` (the entry point),

@@ -2,7 +2,7 @@
 
 data.dataset names the source (sources.SOURCES), which decodes the images and splits them
 by the long-tailed protocol (splits/protocol.py) or by its own list files
-(splits/splitfile.py). With data.sdclr_splits, SDCLR's published index files give the
+(sources/splitfile.py). With data.sdclr_splits, SDCLR's published index files give the
 splits of CIFAR instead (splits/sdclr.py).
 """
 
