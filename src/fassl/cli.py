@@ -22,7 +22,7 @@ from fassl.errors import (
     describe,
     expected_errors,
 )
-from fassl.names import PIPELINE_STAGES
+from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, REPORT, RESULTS
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
 from fassl.tools.commands import add_tool_commands
 from fassl.validation import check_paths
@@ -108,7 +108,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     main_rank = _join(cfg)
     run_pretrain(cfg, restart=args.restart)
     if main_rank:
-        print(f"outputs in {cfg.out_dir}: results.json, report.md, encoder.safetensors")
+        print(f"outputs in {cfg.out_dir}: {RESULTS}, {REPORT}, {EXPORT}")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -155,10 +155,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data = build_data(cfg.data, cfg.seed)
     if not args.config and not any(o.startswith("data.") for o in args.overrides):
         # the run's own data, as far as its config says: check it is what was trained on
-        check_trained_data(ckpt, data, "the run's config.yaml")
+        check_trained_data(ckpt, data, f"the run's {CONFIG}")
     evaluate_export(ckpt, data, cfg, rt, out, f"evaluation of {ckpt}")
-    print((out / "report.md").read_text())
-    print(f"results in {out / 'results.json'}")
+    print((out / REPORT).read_text())
+    print(f"results in {out / RESULTS}")
 
 
 def demo_config(overrides: list[str]) -> Config:
@@ -183,8 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     main_rank = _join(cfg)
     run_pipeline(cfg, with_pixels=True, restart=args.restart or "")
     if main_rank:
-        print((Path(cfg.out_dir) / "report.md").read_text())
-        print(f"report in {Path(cfg.out_dir) / 'report.md'}")
+        print((Path(cfg.out_dir) / REPORT).read_text())
+        print(f"report in {Path(cfg.out_dir) / REPORT}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -217,7 +217,7 @@ def cmd_tables(args: argparse.Namespace) -> None:
         print(f"fassl tables: unfinished, left out: {run.describe()}", file=sys.stderr)
     if not runs:
         left = "; unfinished: " + "; ".join(u.describe() for u in unfinished) if unfinished else ""
-        raise FileNotFoundError(f"no finished runs (<method>/seed<k>/results.json) in {out}{left}")
+        raise FileNotFoundError(f"no finished runs (<method>/seed<k>/{RESULTS}) in {out}{left}")
     paper = paper_dataset_of(out) if args.paper == "auto" else args.paper
     write_comparison(out, runs, out.name, tables_notes(out, runs, unfinished), paper=paper)
 

@@ -21,3 +21,4 @@ EXPORT = "encoder.safetensors"  # the trained encoder (and prototypes)
 LAST = "checkpoints/last.safetensors"  # the training checkpoint a rerun resumes from
 SETTINGS = "settings.json"  # the keys the stage was trained with
 RESULTS = "results.json"  # the probes' numbers
+REPORT = "report.md"  # the run's numbers and analyses, for people

@@ -50,7 +50,7 @@ def run_config_for(checkpoint: Path) -> Path:
     found = find_run_config(checkpoint)
     if found is None:
         raise ConfigError(
-            f"no config.yaml beside {checkpoint} or in the two folders above it: pass the "
+            f"no {CONFIG} beside {checkpoint} or in the two folders above it: pass the "
             "run's config with --config (a path or a packaged recipe name) so that the "
             "encoder sees the data it was trained for"
         )

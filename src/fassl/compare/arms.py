@@ -30,7 +30,7 @@ from typing import Any
 from fassl.config import Config, OptimConfig
 from fassl.data import LongTailData
 from fassl.distributed import on_main
-from fassl.names import EXPORT
+from fassl.names import EXPORT, RESULTS
 from fassl.rebalance import REWEIGHTERS
 from fassl.registry import ARMS, Arm
 from fassl.report import read_results
@@ -199,7 +199,7 @@ def run_arm(c: Config, name: str, data: LongTailData, rt: Runtime) -> dict:
     run finished (and the file reads), else the run trained now (the pipeline for a FASSL
     arm). The file is read by rank 0 alone, so under torchrun every rank reuses or trains
     the same runs."""
-    done = Path(c.out_dir) / "results.json"
+    done = Path(c.out_dir) / RESULTS
     results = on_main(lambda: read_results(done))  # a damaged file: probed again
     if results is not None:
         return results

@@ -58,7 +58,7 @@ def run_comparison(cfg: Config) -> dict:
 
     def start() -> None:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", to_yaml(cfg))
+        write_text(out / CONFIG, to_yaml(cfg))
 
     on_main(start)
     # every arm after the runs it starts from (fassl's stages, an SSP encoder)
@@ -271,7 +271,7 @@ def write_comparison(
 def paper_dataset_of(out: Path) -> str:
     """The paper's dataset for ``fassl tables --paper`` without a value: the comparison's
     own (from its config.yaml: CIFAR-100 when it is), else CIFAR-10."""
-    config = out / "config.yaml"
+    config = out / CONFIG
     if config.is_file():
         cfg = load_config(config)
         if cfg.data.dataset == "cifar100" or "cifar100" in Path(cfg.data.root).name:

@@ -50,7 +50,7 @@ from fassl.data import LongTailData, build_data
 from fassl.distributed import on_all
 from fassl.errors import ConfigError
 from fassl.files import write_text
-from fassl.names import EXPORT
+from fassl.names import CONFIG, EXPORT
 from fassl.runs.settings import RUN, method_sections, pipeline_stages
 from fassl.runs.stage import (
     STAGE_METHODS,
@@ -182,7 +182,7 @@ def plan(cfg: Config, out: Path) -> list[GridPoint]:
     for combo in itertools.product(*(cfg.compare.grid[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
         label = point_label(values)
-        c = point_config(out / "config.yaml", values, out)
+        c = point_config(out / CONFIG, values, out)
         teacher = None if given.teacher_checkpoint else share_group(values, TEACHER_READS)
         protos = None if given.prototypes_checkpoint else share_group(values, PROTOTYPES_READS)
         points.append(GridPoint(values, c, teacher, protos, run_dirs(cfg, values, label)))
@@ -264,7 +264,7 @@ def run_sweep(cfg: Config) -> dict:
     """Every grid point's comparison, then the sweep tables and plot."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", to_yaml(cfg))
+    write_text(out / CONFIG, to_yaml(cfg))
     points = plan(cfg, out)
     write_plan(points, out)
     rt = runtime_for(cfg.train)

@@ -17,7 +17,7 @@ from fassl.errors import DataError
 from fassl.eval.evaluate import evaluate, raw_pixel_reference
 from fassl.features import extract_features
 from fassl.files import write_text
-from fassl.names import SETTINGS
+from fassl.names import REPORT, RESULTS, SETTINGS
 from fassl.rebalance.enrichment import all_weight_diagnostics
 from fassl.report.figures import save_retrieval_grid
 from fassl.report.rarity import write_rarity
@@ -54,9 +54,9 @@ def evaluate_export(
         reference[RAW_PIXELS] = raw_pixel_reference(data, cfg.probe, cfg.seed)
         results["raw_pixels"] = reference[RAW_PIXELS]
     reference = reference or None
-    report.write_json(results, out_dir / "results.json")
+    report.write_json(results, out_dir / RESULTS)
     text = report.run_report(title, data.notes, results if data.labeled else None, reference)
-    write_text(out_dir / "report.md", text)
+    write_text(out_dir / REPORT, text)
     return results
 
 
@@ -104,7 +104,7 @@ def teacher_results(
     ``out/teacher/``; None without labels."""
     if not data.labeled:
         return None
-    beside = teacher.parent / "results.json"
+    beside = teacher.parent / RESULTS
     if beside.is_file() and beside.stat().st_mtime >= teacher.stat().st_mtime:
         found = report.read_results(beside)  # a damaged file: probed again
         if found is not None:

@@ -308,4 +308,4 @@ def start_run(cfg: Config, restarted: list[Path]) -> None:
         clear_stage(run_dir)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", to_yaml(cfg))
+    write_text(out / CONFIG, to_yaml(cfg))
