@@ -1,4 +1,9 @@
-"""The ``fassl`` command."""
+"""The ``fassl`` command.
+
+Start-up time: each ``cmd_*`` function (here and in ``fassl.tools.commands``) imports its
+command's layers, and with them torch, inside the function, when the command runs; so
+``fassl --help`` and a mistyped key answer at once.
+"""
 
 from __future__ import annotations
 
@@ -92,7 +97,6 @@ def _join(cfg: Config) -> bool:
     """The device, and torchrun's process group when there is one, set up first: before
     any lock or file, so every later step knows which rank it runs on. True on rank 0
     (the rank that prints what a run wrote)."""
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.distributed import is_main
     from fassl.runtime import runtime_for
 
@@ -101,7 +105,6 @@ def _join(cfg: Config) -> bool:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runs.pretrain import run_pretrain
 
     cfg = _config(args)
@@ -112,7 +115,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runs.pipeline import run_pipeline
 
     cfg = _config(args)
@@ -140,7 +142,6 @@ def _eval_config(args: argparse.Namespace, ckpt: Path) -> Config:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data import build_data
     from fassl.encoders import load_encoder
     from fassl.runs.probes import check_trained_data, evaluate_export
@@ -163,7 +164,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def demo_config(overrides: list[str]) -> Config:
     """demo.yaml, with its fp32 size laid over it where training would run in fp32."""
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runtime import resolve_autocast, resolve_device
 
     cfg = load_config(RECIPES / "demo.yaml", overrides)
@@ -176,7 +176,6 @@ def demo_config(overrides: list[str]) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runs.pipeline import run_pipeline
 
     cfg = demo_config([f"out_dir={args.out}", *args.overrides])
@@ -188,7 +187,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.compare.run import run_comparison
 
     cfg = _config(args)
@@ -197,7 +195,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.compare.run import (
         collect_runs,
         paper_dataset_of,
@@ -223,7 +220,6 @@ def cmd_tables(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.bench.run import run_bench
     from fassl.bench.settings import settings_from_args
 
@@ -231,7 +227,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers load when it runs
     from fassl.data.sources.folder import prepare
 
     path = resolve_recipe(args.config) if args.config else None
@@ -242,7 +237,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.runtime import machine_lines
 
     print("\n".join(machine_lines()))

@@ -153,6 +153,15 @@ def structure_problems(cfg: Any) -> list[str]:
             "config key 'temperature.tau_min' must be <= temperature.tau_max, got "
             f"{cfg.temperature.tau_min} > {cfg.temperature.tau_max}"
         )
+    # the local crops' scale range (dino's always, swav's when it takes local crops)
+    for section in ("dino", "swav"):
+        crops = getattr(cfg, section)
+        local = section == "dino" or crops.local_crops
+        if local and crops.local_scale_min > crops.local_scale_max:
+            problems.append(
+                f"config key '{section}.local_scale_min' must be <= {section}.local_scale_max, "
+                f"got {crops.local_scale_min} > {crops.local_scale_max}"
+            )
     many_few = cfg.data.group_thresholds
     if len(many_few) != 2 or not 0 <= many_few[1] <= many_few[0]:
         problems.append(

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from fassl import losses
+from fassl.config import load_config
+from fassl.errors import ConfigError
 from fassl.methods import build_method
 from fassl.methods.bcl import boost_strength, momentum_loss_update
 from fassl.methods.ldam import drw_active
@@ -102,8 +104,9 @@ def test_schedule_periods() -> None:
     assert [held.at(s, 100, 10) for s in (0, 9)] == [pytest.approx(0.55)] * 2  # epoch 1
     assert held.at(10, 100, 10) == pytest.approx(0.1)  # epoch 2: the trough
     assert held.at(39, 100, 10) == pytest.approx(1.0)  # epoch 4: a whole period
-    with pytest.raises(ValueError, match="rule"):
-        TemperatureSchedule(0.2, "cosine", rule="batch")
+    # the rule's choices are config's (temperature.rule)
+    with pytest.raises(ConfigError, match=r"temperature\.rule"):
+        load_config(None, ["temperature.rule=batch"])
 
 
 # --------------------------------------------------------------------------- LDAM-DRW

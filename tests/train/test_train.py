@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
+from fassl.errors import ConfigError, Interrupted, NonFiniteLoss, RunConflict
 from fassl.eval.knn import knn_monitor
 from fassl.methods import build_method
 from fassl.names import LAST
@@ -28,8 +28,13 @@ def test_batch_indices_are_seeded_disjoint_batches():
     assert len(set(a.flatten().tolist())) == 40
     assert torch.equal(a, batch_indices(42, 8, seed=0, epoch=3))
     assert not torch.equal(a, batch_indices(42, 8, seed=0, epoch=4))
-    with pytest.raises(ValueError, match="larger than"):
-        batch_indices(5, 8, 0, 0)
+
+
+def test_a_trainer_refuses_a_batch_larger_than_the_data(tmp_path):
+    # the one batch-size check (train.loop.check_batch_size), before any step
+    cfg = tiny_config(tmp_path, "optim.batch_size=4096")
+    with pytest.raises(ConfigError, match=r"'optim.batch_size' \(4096\) is larger than"):
+        make_trainer(cfg)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ from fassl.config.sections import (
     TrainConfig,
 )
 from fassl.errors import ConfigError
+from fassl.names import PIPELINE_STAGES
 from fassl.registry import ARM_NAMES, DATASETS, METHOD_NAMES, WEIGHTS
 from fassl.validation import (
     choice_problems,
@@ -83,6 +84,7 @@ __all__ = [
     "TemperatureConfig",
     "TrainConfig",
     "load_config",
+    "optim_key",
     "to_dict",
     "to_yaml",
     "validate",
@@ -226,6 +228,14 @@ def load_config(
         raise ConfigError(f"config key '{getattr(err, 'full_key', None)}': {err}") from err
     assert isinstance(cfg, Config)
     return validate(cfg)
+
+
+def optim_key(cfg: Config, optim_cfg: OptimConfig) -> str:
+    """Which config section ``optim_cfg`` is: ``optim`` or ``pipeline.<stage>``."""
+    for stage in PIPELINE_STAGES:
+        if getattr(cfg.pipeline, stage) is optim_cfg:
+            return f"pipeline.{stage}"
+    return "optim"
 
 
 def to_yaml(cfg: Config) -> str:

@@ -27,7 +27,6 @@ from fassl.augment.views import View, ViewSpec
 from fassl.config import Config
 from fassl.config.sections import DINOConfig
 from fassl.data import LongTailData
-from fassl.errors import ConfigError
 from fassl.losses import dino_loss, teacher_temperature, update_center
 from fassl.methods.base import EpochContext, Method, State, multi_view_forward
 from fassl.methods.momentum import EmaPairs, EmaSchedule, frozen_copy
@@ -169,15 +168,6 @@ def dino_view_spec(cfg: DINOConfig, image_size: int) -> ViewSpec:
     )
 
 
-def check_crops(cfg: DINOConfig, section: str = "dino") -> None:
-    """The local crops' scale range is a range: a ConfigError naming the keys otherwise."""
-    if cfg.local_scale_min > cfg.local_scale_max:
-        raise ConfigError(
-            f"config key '{section}.local_scale_min' must be <= {section}.local_scale_max, "
-            f"got {cfg.local_scale_min} > {cfg.local_scale_max}"
-        )
-
-
 class DINO(Method):
     name = "dino"
     head = "plain"  # the encoder's own projection head: exported, never trained
@@ -188,7 +178,6 @@ class DINO(Method):
 
     def __init__(self, encoder: Encoder, cfg: DINOConfig, image_size: int = 32) -> None:
         super().__init__(encoder)
-        check_crops(cfg)
         self.cfg = cfg
         encoder.projector.requires_grad_(False)  # not in DINO: no optimizer or DDP tracks it
         self.dino_head = DINOHead(

@@ -19,7 +19,6 @@ from torch import nn
 from fassl.augment.views import ViewSpec
 from fassl.config import Config, SwAVConfig
 from fassl.data import LongTailData
-from fassl.errors import ConfigError
 from fassl.losses import sinkhorn, swav_loss, swav_multicrop_loss
 from fassl.methods.base import (
     EpochContext,
@@ -39,11 +38,6 @@ def swav_view_spec(cfg: SwAVConfig, image_size: int) -> ViewSpec | None:
     the same colour distortion on all as SwAV's); None for the default pair."""
     if cfg.local_crops == 0:
         return None
-    if cfg.local_scale_min > cfg.local_scale_max:
-        raise ConfigError(
-            "config key 'swav.local_scale_min' must be <= swav.local_scale_max, got "
-            f"{cfg.local_scale_min} > {cfg.local_scale_max}"
-        )
     return ViewSpec(
         global_crops=2,
         local_crops=cfg.local_crops,
@@ -63,8 +57,6 @@ class SwAV(Method):
         spec = swav_view_spec(cfg, image_size)
         if spec is not None:  # multi-crop; else the class's default pair
             self.view_spec = spec
-        if cfg.num_prototypes < 1:
-            raise ValueError(f"swav.num_prototypes must be at least 1, got {cfg.num_prototypes}")
         self.prototypes = nn.Linear(dim, cfg.num_prototypes, bias=False)
         self.temperature, self.epsilon = cfg.temperature, cfg.epsilon
         self.sinkhorn_iters = cfg.sinkhorn_iters

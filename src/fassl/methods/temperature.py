@@ -50,10 +50,6 @@ class TemperatureSchedule:
     period_epochs: float = 0.0
     rule: str = "epoch"
 
-    def __post_init__(self) -> None:
-        if self.rule not in ("epoch", "step"):
-            raise ValueError(f"temperature rule must be epoch or step, got {self.rule!r}")
-
     @classmethod
     def from_config(cls, base: float, cfg: TemperatureConfig) -> TemperatureSchedule:
         return cls(base, cfg.schedule, cfg.tau_min, cfg.tau_max, cfg.period_epochs, cfg.rule)

@@ -19,12 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fassl.config import Config, OptimConfig, load_config, to_dict, to_yaml
+from fassl.config import Config, OptimConfig, load_config, optim_key, to_dict, to_yaml
 from fassl.errors import ConfigError, RunConflict
 from fassl.files import write_text
 from fassl.methods import METHODS
 from fassl.names import CONFIG, EXPORT, LAST, PIPELINE_STAGES, RUN, SETTINGS, STAGE_METHODS
-from fassl.train.checkpoint import read_meta
+from fassl.train.checkpoint import check_owner, read_meta
 from fassl.validation import NEUTRAL as NEUTRAL_META
 from fassl.validation import absolute_path, keys_with, path_keys
 
@@ -67,14 +67,6 @@ def run_settings(cfg: Config) -> dict[str, Any]:
     ``PER_MACHINE``), as JSON values."""
     flat = _flat(to_dict(cfg))
     return json.loads(json.dumps({k: v for k, v in flat.items() if k not in PER_MACHINE}))
-
-
-def optim_key(cfg: Config, optim_cfg: OptimConfig) -> str:
-    """Which config section ``optim_cfg`` is: ``optim`` or ``pipeline.<stage>``."""
-    for stage in PIPELINE_STAGES:
-        if getattr(cfg.pipeline, stage) is optim_cfg:
-            return f"pipeline.{stage}"
-    return "optim"
 
 
 def _chain(cfg: Config, stage: str) -> tuple[list[str], list[str]]:
@@ -161,12 +153,7 @@ def _check_last(run_dir: Path, method: str) -> None:
     last = run_dir / LAST
     if not last.is_file() or (run_dir / OUTPUTS[0]).is_file():
         return  # nothing to resume, or finished: the checkpoint is not used
-    meta = read_meta(last)
-    if meta.get("method") != method or meta.get("stage") != run_dir.name:
-        raise RunConflict(
-            f"{last} belongs to stage {meta.get('stage')!r} (method {meta.get('method')!r}), "
-            f"not to {run_dir.name!r} ({method}): use another out_dir"
-        )
+    check_owner(last, read_meta(last), run_dir.name, method)
 
 
 def _from_config_file(

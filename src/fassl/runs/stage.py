@@ -25,26 +25,24 @@ from fassl.config import Config, OptimConfig, to_yaml
 from fassl.data import LongTailData, build_data
 from fassl.distributed import check_same, is_main, main_lock, on_all, on_main, world_size
 from fassl.encoders import check_encoder_file, load_backbone, load_init
-from fassl.errors import ConfigError, DataError, NonFiniteLoss, printable
+from fassl.errors import NonFiniteLoss, printable
 from fassl.eval.knn import knn_monitor
 from fassl.files import write_text
 from fassl.methods import build_method
 from fassl.models import check_backbone
 from fassl.names import CONFIG, EXPORT
-from fassl.registry import ROOT_DATASETS
 from fassl.runs.settings import (
     RUN,
     STAGE_METHODS,
     check_stage,
     diverged_hint,
-    optim_key,
     record_settings,
     run_settings,
     start_run,
 )
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import export_encoder
-from fassl.train.loop import Trainer
+from fassl.train.loop import Trainer, check_batch_size
 
 __all__ = [
     "STAGE_METHODS",
@@ -60,28 +58,6 @@ __all__ = [
     "run_stage",
     "started_run",
 ]
-
-
-def check_batch_size(cfg: Config, data: LongTailData, optim_cfg: OptimConfig) -> None:
-    """A batch larger than the pre-training set would train zero steps an epoch; under
-    torchrun the global batch must split evenly over the processes."""
-    n, batch, world = len(data.pretrain), optim_cfg.batch_size, world_size()
-    if n < 2:  # no batch size can fit: a batch needs two images (the key's own range)
-        where = cfg.data.root if cfg.data.dataset in ROOT_DATASETS else data.name
-        raise DataError(
-            f"{printable(where)} has too few images to train: {n} pre-training image"
-            f"{'' if n == 1 else 's'}, at least 2 needed (a batch holds two images or more)"
-        )
-    if batch > n:
-        raise ConfigError(
-            f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) is larger than the "
-            f"{n:,} pre-training images of {data.name}; lower it to at most {n}"
-        )
-    if batch % world:  # the global batch is split evenly over the processes
-        raise ConfigError(
-            f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) does not split "
-            f"evenly over {world} processes; make it a multiple of {world}"
-        )
 
 
 def check_batch_sizes(cfg: Config, data: LongTailData, stages: list[str]) -> None:

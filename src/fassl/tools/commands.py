@@ -2,7 +2,8 @@
 
 Each command takes a checkpoint (any encoder file the project writes), reads its run's
 configuration unless ``--config`` names one, applies ``key=value`` overrides, and
-writes into ``--out`` (default: a folder next to the checkpoint).
+writes into ``--out`` (default: a folder next to the checkpoint). As in ``fassl.cli``,
+each command imports its layers when it runs (start-up time).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from fassl.config import Config
 
 
 def _config(args: argparse.Namespace, checkpoint: Path) -> Config:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.recipes import resolve_recipe
     from fassl.tools.common import tool_config
 
@@ -30,7 +30,6 @@ def _listing(out: Path, names: list[str]) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.collection import load_collection
     from fassl.runtime import runtime_for
     from fassl.tools.common import default_out
@@ -48,7 +47,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_rare(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data.collection import load_collection
     from fassl.runtime import runtime_for
     from fassl.tools.common import default_out
@@ -67,7 +65,6 @@ def cmd_rare(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.tools.export import export_backbone
 
     ckpt = Path(args.checkpoint)
@@ -77,7 +74,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_tsne(args: argparse.Namespace) -> None:
-    # start-up time: the command's layers (and torch) load when it runs
     from fassl.data import build_data
     from fassl.runtime import runtime_for
     from fassl.tools.tsne import TsneOptions, run_tsne

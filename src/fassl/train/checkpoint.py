@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from fassl import distributed as dist
 from fassl.config import Config, to_dict
-from fassl.errors import CheckpointError, DiskFull
+from fassl.errors import CheckpointError, DiskFull, RunConflict
 from fassl.files import check_space, set_output_mode, space_needed
 from fassl.methods.base import Method
 from fassl.processes import pid_alive
@@ -133,6 +133,16 @@ def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise CheckpointError(
             f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}): the "
             "run diverged; use an earlier checkpoint or train again with a lower lr"
+        )
+
+
+def check_owner(path: Path, meta: dict[str, Any], stage: str, method: str) -> None:
+    """The checkpoint ``path`` (header ``meta``) was written by ``stage`` training ``method``:
+    a folder reused by another stage must not resume from it."""
+    if meta.get("method") != method or meta.get("stage") != stage:
+        raise RunConflict(
+            f"{path} belongs to stage {meta.get('stage')!r} (method {meta.get('method')!r}), "
+            f"not to {stage!r} ({method}): use another out_dir"
         )
 
 

@@ -38,16 +38,18 @@ from tqdm import tqdm
 
 from fassl import distributed as dist
 from fassl.augment.views import ViewAugment
-from fassl.config import Config, OptimConfig, to_dict
+from fassl.config import Config, OptimConfig, optim_key, to_dict
 from fassl.data import LongTailData
 from fassl.data.memory import check_fits
-from fassl.errors import Interrupted, NonFiniteLoss, RunConflict
+from fassl.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, printable
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
 from fassl.models.state import load_state_checked
 from fassl.names import LAST
+from fassl.registry import ROOT_DATASETS
 from fassl.runtime import Runtime
 from fassl.train.checkpoint import (
+    check_owner,
     load_checkpoint,
     load_optimizer_state,
     non_finite,
@@ -69,6 +71,28 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch * 7919
 
 
+def check_batch_size(cfg: Config, data: LongTailData, optim_cfg: OptimConfig) -> None:
+    """A batch larger than the pre-training set would train zero steps an epoch; under
+    torchrun the global batch must split evenly over the processes."""
+    n, batch, world = len(data.pretrain), optim_cfg.batch_size, dist.world_size()
+    if n < 2:  # no batch size can fit: a batch needs two images (the key's own range)
+        where = cfg.data.root if cfg.data.dataset in ROOT_DATASETS else data.name
+        raise DataError(
+            f"{printable(where)} has too few images to train: {n} pre-training image"
+            f"{'' if n == 1 else 's'}, at least 2 needed (a batch holds two images or more)"
+        )
+    if batch > n:
+        raise ConfigError(
+            f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) is larger than the "
+            f"{n:,} pre-training images of {data.name}; lower it to at most {n}"
+        )
+    if batch % world:  # the global batch is split evenly over the processes
+        raise ConfigError(
+            f"config key '{optim_key(cfg, optim_cfg)}.batch_size' ({batch}) does not split "
+            f"evenly over {world} processes; make it a multiple of {world}"
+        )
+
+
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
     """This process's share of each global batch of epoch ``epoch``: (steps, batch/world).
 
@@ -76,13 +100,7 @@ def batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tenso
     batch, so the global batch is the same for any number of processes.
     """
     world, rank = dist.world_size(), dist.rank()
-    if batch_size % world:
-        raise ValueError(f"optim.batch_size {batch_size} is not divisible by {world} processes")
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(
-            f"optim.batch_size {batch_size} is larger than the {n} training images; lower it"
-        )
+    steps = n // batch_size  # at least 1, and batch_size splits over world (check_batch_size)
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     perm = torch.randperm(n, generator=g)[: steps * batch_size].view(steps, world, -1)
     return perm[:, rank]
@@ -179,6 +197,7 @@ class Trainer:
         self.method, self.data, self.cfg, self.optim_cfg = method, data, cfg, optim_cfg
         self.run_dir, self.rt, self.stage = Path(run_dir), runtime, stage
         self.device = runtime.device
+        check_batch_size(cfg, data, optim_cfg)  # a whole number of batches every epoch
         self.memory_format = runtime.memory_format_for(method)  # the layout rule
         # Labels go only to a method that declares ``needs_labels`` (the supervised
         # reference); attach_data comes before the optimizer is built.
@@ -280,11 +299,7 @@ class Trainer:
         if not path.is_file():
             return
         tensors, meta = load_checkpoint(path)
-        if meta.get("method") != self.method.name or meta.get("stage") != self.stage:
-            raise RunConflict(
-                f"{path} belongs to stage {meta.get('stage')!r} (method {meta.get('method')!r}), "
-                f"not to {self.stage!r}: use another out_dir"
-            )
+        check_owner(path, meta, self.stage, self.method.name)
         state = self.method.upgrade_state(split_prefixed(tensors, "model"))
         load_state_checked(self.method, state, str(path))
         load_optimizer_state(
