@@ -355,7 +355,7 @@ def fit_pipeline(
     cfg.out_dir = str(out_dir or tempfile.mkdtemp(prefix="fassl-pipeline-"))
     rt = runtime_for(cfg.train)
     with _own_random_streams(rt.device):
-        return run_pipeline(cfg, data=data, rt=rt)
+        return run_pipeline(cfg, rt, data=data)
 
 
 def embed(

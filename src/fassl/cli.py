@@ -14,7 +14,7 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fassl import flags
 from fassl.bench.settings import add_arguments as bench_arguments
@@ -31,6 +31,9 @@ from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, REPORT, RESULTS
 from fassl.recipes import OVERLAYS, RECIPES, recipe_names, resolve_recipe, run_config_for
 from fassl.tools.commands import add_tool_commands
 from fassl.validation import check_paths
+
+if TYPE_CHECKING:  # the type only: torch loads when a command runs
+    from fassl.runtime import Runtime
 
 # One example line per sub-command, shown in its --help and in ``fassl --help``.
 EXAMPLES = {
@@ -93,23 +96,24 @@ def _config(args: argparse.Namespace) -> Config:
     return check_paths(load_config(path, args.overrides))
 
 
-def _join(cfg: Config) -> bool:
+def _join(cfg: Config) -> tuple[Runtime, bool]:
     """The device, and torchrun's process group when there is one, set up first: before
-    any lock or file, so every later step knows which rank it runs on. True on rank 0
-    (the rank that prints what a run wrote)."""
+    any lock or file, so every later step knows which rank it runs on. The run's
+    ``Runtime``, which every layer below takes from here, and True on rank 0 (the rank
+    that prints what a run wrote)."""
     from fassl.distributed import is_main
     from fassl.runtime import runtime_for
 
-    runtime_for(cfg.train)
-    return is_main()
+    rt = runtime_for(cfg.train)
+    return rt, is_main()
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from fassl.runs.pretrain import run_pretrain
 
     cfg = _config(args)
-    main_rank = _join(cfg)
-    run_pretrain(cfg, restart=args.restart)
+    rt, main_rank = _join(cfg)
+    run_pretrain(cfg, rt, restart=args.restart)
     if main_rank:
         print(f"outputs in {cfg.out_dir}: {RESULTS}, {REPORT}, {EXPORT}")
 
@@ -118,8 +122,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from fassl.runs.pipeline import run_pipeline
 
     cfg = _config(args)
-    main_rank = _join(cfg)
-    run_pipeline(cfg, restart=args.restart or "")
+    rt, main_rank = _join(cfg)
+    run_pipeline(cfg, rt, restart=args.restart or "")
     if main_rank:
         print(f"outputs in {cfg.out_dir}: {_outputs(Path(cfg.out_dir))}")
 
@@ -179,8 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fassl.runs.pipeline import run_pipeline
 
     cfg = demo_config([f"out_dir={args.out}", *args.overrides])
-    main_rank = _join(cfg)
-    run_pipeline(cfg, with_pixels=True, restart=args.restart or "")
+    rt, main_rank = _join(cfg)
+    run_pipeline(cfg, rt, with_pixels=True, restart=args.restart or "")
     if main_rank:
         print((Path(cfg.out_dir) / REPORT).read_text())
         print(f"report in {Path(cfg.out_dir) / REPORT}")
@@ -190,8 +194,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from fassl.compare.run import run_comparison
 
     cfg = _config(args)
-    _join(cfg)
-    run_comparison(cfg)
+    rt, _ = _join(cfg)
+    run_comparison(cfg, rt)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:

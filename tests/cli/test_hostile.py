@@ -399,7 +399,7 @@ def test_pipeline_rerun_checks_each_stage_and_restarts_from_one(tmp_path):
     def pipeline(*extra, restart=""):
         probes = ("probe.settings=[standard]", "probe.fast_epochs=1", "probe.knn_k=3")
         cfg = tiny_config(tmp_path, *stages, *probes, *extra)
-        return run_pipeline(cfg, data=tiny_data(), rt=Runtime.cpu(), restart=restart)
+        return run_pipeline(cfg, Runtime.cpu(), data=tiny_data(), restart=restart)
 
     pipeline()
     before = snapshot(tmp_path)

@@ -132,7 +132,7 @@ def test_a_compare_rerun_probes_a_run_with_damaged_results_again(
     bad = _run(tmp_path, "simclr", 0, '{"standard": ')
     trained: list[str] = []
 
-    def train(c: Any, data: Any, rt: Any) -> dict:
+    def train(c: Any, rt: Any, data: Any) -> dict:
         trained.append(c.out_dir)
         return {"standard": ROW}
 

@@ -50,7 +50,6 @@ def test_unknown_arm_is_refused_with_the_list(tmp_path) -> None:
 
 
 def test_compare_runs_the_new_arms_end_to_end(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(compare, "runtime_for", lambda _: Runtime.cpu())
     monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
     methods = "[simclr,bcl_i,simclr_ts,bcl_d_common,ldam_drw_ssp]"
     cfg = tiny_config(
@@ -61,7 +60,7 @@ def test_compare_runs_the_new_arms_end_to_end(tmp_path, monkeypatch, capsys) -> 
         "compare.baseline_epochs=1",
         "ldam.ssp_method=simclr",
     )
-    compare.run_comparison(cfg)
+    compare.run_comparison(cfg, Runtime.cpu())
     text = (tmp_path / "comparison.md").read_text()
     for arm in ("simclr", "bcl_i", "simclr_ts", "bcl_d_common", "ldam_drw_ssp"):
         assert f"| {arm} | 1 |" in text, arm
@@ -159,7 +158,6 @@ def test_paper_structure_bases() -> None:
 def test_compare_runs_the_paper_structure_end_to_end(tmp_path, monkeypatch) -> None:
     """The paper's arms train from the sdclr arm; every FASSL report probes its teacher;
     the tables set FASSL beside SDCLR continued and name each arm's structure."""
-    monkeypatch.setattr(compare, "runtime_for", lambda _: Runtime.cpu())
     monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
     cfg = tiny_config(
         tmp_path,
@@ -173,7 +171,7 @@ def test_compare_runs_the_paper_structure_end_to_end(tmp_path, monkeypatch) -> N
             for k in ("epochs=1", "batch_size=8", "warmup_epochs=0")
         ),
     )
-    compare.run_comparison(cfg)
+    compare.run_comparison(cfg, Runtime.cpu())
     text = (tmp_path / "comparison.md").read_text()
     for arm in ("fassl", "fassl_teacher", "sdclr", "fassl_from_sdclr", "sdclr_continued"):
         assert f"| {arm} | 1 |" in text, arm

@@ -84,7 +84,6 @@ def test_k_sweep_trains_one_teacher_per_seed_and_writes_tables(tmp_path, monkeyp
 
     monkeypatch.setattr("fassl.runs.pipeline.run_pipeline_stage", counting)
     monkeypatch.setattr(sweep, "run_pipeline_stage", counting)
-    monkeypatch.setattr(sweep, "runtime_for", lambda _: Runtime.cpu())
     monkeypatch.setattr(sweep, "build_data", lambda *_: tiny_data(size=8))
     cfg = tiny_config(
         tmp_path,
@@ -93,7 +92,7 @@ def test_k_sweep_trains_one_teacher_per_seed_and_writes_tables(tmp_path, monkeyp
         "compare.seeds=[0,1]",
         "compare.grid={prototypes.num_prototypes: [4, 6]}",
     )
-    sweep.run_sweep(cfg)
+    sweep.run_sweep(cfg, Runtime.cpu())
     teachers = {t for t in trained if t.startswith("teacher:")}
     assert teachers == {f"teacher:{tmp_path}/shared/fassl/all/seed{s}" for s in (0, 1)}
     for k in (4, 6):
@@ -116,7 +115,6 @@ def test_k_sweep_trains_one_teacher_per_seed_and_writes_tables(tmp_path, monkeyp
 
 
 def test_a_point_too_small_for_the_batch_fails_before_anything_trains(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "runtime_for", lambda _: Runtime.cpu())
     counts = iter([(24, 12, 6), (3, 2, 1)])  # the second point: 6 images, batch 8
 
     def data_of_size(*_):
@@ -126,7 +124,7 @@ def test_a_point_too_small_for_the_batch_fails_before_anything_trains(tmp_path, 
     monkeypatch.setattr(sweep, "run_point_arm", lambda *_: pytest.fail("a run started"))
     cfg = tiny_config(tmp_path, *TINY, "compare.grid={data.imbalance: [10, 100]}")
     with pytest.raises(ConfigError, match=r"data\.imbalance=100.*teacher\.batch_size"):
-        sweep.run_sweep(cfg)
+        sweep.run_sweep(cfg, Runtime.cpu())
 
 
 def write_run(folder, all_values):

@@ -28,7 +28,7 @@ STAGES = (
 
 def pipeline(out, *overrides):
     cfg = tiny_config(out, *STAGES, *overrides)
-    return run_pipeline(cfg, data=tiny_data(), rt=CPU)
+    return run_pipeline(cfg, CPU, data=tiny_data())
 
 
 def test_pipeline_writes_every_stage_and_report(tmp_path):

@@ -204,4 +204,4 @@ def run_arm(c: Config, name: str, data: LongTailData, rt: Runtime) -> dict:
     if results is not None:
         return results
     train = run_pipeline if is_pipeline(name) else run_pretrain
-    return train(c, data=data, rt=rt)
+    return train(c, rt, data=data)

@@ -36,21 +36,21 @@ from fassl.names import CONFIG, EXPORT, PIPELINE_STAGES, RESULTS
 from fassl.registry import ARMS
 from fassl.runs.settings import pipeline_stages
 from fassl.runs.stage import check_same_config, check_same_data
-from fassl.runtime import runtime_for
+from fassl.runtime import Runtime
 from fassl.validation import check_paths
 
 
-def run_comparison(cfg: Config) -> dict:
+def run_comparison(cfg: Config, rt: Runtime) -> dict:
     """Every arm of ``compare.methods`` at every seed, then the tables; with a
     ``compare.grid``, one comparison per grid point (``fassl.compare.sweep``).
 
     Under torchrun every rank trains every run; rank 0 alone decides which runs are done
-    and writes config.yaml and the tables (``fassl.distributed.on_main``)."""
+    and writes config.yaml and the tables (``fassl.distributed.on_main``). ``rt`` is the
+    caller's (``runtime_for(cfg.train)``: it joined the process group)."""
     if cfg.compare.grid:
-        return run_sweep(cfg)
+        return run_sweep(cfg, rt)
     out = Path(cfg.out_dir)
     check_paths(cfg)
-    rt = runtime_for(cfg.train)  # joins the process group before anything else
     check_same_config(cfg)  # under torchrun: the ranks were given the same settings
     # a bad data folder fails before anything is written, on every rank together
     data = on_all(lambda: build_data(cfg.data, cfg.seed))

@@ -58,7 +58,7 @@ from fassl.runs.stage import (
     check_same_data,
     run_pipeline_stage,
 )
-from fassl.runtime import Runtime, runtime_for
+from fassl.runtime import Runtime
 
 GRID_FILE = "grid/grid.json"
 # Config sections (dotted prefixes) each shareable part reads; a grid key under none of
@@ -260,14 +260,14 @@ def load_point_data(points: list[GridPoint], methods: list[str], seed: int) -> d
     return datasets
 
 
-def run_sweep(cfg: Config) -> dict:
-    """Every grid point's comparison, then the sweep tables and plot."""
+def run_sweep(cfg: Config, rt: Runtime) -> dict:
+    """Every grid point's comparison, then the sweep tables and plot (``rt``: the
+    caller's)."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, to_yaml(cfg))
     points = plan(cfg, out)
     write_plan(points, out)
-    rt = runtime_for(cfg.train)
     datasets = load_point_data(points, cfg.compare.methods, cfg.seed)
     order = arm_order(cfg)  # every arm after the runs it starts from
     for point in points:

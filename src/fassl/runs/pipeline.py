@@ -22,14 +22,14 @@ from fassl.runs.probes import (
 )
 from fassl.runs.settings import pipeline_stages, prepare_pipeline
 from fassl.runs.stage import run_pipeline_stage, started_run
-from fassl.runtime import Runtime, runtime_for
+from fassl.runtime import Runtime
 
 
 def run_pipeline(
     cfg: Config,
+    rt: Runtime,
     with_pixels: bool = False,
     data: LongTailData | None = None,
-    rt: Runtime | None = None,
     restart: str = "",
 ) -> dict:
     """Teacher (SDCLR), prototypes (stage 1), re-balanced student (stage 2), then probes.
@@ -38,8 +38,8 @@ def run_pipeline(
 
     Under torchrun every rank trains every stage; rank 0 alone locks the folders, checks
     and records settings, writes exports, analyses, results.json and report.md, while
-    the others wait (``fassl.distributed.on_main``). Every rank returns the results."""
-    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
+    the others wait (``fassl.distributed.on_main``). Every rank returns the results.
+    ``rt`` is the caller's (``runtime_for(cfg.train)``: it joined the process group)."""
     prepare = lambda: prepare_pipeline(cfg, restart)  # noqa: E731 (stages' settings checked)
     with started_run(cfg, prepare, pipeline_stages(cfg), data) as data:
         out = Path(cfg.out_dir)

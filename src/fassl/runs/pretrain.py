@@ -10,16 +10,16 @@ from fassl.distributed import on_main
 from fassl.runs.probes import evaluate_export, prototype_analysis
 from fassl.runs.settings import RUN, prepare_run
 from fassl.runs.stage import STAGE_METHODS, run_stage, started_run
-from fassl.runtime import Runtime, runtime_for
+from fassl.runtime import Runtime
 
 
 def run_pretrain(
-    cfg: Config, data: LongTailData | None = None, rt: Runtime | None = None, restart: bool = False
+    cfg: Config, rt: Runtime, data: LongTailData | None = None, restart: bool = False
 ) -> dict:
     """One method trained from scratch (or from ``train.init_from``), then probed.
 
-    Under torchrun: as ``run_pipeline``, rank 0 alone locks, checks, exports and probes."""
-    rt = rt or runtime_for(cfg.train)  # joins the process group before anything else
+    Under torchrun: as ``run_pipeline``, rank 0 alone locks, checks, exports and probes;
+    ``rt`` is the caller's, as there."""
     with started_run(cfg, lambda: prepare_run(cfg, restart), [RUN], data) as data:
         out = Path(cfg.out_dir)
         init = Path(cfg.train.init_from) if cfg.train.init_from else None
