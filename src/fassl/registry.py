@@ -1,5 +1,5 @@
-"""Every name a user types, declared once: methods, stage-2 weights, data sources,
-backbones and the arms of ``fassl compare``.
+"""Every name a user types, declared once (methods, stage-2 weights, data sources,
+backbones and the arms of ``fassl compare``).
 
 Torch-free, so the config layer, validation and the command line read names and choices
 from here without loading a network. Each entry points at what implements it as

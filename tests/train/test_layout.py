@@ -55,7 +55,11 @@ def test_pointwise_channels_of_the_resnets() -> None:
     assert min_strided_pointwise_channels(torch.nn.Linear(3, 3)) > 1000  # none
 
 
-@pytest.mark.parametrize("flags", [AVX2, AVX512, AVX512_BF16, AMX], ids=str)
+# ids from sorted flags: a frozenset's order changes with the hash seed (pytest-xdist's
+# workers must collect the same ids)
+@pytest.mark.parametrize(
+    "flags", [AVX2, AVX512, AVX512_BF16, AMX], ids=lambda f: "-".join(sorted(f))
+)
 @pytest.mark.parametrize("width", [4, 8, 16, 32])
 def test_layout_rule_on_every_cpu(flags, width) -> None:
     """The answer must not depend on the CPU's flags (the oneDNN fault depends on the
