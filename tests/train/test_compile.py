@@ -97,7 +97,9 @@ def test_a_compiled_run_is_one_graph_and_ends_where_the_eager_run_ends(
     assert compiled.forward.active  # nothing fell back
     breaks = dict(dynamo.utils.counters["graph_break"])
     assert not breaks, breaks
-    assert backend.graphs == 1, f"{backend.graphs} graphs: recompiled ({name}, {overrides})"
+    # GH's loss starts after its warm-up: one graph before it, one after (no other change)
+    graphs = 2 if name.endswith("_gh") else 1
+    assert backend.graphs == graphs, f"{backend.graphs} graphs: recompiled ({name}, {overrides})"
     assert compiled.global_step == eager.global_step == 6
     expected = eager.method.state_dict()
     for key, value in compiled.method.state_dict().items():

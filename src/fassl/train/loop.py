@@ -44,6 +44,7 @@ from fassl.data.memory import check_fits
 from fassl.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, printable
 from fassl.features import backbone_forward, eval_mode, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
+from fassl.models import check_backbone
 from fassl.models.state import load_state_checked
 from fassl.names import LAST
 from fassl.registry import ROOT_DATASETS
@@ -218,6 +219,22 @@ class Trainer:
         check_fits(data, int(getattr(method.backbone, "out_dim", 0)))
         self.images = training_images(data.pretrain.images, self.device)
         self.images_on_device = isinstance(self.images, torch.Tensor)  # else lazy, on the host
+        # a library backbone must take every view size the method declares (DINO's local
+        # crops: a ViT built for one size cannot), said before the first step
+        spec = method.view_spec
+        for size in {spec.global_size or data.image_size, spec.local_size or data.image_size}:
+            if size == data.image_size:
+                continue
+            try:
+                check_backbone(cfg.model.arch, cfg.model.kwargs, size)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"config key 'model.arch': {cfg.model.arch} cannot take the {size} px "
+                    f"crops that method {method.name!r} trains on beside its "
+                    f"{data.image_size} px ones: give the model more than one input size "
+                    "(a timm ViT: model.kwargs with dynamic_img_size: true, dynamic_img_pad: "
+                    f"true), or train without those crops ({method.name}.local_crops=0)"
+                ) from err
         # the views the method declares (two global views of cfg.augment by default)
         self.augment = ViewAugment(
             cfg.augment, data.image_size, data.mean, data.std, method.boost, method.view_spec
