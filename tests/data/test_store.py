@@ -172,8 +172,8 @@ def test_a_large_folder_stays_on_disk_and_trains_like_memory(
 def test_large_images_are_stored_as_jpeg_records_and_decoded_by_loader_workers(
     tmp_path: Path, small_shards
 ) -> None:
-    """Above FIXED_MAX_SIZE a record is the resized crop as a JPEG (quality 95): about a
-    fifth of the bytes, within a few grey levels of the pixels, the same through the
+    """Above FIXED_MAX_SIZE a record is the resized crop as a JPEG (quality 95): a
+    third of the bytes or less, within a few grey levels of the pixels, the same through the
     loader's worker processes as read in the caller."""
     size = 100
     root = tmp_path / "photos"

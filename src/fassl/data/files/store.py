@@ -6,7 +6,7 @@ records, opened with ``numpy.load(..., mmap_mode="r")``, so every process on a m
 (the ranks of a torchrun, the loader of a tool) reads the same pages of the operating
 system's cache, and a batch costs a copy of its own rows. Above it (224 px: 147 KiB an
 image decoded) a shard holds each image resized and centre-cropped as a JPEG of quality
-``JPEG_QUALITY`` (about a fifth of the bytes; lossy, as FFCV's default ``jpg`` mode,
+``JPEG_QUALITY`` (several times fewer bytes; lossy, as FFCV's default ``jpg`` mode,
 quality 90), memory-mapped the same way and decoded by loader worker processes while the
 step runs (``StoreImages.batches``). Random access by image index keeps the project's own
 seeded, rank-sliced order and its per-image state (FASSL's weights, BCL's momentum).
