@@ -30,7 +30,7 @@ from torch import Tensor
 BLOCK_ELEMENTS = 1 << 24  # similarities held at once by the exact search (64 MB float32)
 BANK_BLOCK = 16384  # bank rows per block of the exact search
 APPROXIMATE_ABOVE = 50_000  # bank rows above which a tool searches approximately (faiss)
-PROBED_FRACTION = 8  # the approximate search probes 1/8 of its lists (at least MIN_PROBES)
+PROBED_FRACTION = 32  # the approximate search probes 1/32 of its lists (at least MIN_PROBES)
 MIN_PROBES = 16
 
 
