@@ -22,13 +22,14 @@ demo: $(VENV)/.installed
 # runs. The training tests run once more under them, so a newer CPU catches their faults.
 AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 
+# Both passes on both cores (pytest-xdist: each test in one of two worker processes).
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/fassl info
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 	$(AVX2_ENV) $(VENV)/bin/fassl info | grep capability
-	$(AVX2_ENV) $(PY) -m pytest -q -m trains
+	$(AVX2_ENV) $(PY) -m pytest -q -n 2 -m trains
 
 # What a change is first checked with, in under a minute on 2 cores: ruff, the layers and
 # every test not marked slow (subprocesses, torchrun, multi-epoch runs) or trains.
