@@ -36,6 +36,7 @@ from fassl.report import read_json_object
 from fassl.runs.settings import check_stage, record_settings
 from fassl.runs.stage import check_batch_size, data_fingerprint
 from fassl.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from tests.cli.test_torchrun_cli import TINY as TORCHRUN_TINY
 from tests.helpers import tiny_config, tiny_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,20 +266,7 @@ def test_a_lost_connection_is_told_from_other_errors() -> None:
 
 # ---- under torchrun: the command a user types ----------------------------------------------
 
-TINY = (
-    "model.width=4",
-    "model.proj_hidden=16",
-    "model.proj_dim=8",
-    "data.max_per_class=24",
-    "data.image_size=16",
-    "probe.fast_epochs=3",
-    "probe.knn_k=5",
-    "train.device=cpu",
-    "train.precision=fp32",
-    "train.progress=false",
-    "train.checkpoint_every_s=0",
-    "optim.batch_size=16",
-)
+TINY = (*TORCHRUN_TINY, "optim.batch_size=16")  # the torchrun tests' settings
 HUNG = "forcefully"  # torchrun's words when a worker did not end on SIGTERM
 
 
