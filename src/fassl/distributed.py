@@ -18,6 +18,7 @@ import inspect
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -242,10 +243,23 @@ def stopped_peer() -> tuple[int, str] | None:
     return None
 
 
-def ended_peer() -> tuple[int, str] | None:
+ENDED_WAIT_S = 3.0  # how long a lost peer's process may take to be listed as ended
+
+
+def ended_peer(wait_s: float = ENDED_WAIT_S) -> tuple[int, str] | None:
     """(rank, ``ENDED``) of the first other rank on this machine whose process is gone
     (killed: it could not announce it stopped); None when every rank this machine can
-    see still runs."""
+    see still runs ``wait_s`` seconds on. A killed process closes its connections on its
+    way out, a moment before the kernel lists it as ended: the look is repeated meanwhile."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = _ended_now()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _ended_now() -> tuple[int, str] | None:
     if world_size() == 1:
         return None
     host = socket.gethostname()
