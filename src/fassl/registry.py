@@ -186,6 +186,15 @@ def _arms() -> dict[str, Arm]:
             structure=PAPER_STRUCTURE,
             **from_sdclr,
         ),
+        # FASSL's stages 1-2 on GH's SDCLR (the paper's structure on another teacher)
+        Arm(
+            "fassl_from_sdclr_gh",
+            "fassl",
+            bases=("sdclr_gh",),
+            start_arm="sdclr_gh",
+            start_key="pipeline.teacher_checkpoint",
+            structure=PAPER_STRUCTURE,
+        ),
         Arm("simclr_ts", "simclr", (("temperature.schedule", "cosine"),), ("simclr",)),
         Arm("sdclr_ts", "sdclr", (("temperature.schedule", "cosine"),), ("sdclr",)),
         Arm("bcl_i_common", "bcl_i", (("bcl.ops", "common"),), ("simclr",)),

@@ -146,6 +146,19 @@ def test_paper_structure_starts_from_the_sdclr_arm(tmp_path) -> None:
     assert not plain.pipeline.teacher_checkpoint
 
 
+def test_fassl_from_sdclr_gh_starts_from_the_sdclr_gh_arm(tmp_path) -> None:
+    """FASSL's stages 1-2 on GH's SDCLR: the sdclr_gh arm trains first, its export is the
+    teacher, and the difference table sets FASSL against it."""
+    from fassl.compare.arms import bases_of
+
+    cfg = tiny_config(tmp_path, "compare.methods=[fassl_from_sdclr_gh]")
+    assert arm_order(cfg) == ["sdclr_gh", "fassl_from_sdclr_gh"]
+    c = run_config(cfg, "fassl_from_sdclr_gh", 0, tmp_path)
+    assert c.pipeline.teacher_checkpoint == str(tmp_path / "sdclr_gh" / "seed0" / EXPORT)
+    assert not c.pipeline.prototypes_checkpoint
+    assert bases_of("fassl_from_sdclr_gh") == ["sdclr_gh"]
+
+
 def test_paper_structure_bases() -> None:
     from fassl.compare.arms import bases_of
 
@@ -200,3 +213,28 @@ def test_compare_help_lists_every_arm(capsys) -> None:
         if arm in ("fassl_prototypes", "fassl_rebalance"):  # stages, not arms to compare
             continue
         assert arm in printed, arm
+
+
+def test_compare_runs_fassl_on_the_sdclr_gh_arm(tmp_path, monkeypatch) -> None:
+    """FASSL's stages train on the sdclr_gh arm's export (a GH run's encoder is a teacher
+    like any other), and the tables set it against that arm."""
+    monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
+    cfg = tiny_config(
+        tmp_path,
+        *TINY,
+        "compare.methods=[fassl_from_sdclr_gh]",
+        "compare.seeds=[0]",
+        "compare.baseline_epochs=1",
+        "gh.warmup=0",
+        *(
+            f"pipeline.{s}.{k}"
+            for s in ("prototypes", "rebalance")
+            for k in ("epochs=1", "batch_size=8", "warmup_epochs=0")
+        ),
+    )
+    compare.run_comparison(cfg, Runtime.cpu())
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| fassl_from_sdclr_gh − sdclr_gh | 1 |" in text
+    paper = json.loads((tmp_path / "fassl_from_sdclr_gh" / "seed0" / "results.json").read_text())
+    gh = json.loads((tmp_path / "sdclr_gh" / "seed0" / "results.json").read_text())
+    assert paper["teacher"]["standard"] == gh["standard"]

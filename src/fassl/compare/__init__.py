@@ -30,7 +30,7 @@ def arm_listing() -> str:
     return (
         f"arms (compare.methods):\n  methods: {', '.join(kinds['methods'])}\n"
         f"  FASSL at equal compute (its own teacher): {', '.join(kinds['equal'])}\n"
-        f"  FASSL as the paper composes it (on the sdclr arm's export), beside SDCLR trained\n"
-        f"  on as long: {', '.join(kinds['paper'])}\n"
+        f"  FASSL as the paper composes it (on the sdclr arm's export; fassl_from_sdclr_gh on\n"
+        f"  sdclr_gh's), beside SDCLR trained on as long: {', '.join(kinds['paper'])}\n"
         f"  variants: {', '.join(kinds['variants'])}"
     )
