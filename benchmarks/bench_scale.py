@@ -55,12 +55,12 @@ def class_counts(images: int, head: int, tail: int) -> list[int]:
     return counts
 
 
-def _photo(rng: np.random.Generator) -> Any:
+def _photo(rng: np.random.Generator, sides: tuple[int, int] = (200, 500)) -> Any:
     """A photo-like image: a smooth colour field (a few random colours, bicubically
-    spread) with a few filled shapes' hard edges; 200-500 px a side."""
+    spread) with a few filled shapes' hard edges; ``sides`` px a side (200-500)."""
     from PIL import Image, ImageDraw
 
-    w, h = (int(v) for v in rng.integers(200, 501, 2))
+    w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
     coarse = rng.integers(0, 256, (int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3))
     img = Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
@@ -72,15 +72,15 @@ def _photo(rng: np.random.Generator) -> Any:
     return img
 
 
-def _write_class(job: tuple[str, int, int, int]) -> int:
-    root, c, n, seed = job
+def _write_class(job: tuple[str, int, int, int, tuple[int, int]]) -> int:
+    root, c, n, seed, sides = job
     folder = Path(root) / f"class{c:05d}"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed * 100_003 + c)
     written = 0
     for i in range(n):
         path = folder / f"{i:05d}.jpg"
-        image = _photo(rng)  # drawn even when the file exists: the same images on resume
+        image = _photo(rng, sides)  # drawn even when the file exists: the same images on resume
         if not path.exists():
             tmp = path.with_suffix(".tmp")
             image.save(tmp, "JPEG", quality=90)
@@ -89,10 +89,17 @@ def _write_class(job: tuple[str, int, int, int]) -> int:
     return written
 
 
-def generate(root: Path, images: int, head: int, tail: int, seed: int = 0) -> int:
+def generate(
+    root: Path,
+    images: int,
+    head: int,
+    tail: int,
+    seed: int = 0,
+    sides: tuple[int, int] = (200, 500),
+) -> int:
     """Write the folder (resumable: existing files are kept); returns the image count."""
     counts = class_counts(images, head, tail)
-    jobs = [(str(root), c, n, seed) for c, n in enumerate(counts)]
+    jobs = [(str(root), c, n, seed, sides) for c, n in enumerate(counts)]
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         pool.map(_write_class, jobs, chunksize=4)
     return sum(counts)
@@ -255,6 +262,12 @@ def main() -> None:
     p.add_argument("--head", type=int, default=1000, help="images of the largest class")
     p.add_argument("--tail", type=int, default=5, help="images of the smallest class")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument(
+        "--source-px",
+        default="200,500",
+        help="MIN,MAX side of the generated JPEGs (smaller: a million written and decoded "
+        "in minutes; the store and the training read --size px whatever the source)",
+    )
     p.add_argument("--root", type=Path, default=Path("/tmp/fassl-scale"))
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--steps", type=int, default=30)
@@ -272,7 +285,8 @@ def main() -> None:
     args.root = args.root.absolute()
     images = args.root / "images"
     t0 = time.perf_counter()
-    n = generate(images, args.images, args.head, args.tail)
+    lo, hi = (int(v) for v in args.source_px.split(","))
+    n = generate(images, args.images, args.head, args.tail, sides=(lo, hi))
     print(f"folder: {n:,} images in {images} ({time.perf_counter() - t0:.0f} s to write)")
     result: dict[str, Any] = {
         "command": " ".join(sys.argv),
@@ -281,6 +295,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "images": n,
         "size": args.size,
+        "source_px": [lo, hi],
     }
     result["raw_decode_img_per_s"] = raw_decode_rate(images, args.size)
     cache = args.root / "cache"
