@@ -255,8 +255,9 @@ class LazyImages:
         return self._images[index].clone()
 
     def batches(self, index_batches):
-        for index in index_batches:
-            yield self[index]
+        self.batched = getattr(self, "batched", 0) + 1
+        for index in index_batches:  # image index tensors, or slices (in order: embedding)
+            yield self._images[index].clone() if isinstance(index, slice) else self[index]
 
 
 def test_lazy_images_train_like_a_tensor(tmp_path):
@@ -269,6 +270,20 @@ def test_lazy_images_train_like_a_tensor(tmp_path):
     lazy.fit()
     for k, v in eager.method.state_dict().items():
         assert torch.equal(v, lazy.method.state_dict()[k]), k
+
+
+def test_lazy_images_embed_through_their_read_ahead(tmp_path):
+    """A stage-2 bank over a lazy set reads it chunk by chunk through ``batches`` (the
+    store decodes ahead in its workers) and equals the bank of the same images held."""
+    eager = make_trainer(tiny_config(tmp_path / "a"))
+    data = tiny_data()
+    lazy_images = LazyImages(data.pretrain.images)
+    data.pretrain.images = lazy_images  # type: ignore[assignment]
+    lazy = make_trainer(tiny_config(tmp_path / "b"), data=data)
+    lazy.method.load_state_dict(eager.method.state_dict())
+    bank = lazy.embed(lazy.method.backbone)
+    assert lazy_images.batched == 1
+    assert torch.equal(bank, eager.embed(eager.method.backbone))
 
 
 def test_byol_checkpoint_of_the_previous_layout_resumes(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ from fassl.config import Config, OptimConfig, optim_key, to_dict
 from fassl.data import LongTailData
 from fassl.data.memory import check_fits
 from fassl.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, printable
-from fassl.features import backbone_forward, eval_mode, prepare_batch
+from fassl.features import backbone_forward, eval_mode, image_chunks, prepare_batch
 from fassl.methods.base import EpochContext, Method, training_labels
 from fassl.models import check_backbone
 from fassl.models.state import load_state_checked
@@ -403,11 +403,11 @@ class Trainer:
 
     @torch.no_grad()
     def _extract(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        d, n = self.data, len(self.images)
+        d = self.data
         chunks = []
         with eval_mode(self.method):
-            for start in range(0, n, EMBED_BATCH):
-                rows = self.rows(torch.arange(start, min(n, start + EMBED_BATCH)))
+            # a lazy set's next chunks decode in its loader workers while this one runs
+            for rows in image_chunks(self.images, EMBED_BATCH):
                 x = prepare_batch(rows, d.mean, d.std, self.device, self.memory_format)
                 chunks.append(backbone_forward(fn, x, self.rt))
         return torch.cat(chunks)
