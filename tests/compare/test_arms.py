@@ -168,14 +168,12 @@ def test_paper_structure_bases() -> None:
     assert bases_of("fassl") == ["fassl_phi1"] and bases_of("sdclr") == []
 
 
-def test_compare_runs_the_paper_structure_end_to_end(tmp_path, monkeypatch) -> None:
-    """The paper's arms train from the sdclr arm; every FASSL report probes its teacher;
-    the tables set FASSL beside SDCLR continued and name each arm's structure."""
-    monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
-    cfg = tiny_config(
+def one_epoch_comparison(tmp_path, methods: str, *overrides: str):
+    """A tiny comparison of ``methods`` at seed 0: one epoch for each arm and stage."""
+    return tiny_config(
         tmp_path,
         *TINY,
-        "compare.methods=[fassl,fassl_from_sdclr,fassl_from_sdclr_phi1,sdclr_continued]",
+        f"compare.methods={methods}",
         "compare.seeds=[0]",
         "compare.baseline_epochs=1",
         *(
@@ -183,6 +181,16 @@ def test_compare_runs_the_paper_structure_end_to_end(tmp_path, monkeypatch) -> N
             for s in ("teacher", "prototypes", "rebalance")
             for k in ("epochs=1", "batch_size=8", "warmup_epochs=0")
         ),
+        *overrides,
+    )
+
+
+def test_compare_runs_the_paper_structure_end_to_end(tmp_path, monkeypatch) -> None:
+    """The paper's arms train from the sdclr arm; every FASSL report probes its teacher;
+    the tables set FASSL beside SDCLR continued and name each arm's structure."""
+    monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
+    cfg = one_epoch_comparison(
+        tmp_path, "[fassl,fassl_from_sdclr,fassl_from_sdclr_phi1,sdclr_continued]"
     )
     compare.run_comparison(cfg, Runtime.cpu())
     text = (tmp_path / "comparison.md").read_text()
@@ -219,19 +227,7 @@ def test_compare_runs_fassl_on_the_sdclr_gh_arm(tmp_path, monkeypatch) -> None:
     """FASSL's stages train on the sdclr_gh arm's export (a GH run's encoder is a teacher
     like any other), and the tables set it against that arm."""
     monkeypatch.setattr(compare, "build_data", lambda *_: tiny_data(size=8))
-    cfg = tiny_config(
-        tmp_path,
-        *TINY,
-        "compare.methods=[fassl_from_sdclr_gh]",
-        "compare.seeds=[0]",
-        "compare.baseline_epochs=1",
-        "gh.warmup=0",
-        *(
-            f"pipeline.{s}.{k}"
-            for s in ("prototypes", "rebalance")
-            for k in ("epochs=1", "batch_size=8", "warmup_epochs=0")
-        ),
-    )
+    cfg = one_epoch_comparison(tmp_path, "[fassl_from_sdclr_gh]", "gh.warmup=0")
     compare.run_comparison(cfg, Runtime.cpu())
     text = (tmp_path / "comparison.md").read_text()
     assert "| fassl_from_sdclr_gh − sdclr_gh | 1 |" in text
