@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -107,3 +108,55 @@ def test_sgd_uses_multi_tensor_kernels_and_skips_late_gradients():
     bias = net.bias.detach().clone()
     opt.step()  # the bias's first momentum step comes after the weight's
     assert torch.allclose(net.bias.detach(), bias - 0.1)
+
+
+def solo_learn_lars_step(params, lr, momentum, eta, wd, clip, state, eps=1e-8):
+    """solo-learn's LARS step (vturrisi/solo-learn @ 096530c, solo/utils/lars.py,
+    ``LARS.step`` with ``exclude_bias_n_norm_lars=True``, no dampening or Nesterov),
+    one parameter at a time."""
+    for p in params:
+        d_p = p.grad
+        p_norm, g_norm = torch.norm(p.data), torch.norm(p.grad.data)
+        if p.ndim != 1 and p_norm != 0 and g_norm != 0:
+            lars_lr = p_norm / (g_norm + p_norm * wd + eps) * eta
+            if clip:
+                lars_lr = min(lars_lr / lr, 1)
+            d_p = d_p.add(p, alpha=wd) * lars_lr
+        if id(p) not in state:
+            state[id(p)] = torch.clone(d_p).detach()
+        else:
+            state[id(p)].mul_(momentum).add_(d_p)
+        p.data.add_(state[id(p)], alpha=-lr)
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-6])
+def test_clipped_lars_is_solo_learns_over_a_schedule(wd) -> None:
+    """``optim.lars_clip_lr``: solo-learn's clipped trust ratio, step for step while the
+    learning rate changes (warm-up from 0, then large enough that the clip binds for some
+    parameters and not others); the ratio's denominator is |g + wd w| here and |g| + wd |w|
+    there, equal at wd 0 and within 1e-5 at solo-learn's CIFAR 1e-6."""
+    g = torch.Generator().manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    ref = copy.deepcopy(net)
+    cfg = OptimConfig(optimizer="lars", lars_eta=0.02, lars_clip_lr=True, weight_decay=wd)
+    opt = build_optimizer(net, cfg)
+    state: dict = {}
+    for lr in (0.0, 0.05, 0.3, 2.0):
+        # gradients of several scales: the clip binds for some parameters, not others
+        scales = (1e-3, 1.0, 10.0, 0.1)
+        grads = [
+            torch.randn(p.shape, generator=g) * s
+            for p, s in zip(net.parameters(), scales, strict=True)
+        ]
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for p, r, gr in zip(net.parameters(), ref.parameters(), grads, strict=True):
+            p.grad, r.grad = gr.clone(), gr.clone()
+        opt.step()
+        solo_learn_lars_step(list(ref.parameters()), lr, 0.9, 0.02, wd, True, state)
+    tol = 1e-6 if wd == 0 else 1e-5
+    for p, r in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p, r, atol=tol, rtol=tol)
+    # the unclipped default takes other steps from the same start
+    plain = build_optimizer(copy.deepcopy(ref), OptimConfig(optimizer="lars", lars_eta=0.02))
+    assert plain.param_groups[0]["clip_lr"] is False

@@ -114,6 +114,9 @@ class OptimConfig:
     batch_size: int = ranged(512, ">=2")  # global batch size, split across processes
     min_lr_ratio: float = ranged(0.0, "[0,1]")  # cosine ends at lr * min_lr_ratio
     lars_eta: float = ranged(0.001, ">0")
+    # LARS's trust ratio capped at 1 / lr, so a step never exceeds SGD's (solo-learn's
+    # clip_lr, which its CIFAR recipes set); false: the unclipped lr * eta * |w| step
+    lars_clip_lr: bool = False
 
 
 @dataclass

@@ -28,15 +28,23 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios (You et al., 2017).
 
     PyTorch ships no LARS; this is the usual SimCLR/BYOL form: for parameter groups with
-    ``lars=True`` the update is scaled by eta * |w| / (|g| + wd * |w|).
+    ``lars=True`` the gradient (weight decay added) g is scaled by eta * |w| / |g|; with
+    ``clip_lr`` that ratio is divided by the step's lr and capped at 1, as solo-learn's
+    LARS with ``clip_lr`` (solo/utils/lars.py), so no step exceeds SGD's.
     """
 
     def __init__(
-        self, params: list[dict], lr: float, momentum: float = 0.9, eta: float = 0.001
+        self,
+        params: list[dict],
+        lr: float,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+        clip_lr: bool = False,
     ) -> None:
-        super().__init__(
-            params, dict(lr=lr, momentum=momentum, eta=eta, weight_decay=0.0, lars=True)
+        defaults = dict(
+            lr=lr, momentum=momentum, eta=eta, weight_decay=0.0, lars=True, clip_lr=clip_lr
         )
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -56,6 +64,8 @@ class LARS(torch.optim.Optimizer):
             w_norm = torch.stack(torch._foreach_norm(params))
             g_norm = torch.stack(torch._foreach_norm(grads))
             ratio = group["eta"] * w_norm / g_norm
+            if group["clip_lr"]:  # lr 0 (a warm-up's first step): inf, capped at 1
+                ratio = (ratio / group["lr"]).clamp(max=1.0)
             # masked_fill takes the 1.0 as a kernel argument: no scalar tensor on the device
             trust = ratio.masked_fill(~((w_norm > 0) & (g_norm > 0)), 1.0)
             grads = torch._foreach_mul(grads, list(trust.unbind()))
@@ -84,7 +94,9 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     """
     groups = param_groups(module, cfg.weight_decay)
     if cfg.optimizer == "lars":
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+        return LARS(
+            groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta, clip_lr=cfg.lars_clip_lr
+        )
     for g in groups:
         g.pop("lars")
     if cfg.optimizer == "adamw":
