@@ -251,6 +251,8 @@ def ended_peer(wait_s: float = ENDED_WAIT_S) -> tuple[int, str] | None:
     (killed: it could not announce it stopped); None when every rank this machine can
     see still runs ``wait_s`` seconds on. A killed process closes its connections on its
     way out, a moment before the kernel lists it as ended: the look is repeated meanwhile."""
+    if world_size() == 1:
+        return None
     deadline = time.monotonic() + wait_s
     while True:
         found = _ended_now()
@@ -260,8 +262,6 @@ def ended_peer(wait_s: float = ENDED_WAIT_S) -> tuple[int, str] | None:
 
 
 def _ended_now() -> tuple[int, str] | None:
-    if world_size() == 1:
-        return None
     host = socket.gethostname()
     try:
         store = _store()

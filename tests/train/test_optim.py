@@ -160,3 +160,16 @@ def test_clipped_lars_is_solo_learns_over_a_schedule(wd) -> None:
     # the unclipped default takes other steps from the same start
     plain = build_optimizer(copy.deepcopy(ref), OptimConfig(optimizer="lars", lars_eta=0.02))
     assert plain.param_groups[0]["clip_lr"] is False
+
+
+def test_lars_resumes_groups_saved_before_clip_lr() -> None:
+    """An optimizer state written before ``clip_lr`` existed loads and steps unclipped."""
+    net = torch.nn.Linear(3, 2)
+    opt = build_optimizer(net, OptimConfig(optimizer="lars"))
+    state = opt.state_dict()
+    for group in state["param_groups"]:
+        del group["clip_lr"]
+    opt.load_state_dict(state)
+    net.weight.grad = torch.ones_like(net.weight)
+    opt.step()
+    assert opt.param_groups[0]["clip_lr"] is False

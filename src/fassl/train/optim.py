@@ -46,6 +46,12 @@ class LARS(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
+    def __setstate__(self, state: dict) -> None:
+        # a checkpoint from before clip_lr existed: its groups load without the key
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("clip_lr", False)
+
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         for group in self.param_groups:
