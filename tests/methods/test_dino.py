@@ -30,9 +30,11 @@ from fassl.augment.views import TWO_VIEWS, ViewAugment
 from fassl.errors import ConfigError, Interrupted
 from fassl.losses import (
     dino_loss,
+    dino_targets,
     sinkhorn,
     swav_loss,
     swav_multicrop_loss,
+    target_entropy,
     teacher_temperature,
     update_center,
 )
@@ -349,6 +351,34 @@ def test_dino_loss_reaches_the_student_only() -> None:
     assert all(v.grad is None for v in t)
     with pytest.raises(ValueError, match="at least 2 student views"):
         dino_loss(s[:1], t[:1], torch.zeros(1, 4), 0.1, 0.04)
+
+
+def test_target_entropy_by_hand() -> None:
+    # uniform targets: ln K of ln K; K = 2, [3/4, 1/4]: (3/4 ln 4/3 + 1/4 ln 4) / ln 2
+    assert target_entropy([torch.full((3, 4), 0.25)]).item() == pytest.approx(1.0)
+    q = dino_targets([torch.tensor([[LN3, 0.0]])], torch.zeros(1, 2), teacher_temp=1.0)
+    torch.testing.assert_close(q[0], torch.tensor([[0.75, 0.25]]))
+    want = (0.75 * math.log(4 / 3) + 0.25 * math.log(4.0)) / math.log(2.0)
+    assert target_entropy(q).item() == pytest.approx(want, rel=1e-6)
+    # the mean over every row of every view; a one-hot row has entropy 0
+    rows = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]])]
+    assert target_entropy(rows).item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("teacher_temp", "named"), [(100.0, True), (1e-4, False)])
+def test_uniform_targets_are_named_once(tmp_path, capsys, teacher_temp, named) -> None:
+    """A teacher temperature of 100 makes every target uniform (the collapse the warning
+    names); 1e-4 makes them one-hot. Nothing is said before the third epoch."""
+    keys = (*SMALL_HEAD, "dino.local_crops=0", f"dino.teacher_temp={teacher_temp}")
+    method = build_method(tiny_config(tmp_path, *keys), "dino")
+    method.train()
+    for epoch in range(5):
+        method.on_epoch_start(EpochContext(epoch, 5, lambda f: torch.empty(0)))
+        _, logs = method(small_views(local=0, seed=epoch))
+        assert 0.0 <= logs["target_entropy"].item() <= 1.0 + 1e-6
+        said = capsys.readouterr().err
+        assert ("targets were uniform" in said) == (named and epoch == 3), (epoch, said)
+    assert (logs["target_entropy"].item() > 0.99) == named
 
 
 def test_update_center_by_hand() -> None:

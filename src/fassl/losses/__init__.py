@@ -23,7 +23,13 @@ from fassl.losses.contrastive import (
     prototype_contrastive_loss,
     prototype_scores,
 )
-from fassl.losses.dino import dino_loss, teacher_temperature, update_center
+from fassl.losses.dino import (
+    dino_loss,
+    dino_targets,
+    target_entropy,
+    teacher_temperature,
+    update_center,
+)
 from fassl.losses.gh import (
     gh_loss,
     gh_scores,
@@ -39,6 +45,7 @@ __all__ = [
     "byol_loss",
     "consistency_loss",
     "dino_loss",
+    "dino_targets",
     "drw_class_weights",
     "gh_loss",
     "gh_scores",
@@ -54,6 +61,7 @@ __all__ = [
     "sinkhorn",
     "swav_loss",
     "swav_multicrop_loss",
+    "target_entropy",
     "target_prior",
     "teacher_temperature",
     "update_center",

@@ -8,6 +8,8 @@ replaces it with ``update_center``'s result after each step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -49,8 +51,7 @@ def dino_loss(
             f"DINO needs at least 2 student views and 1 to {len(student_out)} teacher views, "
             f"got {len(student_out)} and {len(teacher_out)}"
         )
-    center = center.float().reshape(1, -1)
-    targets = [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher_out]
+    targets = dino_targets(teacher_out, center, teacher_temp)
     log_p = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
     total = student_out[0].new_zeros((), dtype=torch.float32)
     terms = 0
@@ -61,6 +62,28 @@ def dino_loss(
             total = total + torch.sum(-q * lp, dim=-1).mean()
             terms += 1
     return total / terms
+
+
+@torch.no_grad()
+def dino_targets(teacher_out: list[Tensor], center: Tensor, teacher_temp: float) -> list[Tensor]:
+    """The teacher's targets, ``softmax((t - center) / teacher_temp)`` per view: centred
+    and sharpened, float32, no gradient."""
+    center = center.float().reshape(1, -1)
+    return [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher_out]
+
+
+@torch.no_grad()
+def target_entropy(targets: list[Tensor]) -> Tensor:
+    """The targets' mean entropy as a share of ln K: 1 when every target is uniform, 0
+    when each is one-hot.
+
+    Centring alone drives DINO towards the uniform output (Caron et al., section 5.3:
+    sharpening is what keeps it off), and there the loss sits at ln K and the backbone
+    learns nothing: a share near 1 after the first epochs names that collapse.
+    """
+    rows = torch.cat(targets)
+    entropy = -(rows * rows.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    return entropy / math.log(rows.shape[-1]) if rows.shape[-1] > 1 else entropy
 
 
 @float32_only

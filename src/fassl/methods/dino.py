@@ -18,16 +18,24 @@ exported as initialised, so every tool loads the export (as the supervised refer
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fassl import distributed
 from fassl.augment.views import View, ViewSpec
 from fassl.config import Config
 from fassl.config.sections import DINOConfig
 from fassl.data import LongTailData
-from fassl.losses import dino_loss, teacher_temperature, update_center
+from fassl.losses import (
+    dino_loss,
+    dino_targets,
+    target_entropy,
+    teacher_temperature,
+    update_center,
+)
 from fassl.methods.base import EpochContext, Method, State, multi_view_forward
 from fassl.methods.momentum import EmaPairs, EmaSchedule, frozen_copy
 from fassl.models import Encoder
@@ -36,6 +44,9 @@ GLOBAL_CROPS = 2  # the teacher's views; DINO's loss pairs every view with each 
 LOCAL_SIDE = 96 / 224  # DINO's local crop side as a share of its global one
 # DINO's blur: always on the first global crop, sometimes on the second, half the locals
 BLUR_FIRST, BLUR_SECOND, BLUR_LOCAL = 1.0, 0.1, 0.5
+# The uniform collapse: after this many epochs, targets whose entropy is at least this
+# share of ln K all epoch long are named once (docs/method.md, DINO)
+UNIFORM_SHARE, UNIFORM_AFTER_EPOCHS = 0.99, 3
 
 
 @torch.no_grad()
@@ -206,6 +217,10 @@ class DINO(Method):
             max(cfg.warmup_teacher_temp_epochs, 1),
         )
         self.view_spec = dino_view_spec(cfg, image_size)
+        # the epoch's summed target entropy (a tensor: read once an epoch) and its steps
+        self._entropy_sum: torch.Tensor | None = None
+        self._entropy_steps = 0
+        self._uniform_named = False
 
     @classmethod
     def from_config(cls, cfg: Config, encoder: Encoder, init: State | None, source: str) -> DINO:
@@ -222,6 +237,7 @@ class DINO(Method):
         self.view_spec = dino_view_spec(self.cfg, data.image_size)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
+        self._name_uniform_targets(ctx.epoch)
         self.epoch = ctx.epoch
         c = self.cfg
         self.teacher_temp = teacher_temperature(
@@ -240,8 +256,29 @@ class DINO(Method):
             _, teacher_out = multi_view_forward(self.teacher, views[:GLOBAL_CROPS])
         c = self.cfg
         loss = dino_loss(student_out, teacher_out, self.center, c.student_temp, self.teacher_temp)
+        entropy = target_entropy(dino_targets(teacher_out, self.center, self.teacher_temp))
+        self._entropy_sum = entropy if self._entropy_sum is None else self._entropy_sum + entropy
+        self._entropy_steps += 1
         self.center.copy_(update_center(self.center, teacher_out, c.center_momentum))
-        return loss, {"loss": loss.detach()}
+        return loss, {"loss": loss.detach(), "target_entropy": entropy}
+
+    def _name_uniform_targets(self, epoch: int) -> None:
+        """Say once, on the main process, when the last epoch's targets were uniform."""
+        total, steps = self._entropy_sum, self._entropy_steps
+        self._entropy_sum, self._entropy_steps = None, 0
+        if self._uniform_named or epoch < UNIFORM_AFTER_EPOCHS or total is None:
+            return
+        share = float(total) / steps
+        if share >= UNIFORM_SHARE:
+            self._uniform_named = True
+            if distributed.is_main():  # rank 0's own targets: no collective
+                print(
+                    f"fassl: warning: dino: epoch {epoch}'s teacher targets were uniform "
+                    f"(entropy {share:.3f} of ln K): the head has collapsed and the "
+                    "backbone learns nothing; a head with BatchNorm (dino.head_bn=true), "
+                    "configs/cifar10_lt_sweep_cpu_dino.yaml's settings (docs/method.md, DINO)",
+                    file=sys.stderr,
+                )
 
     def on_after_backward(self, step: int) -> None:
         if self.cfg.clip_grad > 0:
