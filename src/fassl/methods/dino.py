@@ -275,8 +275,9 @@ class DINO(Method):
                 print(
                     f"fassl: warning: dino: epoch {epoch}'s teacher targets were uniform "
                     f"(entropy {share:.3f} of ln K): the head has collapsed and the "
-                    "backbone learns nothing; a head with BatchNorm (dino.head_bn=true), "
-                    "configs/cifar10_lt_sweep_cpu_dino.yaml's settings (docs/method.md, DINO)",
+                    "backbone learns nothing; try a head with BatchNorm (dino.head_bn=true) "
+                    "or the settings of the cifar10_lt_sweep_cpu_dino recipe (docs/method.md, "
+                    "DINO)",
                     file=sys.stderr,
                 )
 
