@@ -100,9 +100,7 @@ def keys_with(cfg: Any, meta: str) -> tuple[str, ...]:
 def path_keys(cfg: Any, kind: str | None = None) -> tuple[str, ...]:
     """Keys naming paths (``path``), of one ``kind`` ("file" / "input") or all."""
     return tuple(
-        key
-        for key, f, _ in _walk(cfg)
-        if f.metadata.get(PATH) and kind in (None, f.metadata[PATH])
+        key for key, f, _ in _walk(cfg) if f.metadata.get(PATH) and kind in (None, f.metadata[PATH])
     )
 
 

@@ -35,8 +35,11 @@ def test_a_run_that_does_not_fit_is_refused_naming_what_would(monkeypatch) -> No
     data = tiny_data()
     need = memory.held(data, 64)
     assert memory.check_fits(data, 64, available=need.total) == need  # exactly fits
-    with pytest.raises(DataError, match=r"would hold .* GiB in each of 1 process .*images in "
-                       r"memory .*smaller data.max_memory_gb"):
+    with pytest.raises(
+        DataError,
+        match=r"would hold .* GiB in each of 1 process .*images in "
+        r"memory .*smaller data.max_memory_gb",
+    ):
         memory.check_fits(data, 64, available=need.total - 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine: twice as much
     with pytest.raises(DataError, match=r"each of 2 processes.*fewer processes on this machine"):
@@ -53,5 +56,6 @@ def test_the_trainer_checks_before_any_step(tmp_path, monkeypatch) -> None:
     cfg = tiny_config(tmp_path)
     torch.manual_seed(0)
     with pytest.raises(DataError, match=r"more than the 0\.00 GiB this machine has available"):
-        Trainer(build_method(cfg, "simclr"), tiny_data(), cfg, cfg.optim, tmp_path,
-                Runtime.cpu(), "s")
+        Trainer(
+            build_method(cfg, "simclr"), tiny_data(), cfg, cfg.optim, tmp_path, Runtime.cpu(), "s"
+        )

@@ -127,7 +127,10 @@ def test_unreadable_files_are_named_and_left_out(tmp_path: Path) -> None:
     photo_folder(root, 6)
     (root / "c0" / "broken.png").write_bytes(b"not a png")
     cfg = DataConfig(
-        dataset="folder", root=str(root), labeled=False, image_size=SIZE,
+        dataset="folder",
+        root=str(root),
+        labeled=False,
+        image_size=SIZE,
         cache_dir=str(tmp_path / "cache"),
     )
     data = folder.load_stored(cfg, root)
@@ -146,10 +149,19 @@ def test_a_large_folder_stays_on_disk_and_trains_like_memory(
     root = tmp_path / "photos"
     photo_folder(root, 48)
     overrides = [
-        "data.dataset=folder", f"data.root={root}", "data.labeled=false",
-        f"data.image_size={SIZE}", f"data.cache_dir={tmp_path / 'cache'}",
-        "model.width=4", "model.proj_hidden=16", "model.proj_dim=8", "optim.batch_size=8",
-        "optim.epochs=2", "train.device=cpu", "train.precision=fp32", "train.progress=false",
+        "data.dataset=folder",
+        f"data.root={root}",
+        "data.labeled=false",
+        f"data.image_size={SIZE}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "model.width=4",
+        "model.proj_hidden=16",
+        "model.proj_dim=8",
+        "optim.batch_size=8",
+        "optim.epochs=2",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.progress=false",
     ]
 
     def trained(name: str) -> dict[str, torch.Tensor]:
@@ -208,7 +220,10 @@ def test_fassl_prepare_builds_the_store_a_run_then_reads(tmp_path: Path, capsys)
     out = capsys.readouterr().out
     assert "9 images, decoded 9 into the image store" in out and "1 shard, " in out
     cfg = DataConfig(
-        dataset="folder", root=str(root), labeled=False, image_size=SIZE,
+        dataset="folder",
+        root=str(root),
+        labeled=False,
+        image_size=SIZE,
         cache_dir=str(tmp_path / "cache"),
     )
     assert "9 images, read from the image store" in build_data(cfg).notes[0]

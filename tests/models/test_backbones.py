@@ -67,8 +67,15 @@ def test_every_method_trains_a_step_on_a_library_backbone(tmp_path, arch, kwargs
     if name == "dino" and arch == TIMM_VIT[0]:  # local crops: a ViT of one size refuses them
         fixed = _cfg(tmp_path, arch, kwargs)
         with pytest.raises(ConfigError, match=r"cannot take the 7 px crops .*dynamic_img_size"):
-            Trainer(build_method(fixed, name), tiny_data(), fixed, fixed.optim, tmp_path,
-                    Runtime.cpu(), "s")
+            Trainer(
+                build_method(fixed, name),
+                tiny_data(),
+                fixed,
+                fixed.optim,
+                tmp_path,
+                Runtime.cpu(),
+                "s",
+            )
         kwargs = kwargs[:-1] + ", dynamic_img_size: true, dynamic_img_pad: true}"
     cfg = _cfg(tmp_path, arch, kwargs)
     init = _stage1_state(tmp_path, arch, kwargs) if name == "fassl_rebalance" else None
@@ -341,9 +348,7 @@ def test_the_documented_commands_train_probe_export_load_and_embed_a_library_bac
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["simclr", "sdclr"])
 @pytest.mark.parametrize(("arch", "kwargs"), [TIMM_RESNET, TIMM_VIT], ids=["resnet", "vit"])
-def test_a_library_backbone_compiles_to_one_graph_like_the_own_resnet(
-    tmp_path, arch, kwargs, name
-):
+def test_a_library_backbone_compiles_to_one_graph_like_the_own_resnet(tmp_path, arch, kwargs, name):
     from torch import _dynamo as dynamo
 
     from tests.train.test_compile import CountingBackend, trainer

@@ -211,7 +211,9 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch, name, extra) ->
 
 def test_scheduled_temperature_reaches_the_loss(tmp_path) -> None:
     cfg = tiny_config(
-        tmp_path, "temperature.schedule=cosine", "temperature.period_epochs=2",
+        tmp_path,
+        "temperature.schedule=cosine",
+        "temperature.period_epochs=2",
         "temperature.rule=step",
     )
     method = build_method(cfg, "simclr")

@@ -176,9 +176,7 @@ def arm_structure(name: str, cfg: Config) -> str:
     a, p = arm_record(name), cfg.pipeline
     extra = p.prototypes.epochs + p.rebalance.epochs
     if a.continued:
-        return (
-            f"{name}: the {a.start_arm} arm's export trained {extra} more epochs at stage 2's lr"
-        )
+        return f"{name}: the {a.start_arm} arm's export trained {extra} more epochs at stage 2's lr"
     if a.pipeline and a.start_arm:
         return (
             f"{name}: paper's structure, stages 1-2 ({extra} epochs) on the {a.start_arm} "

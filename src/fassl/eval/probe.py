@@ -252,9 +252,7 @@ def linear_probe_fast(
 PROBE_PADDING = 4  # SDCLR's RandomCrop(32, padding=4)
 
 
-def _epoch_draws(
-    n: int, batch_size: int, padding: int, generator: torch.Generator
-) -> torch.Tensor:
+def _epoch_draws(n: int, batch_size: int, padding: int, generator: torch.Generator) -> torch.Tensor:
     """(4, n) int64 on the host: an epoch's permutation, then every image's crop offsets
     (rows, columns) and flip, drawn from ``generator`` in the order
     ``fassl.eval.crops.random_crop_flip`` draws them batch by batch, so the probe sees

@@ -63,8 +63,7 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DamagedFile(f"{printable(path)} is damaged: {what}") from err
     if not isinstance(value, dict):
         raise DamagedFile(
-            f"{printable(path)} is damaged: it holds a JSON {type(value).__name__}, "
-            "not an object"
+            f"{printable(path)} is damaged: it holds a JSON {type(value).__name__}, not an object"
         )
     return value
 

@@ -63,5 +63,3 @@ def run_pipeline(
         return on_main(
             lambda: evaluate_export(student, data, cfg, rt, out, title, with_pixels, probed)
         )
-
-

@@ -164,5 +164,3 @@ def label_free_analysis(
         save_retrieval_grid(coll.images, feats, loaded.prototypes, str(out_dir / grid), title)
         written.append(grid)
     return written
-
-

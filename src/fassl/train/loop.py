@@ -468,9 +468,7 @@ class Trainer:
             with self.stop.installed():
                 for epoch in range(self.start_epoch, self.optim_cfg.epochs):
                     self.epoch = epoch
-                    bar.set_description(
-                        f"{self.stage} epoch {epoch + 1}/{self.optim_cfg.epochs}"
-                    )
+                    bar.set_description(f"{self.stage} epoch {epoch + 1}/{self.optim_cfg.epochs}")
                     summary = self._train_epoch(epoch, bar)
                     self._end_epoch(epoch, summary)
         except KeyboardInterrupt as err:

@@ -47,7 +47,11 @@ def list_key(kind: str, files: FileList) -> str:
 
 
 def decode_list(
-    files: FileList, image_size: int, cache_dir: str, kind: str, max_memory_gb: float = 8.0,
+    files: FileList,
+    image_size: int,
+    cache_dir: str,
+    kind: str,
+    max_memory_gb: float = 8.0,
     workers: int = 0,
 ) -> ImageSet:
     """Every listed image, in list order, through the list's image store (decoded once;

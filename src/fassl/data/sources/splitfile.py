@@ -147,5 +147,3 @@ def load(cfg: DataConfig, seed: int) -> LongTailData:
     if mapped:
         notes.append(f"read memory-mapped from the image store: {', '.join(sorted(mapped))}")
     return protocol.assemble(cfg, root.name, files["pretrain"].classes, splits, notes)
-
-
