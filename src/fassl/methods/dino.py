@@ -185,6 +185,8 @@ class DINO(Method):
     sections = ("dino",)
 
     center: torch.Tensor
+    entropy_sum: torch.Tensor
+    entropy_steps: torch.Tensor
     student: DINONetwork
 
     def __init__(self, encoder: Encoder, cfg: DINOConfig, image_size: int = 32) -> None:
@@ -217,9 +219,10 @@ class DINO(Method):
             max(cfg.warmup_teacher_temp_epochs, 1),
         )
         self.view_spec = dino_view_spec(cfg, image_size)
-        # the epoch's summed target entropy (a tensor: read once an epoch) and its steps
-        self._entropy_sum: torch.Tensor | None = None
-        self._entropy_steps = 0
+        # the epoch's summed target entropy and its steps, kept on the device and read once
+        # an epoch; buffers updated in place, so a compiled step stays one graph
+        self.register_buffer("entropy_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("entropy_steps", torch.zeros(()), persistent=False)
         self._uniform_named = False
 
     @classmethod
@@ -257,18 +260,19 @@ class DINO(Method):
         c = self.cfg
         loss = dino_loss(student_out, teacher_out, self.center, c.student_temp, self.teacher_temp)
         entropy = target_entropy(dino_targets(teacher_out, self.center, self.teacher_temp))
-        self._entropy_sum = entropy if self._entropy_sum is None else self._entropy_sum + entropy
-        self._entropy_steps += 1
+        self.entropy_sum.add_(entropy)
+        self.entropy_steps.add_(1)
         self.center.copy_(update_center(self.center, teacher_out, c.center_momentum))
         return loss, {"loss": loss.detach(), "target_entropy": entropy}
 
     def _name_uniform_targets(self, epoch: int) -> None:
         """Say once, on the main process, when the last epoch's targets were uniform."""
-        total, steps = self._entropy_sum, self._entropy_steps
-        self._entropy_sum, self._entropy_steps = None, 0
-        if self._uniform_named or epoch < UNIFORM_AFTER_EPOCHS or total is None:
+        total, steps = float(self.entropy_sum), float(self.entropy_steps)
+        self.entropy_sum.zero_()
+        self.entropy_steps.zero_()
+        if self._uniform_named or epoch < UNIFORM_AFTER_EPOCHS or not steps:
             return
-        share = float(total) / steps
+        share = total / steps
         if share >= UNIFORM_SHARE:
             self._uniform_named = True
             if distributed.is_main():  # rank 0's own targets: no collective
