@@ -44,9 +44,9 @@ GLOBAL_CROPS = 2  # the teacher's views; DINO's loss pairs every view with each 
 LOCAL_SIDE = 96 / 224  # DINO's local crop side as a share of its global one
 # DINO's blur: always on the first global crop, sometimes on the second, half the locals
 BLUR_FIRST, BLUR_SECOND, BLUR_LOCAL = 1.0, 0.1, 0.5
-# The uniform collapse: after this many epochs, targets whose entropy is at least this
-# share of ln K all epoch long are named once (docs/method.md, DINO)
-UNIFORM_SHARE, UNIFORM_AFTER_EPOCHS = 0.99, 3
+# The uniform collapse: from this epoch on, an epoch whose targets' mean entropy is at
+# least this share of ln K is named, once (docs/method.md, DINO)
+UNIFORM_SHARE, UNIFORM_FROM_EPOCH = 0.99, 3
 
 
 @torch.no_grad()
@@ -270,7 +270,7 @@ class DINO(Method):
         total, steps = float(self.entropy_sum), float(self.entropy_steps)
         self.entropy_sum.zero_()
         self.entropy_steps.zero_()
-        if self._uniform_named or epoch < UNIFORM_AFTER_EPOCHS or not steps:
+        if self._uniform_named or epoch < UNIFORM_FROM_EPOCH or not steps:
             return
         share = total / steps
         if share >= UNIFORM_SHARE:
