@@ -375,6 +375,7 @@ def test_uniform_targets_are_named_once(tmp_path, capsys, teacher_temp, named) -
     for epoch in range(5):
         method.on_epoch_start(EpochContext(epoch, 5, lambda f: torch.empty(0)))
         _, logs = method(small_views(local=0, seed=epoch))
+        method.on_step_end(epoch, 5)
         assert 0.0 <= logs["target_entropy"].item() <= 1.0 + 1e-6
         said = capsys.readouterr().err
         assert ("targets were uniform" in said) == (named and epoch == 3), (epoch, said)

@@ -186,7 +186,6 @@ class DINO(Method):
 
     center: torch.Tensor
     entropy_sum: torch.Tensor
-    entropy_steps: torch.Tensor
     student: DINONetwork
 
     def __init__(self, encoder: Encoder, cfg: DINOConfig, image_size: int = 32) -> None:
@@ -219,10 +218,10 @@ class DINO(Method):
             max(cfg.warmup_teacher_temp_epochs, 1),
         )
         self.view_spec = dino_view_spec(cfg, image_size)
-        # the epoch's summed target entropy and its steps, kept on the device and read once
-        # an epoch; buffers updated in place, so a compiled step stays one graph
+        # the epoch's summed target entropy, on the device (updated in place: a compiled
+        # step stays one graph), read at most once an epoch; its steps counted on the host
         self.register_buffer("entropy_sum", torch.zeros(()), persistent=False)
-        self.register_buffer("entropy_steps", torch.zeros(()), persistent=False)
+        self.entropy_steps = 0
         self._uniform_named = False
 
     @classmethod
@@ -261,18 +260,17 @@ class DINO(Method):
         loss = dino_loss(student_out, teacher_out, self.center, c.student_temp, self.teacher_temp)
         entropy = target_entropy(dino_targets(teacher_out, self.center, self.teacher_temp))
         self.entropy_sum.add_(entropy)
-        self.entropy_steps.add_(1)
         self.center.copy_(update_center(self.center, teacher_out, c.center_momentum))
         return loss, {"loss": loss.detach(), "target_entropy": entropy}
 
     def _name_uniform_targets(self, epoch: int) -> None:
         """Say once, on the main process, when the last epoch's targets were uniform."""
-        total, steps = float(self.entropy_sum), float(self.entropy_steps)
-        self.entropy_sum.zero_()
-        self.entropy_steps.zero_()
+        steps, self.entropy_steps = self.entropy_steps, 0
         if self._uniform_named or epoch < UNIFORM_FROM_EPOCH or not steps:
+            self.entropy_sum.zero_()
             return
-        share = total / steps
+        share = float(self.entropy_sum) / steps
+        self.entropy_sum.zero_()
         if share >= UNIFORM_SHARE:
             self._uniform_named = True
             if distributed.is_main():  # rank 0's own targets: no collective
@@ -294,6 +292,7 @@ class DINO(Method):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.ema_pairs.update(self.ema.at(step, total_steps))
+        self.entropy_steps += 1
 
     def export_state(self) -> State:
         """The teacher's backbone and the encoder's (untrained) projection head."""
