@@ -224,6 +224,9 @@ def announce_stop(how: str) -> None:
     gone (``stopped_peer``)."""
     if world_size() == 1:
         return
+    # this rank is on its way out: torchrun's SIGTERM, sent when another rank ends, must
+    # not cut the write (nor the one line that follows) with an interrupt's traceback
+    _quiet_signals()
     with contextlib.suppress(Exception):  # best effort: the store may be gone
         _store().set(_STOPPED_KEY.format(rank=rank()), how)
 

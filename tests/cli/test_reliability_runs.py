@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -262,6 +263,33 @@ def test_a_lost_connection_is_told_from_other_errors() -> None:
     assert distributed.is_lost_peer(RuntimeError(gloo))
     assert not distributed.is_lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not distributed.is_lost_peer(ValueError("Connection reset by peer"))
+
+
+def test_a_sigterm_while_announcing_a_stop_does_not_cut_it(monkeypatch) -> None:
+    """A rank whose collective failed announces it in the store while torchrun already
+    stops the group: the SIGTERM that arrives then must not raise from the handler."""
+    written: list[str] = []
+
+    class Store:
+        def set(self, key: str, value: str) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, mid-write
+            written.append(value)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise AssertionError("the SIGTERM reached the command's handler")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "_store", Store)
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        distributed.announce_stop(distributed.FAILED)
+        assert written == [distributed.FAILED]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # ---- under torchrun: the command a user types ----------------------------------------------
