@@ -24,6 +24,7 @@ from fassl.losses.contrastive import (
     prototype_scores,
 )
 from fassl.losses.dino import (
+    dino_cross_entropy,
     dino_loss,
     dino_targets,
     target_entropy,
@@ -44,6 +45,7 @@ from fassl.losses.swav import sinkhorn, swav_loss, swav_multicrop_loss
 __all__ = [
     "byol_loss",
     "consistency_loss",
+    "dino_cross_entropy",
     "dino_loss",
     "dino_targets",
     "drw_class_weights",

@@ -27,13 +27,8 @@ def dino_loss(
     student_temp: float,
     teacher_temp: float,
 ) -> Tensor:
-    """Cross-entropy of every student view against every teacher view but its own.
-
-    Teacher targets: ``softmax((t - center) / teacher_temp)`` (centred and sharpened, no
-    gradient); student predictions: ``log_softmax(s / student_temp)``. Teacher view i is
-    the student's view i (the global crops come first), so the pair (i, i) is skipped;
-    the loss is the mean over the remaining pairs of the batch-mean cross-entropy: with 2
-    global and L local crops, 2 (2 + L - 1) pairs.
+    """Cross-entropy of every student view against every teacher view but its own:
+    ``dino_cross_entropy`` of the teacher's ``dino_targets``.
 
     Args:
         student_out: V tensors (B, K), the student's outputs of every view, globals first.
@@ -46,12 +41,34 @@ def dino_loss(
     Returns:
         Scalar float32 loss.
     """
-    if not teacher_out or len(student_out) < 2 or len(teacher_out) > len(student_out):
+    targets = dino_targets(teacher_out, center, teacher_temp)
+    return dino_cross_entropy(student_out, targets, student_temp)
+
+
+@float32_only
+def dino_cross_entropy(
+    student_out: list[Tensor], targets: list[Tensor], student_temp: float
+) -> Tensor:
+    """DINO's loss from the teacher's targets (``dino_targets``).
+
+    Student predictions: ``log_softmax(s / student_temp)``. Target i belongs to the
+    student's view i (the global crops come first), so the pair (i, i) is skipped; the
+    loss is the mean over the remaining pairs of the batch-mean cross-entropy: with 2
+    global and L local crops, 2 (2 + L - 1) pairs.
+
+    Args:
+        student_out: V tensors (B, K), the student's outputs of every view, globals first.
+        targets: G tensors (B, K), the teacher's targets of the first G views.
+        student_temp: the student's temperature (0.1 in DINO).
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if not targets or len(student_out) < 2 or len(targets) > len(student_out):
         raise ValueError(
             f"DINO needs at least 2 student views and 1 to {len(student_out)} teacher views, "
-            f"got {len(student_out)} and {len(teacher_out)}"
+            f"got {len(student_out)} and {len(targets)}"
         )
-    targets = dino_targets(teacher_out, center, teacher_temp)
     log_p = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
     total = student_out[0].new_zeros((), dtype=torch.float32)
     terms = 0
@@ -64,6 +81,7 @@ def dino_loss(
     return total / terms
 
 
+@float32_only
 @torch.no_grad()
 def dino_targets(teacher_out: list[Tensor], center: Tensor, teacher_temp: float) -> list[Tensor]:
     """The teacher's targets, ``softmax((t - center) / teacher_temp)`` per view: centred
@@ -72,6 +90,7 @@ def dino_targets(teacher_out: list[Tensor], center: Tensor, teacher_temp: float)
     return [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher_out]
 
 
+@float32_only
 @torch.no_grad()
 def target_entropy(targets: list[Tensor]) -> Tensor:
     """The targets' mean entropy as a share of ln K: 1 when every target is uniform, 0
@@ -82,7 +101,7 @@ def target_entropy(targets: list[Tensor]) -> Tensor:
     learns nothing: a share near 1 after the first epochs names that collapse.
     """
     rows = torch.cat(targets)
-    entropy = -(rows * rows.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    entropy = torch.special.entr(rows).sum(dim=-1).mean()  # -q ln q, 0 where q is 0
     return entropy / math.log(rows.shape[-1]) if rows.shape[-1] > 1 else entropy
 
 

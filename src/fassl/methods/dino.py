@@ -30,7 +30,7 @@ from fassl.config import Config
 from fassl.config.sections import DINOConfig
 from fassl.data import LongTailData
 from fassl.losses import (
-    dino_loss,
+    dino_cross_entropy,
     dino_targets,
     target_entropy,
     teacher_temperature,
@@ -257,8 +257,9 @@ class DINO(Method):
         with torch.no_grad():
             _, teacher_out = multi_view_forward(self.teacher, views[:GLOBAL_CROPS])
         c = self.cfg
-        loss = dino_loss(student_out, teacher_out, self.center, c.student_temp, self.teacher_temp)
-        entropy = target_entropy(dino_targets(teacher_out, self.center, self.teacher_temp))
+        targets = dino_targets(teacher_out, self.center, self.teacher_temp)
+        loss = dino_cross_entropy(student_out, targets, c.student_temp)  # dino_loss, targets once
+        entropy = target_entropy(targets)
         self.entropy_sum.add_(entropy)
         self.center.copy_(update_center(self.center, teacher_out, c.center_momentum))
         return loss, {"loss": loss.detach(), "target_entropy": entropy}
